@@ -1,0 +1,246 @@
+//! Checks on a token's claims (`iss`, `aud`, `exp`, `nbf`) and its scopes. Shared by locally
+//! verified JWTs and, later, introspection answers: both arrive here as a JSON object.
+
+use serde_json::{Map, Value};
+
+/// What a provider requires of every token's claims.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimRules {
+    /// When set, `iss` must be a string equal to it.
+    pub issuer: Option<String>,
+    /// When not empty, `aud` (a string or an array of strings) must contain one of them.
+    pub audiences: Vec<String>,
+    /// When true, a token without `exp` is refused.
+    pub require_expiration: bool,
+    /// Tolerance for `exp` and `nbf`, in seconds.
+    pub clock_skew_seconds: u64,
+}
+
+/// Why a token's claims were refused. Descriptions never echo claim values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimError {
+    Expired,
+    NotYetValid,
+    MissingExpiration,
+    BadDate,
+    WrongIssuer,
+    WrongAudience,
+}
+
+impl ClaimError {
+    pub fn description(self) -> &'static str {
+        match self {
+            ClaimError::Expired => "The access token expired",
+            ClaimError::NotYetValid => "The access token is not valid yet",
+            ClaimError::MissingExpiration => "The access token has no expiration time",
+            ClaimError::BadDate => "The access token's exp, nbf or iat is not a number",
+            ClaimError::WrongIssuer => "The access token's issuer is not accepted",
+            ClaimError::WrongAudience => "The access token's audience is not accepted",
+        }
+    }
+}
+
+/// A NumericDate claim (RFC 7519 §2): absent, or a JSON number (fractions allowed).
+fn date(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, ClaimError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => n.as_f64().map(Some).ok_or(ClaimError::BadDate),
+        Some(_) => Err(ClaimError::BadDate),
+    }
+}
+
+/// Checks the claims at `now` (seconds since the Unix epoch).
+pub fn check(claims: &Map<String, Value>, rules: &ClaimRules, now: u64) -> Result<(), ClaimError> {
+    let exp = date(claims, "exp")?;
+    let nbf = date(claims, "nbf")?;
+    // `iat` is not checked against the clock (as in jwt_authn), but it must still be a date.
+    date(claims, "iat")?;
+    let now = now as f64;
+    let skew = rules.clock_skew_seconds as f64;
+    match exp {
+        // RFC 7519 §4.1.4: the token must not be accepted "on or after" exp.
+        Some(exp) if now >= exp + skew => return Err(ClaimError::Expired),
+        None if rules.require_expiration => return Err(ClaimError::MissingExpiration),
+        _ => {}
+    }
+    if let Some(nbf) = nbf {
+        if now + skew < nbf {
+            return Err(ClaimError::NotYetValid);
+        }
+    }
+    if let Some(issuer) = &rules.issuer {
+        if claims.get("iss").and_then(Value::as_str) != Some(issuer.as_str()) {
+            return Err(ClaimError::WrongIssuer);
+        }
+    }
+    if !rules.audiences.is_empty() {
+        let fits = |aud: &str| rules.audiences.iter().any(|a| a == aud);
+        let ok = match claims.get("aud") {
+            Some(Value::String(aud)) => fits(aud),
+            Some(Value::Array(auds)) => auds.iter().filter_map(Value::as_str).any(fits),
+            _ => false,
+        };
+        if !ok {
+            return Err(ClaimError::WrongAudience);
+        }
+    }
+    Ok(())
+}
+
+/// The scopes a token grants: the space-delimited `scope` claim (RFC 8693 §4.2, RFC 9068), or
+/// else `scp` as an array of strings or a space-delimited string (Azure AD, Okta).
+pub fn scopes(claims: &Map<String, Value>) -> Vec<&str> {
+    match (claims.get("scope"), claims.get("scp")) {
+        (Some(Value::String(s)), _) | (None, Some(Value::String(s))) => {
+            s.split(' ').filter(|s| !s.is_empty()).collect()
+        }
+        (None, Some(Value::Array(items))) => items.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Whether the token grants every one of `required`.
+pub fn has_scopes(claims: &Map<String, Value>, required: &[String]) -> bool {
+    let granted = scopes(claims);
+    required.iter().all(|r| granted.contains(&r.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        }
+    }
+
+    fn rules() -> ClaimRules {
+        ClaimRules {
+            issuer: Some("https://idp".into()),
+            audiences: vec!["api".into(), "other".into()],
+            require_expiration: true,
+            clock_skew_seconds: 60,
+        }
+    }
+
+    const NOW: u64 = 1_000_000;
+
+    #[test]
+    fn accepts_good_claims() {
+        let c = obj(json!({"iss":"https://idp","aud":"api","exp":NOW+10,"nbf":NOW}));
+        assert_eq!(check(&c, &rules(), NOW), Ok(()));
+        let c = obj(json!({"iss":"https://idp","aud":["x","other"],"exp":NOW as f64 + 0.5}));
+        assert_eq!(check(&c, &rules(), NOW), Ok(()));
+    }
+
+    #[test]
+    fn exp_and_nbf_with_skew() {
+        let r = rules();
+        let base = json!({"iss":"https://idp","aud":"api"});
+        let with = |k: &str, v: Value| {
+            let mut m = obj(base.clone());
+            m.insert(k.into(), v);
+            if k != "exp" {
+                m.insert("exp".into(), json!(NOW + 1000));
+            }
+            m
+        };
+        // exp in the past but within the skew: accepted; at exp+skew: expired.
+        assert_eq!(check(&with("exp", json!(NOW - 59)), &r, NOW), Ok(()));
+        assert_eq!(
+            check(&with("exp", json!(NOW - 60)), &r, NOW),
+            Err(ClaimError::Expired)
+        );
+        assert_eq!(check(&with("nbf", json!(NOW + 60)), &r, NOW), Ok(()));
+        assert_eq!(
+            check(&with("nbf", json!(NOW + 61)), &r, NOW),
+            Err(ClaimError::NotYetValid)
+        );
+        assert_eq!(
+            check(&with("exp", json!(NOW.to_string())), &r, NOW),
+            Err(ClaimError::BadDate)
+        );
+        assert_eq!(
+            check(&with("nbf", json!(null)), &r, NOW),
+            Err(ClaimError::BadDate)
+        );
+        assert_eq!(
+            check(&with("iat", json!("yesterday")), &r, NOW),
+            Err(ClaimError::BadDate)
+        );
+        assert_eq!(
+            check(&with("exp", json!(-5)), &r, NOW),
+            Err(ClaimError::Expired)
+        );
+    }
+
+    #[test]
+    fn require_expiration() {
+        let c = obj(json!({"iss":"https://idp","aud":"api"}));
+        assert_eq!(
+            check(&c, &rules(), NOW),
+            Err(ClaimError::MissingExpiration)
+        );
+        let lax = ClaimRules {
+            require_expiration: false,
+            ..rules()
+        };
+        assert_eq!(check(&c, &lax, NOW), Ok(()));
+    }
+
+    #[test]
+    fn issuer_and_audience_type_confusion() {
+        let r = rules();
+        let exp = NOW + 100;
+        for (iss, aud) in [
+            (json!("https://evil"), json!("api")),
+            (json!(["https://idp"]), json!("api")),
+            (json!(null), json!("api")),
+        ] {
+            let c = obj(json!({"iss":iss,"aud":aud,"exp":exp}));
+            assert_eq!(check(&c, &r, NOW), Err(ClaimError::WrongIssuer));
+        }
+        for aud in [
+            json!("apix"),
+            json!(["nope"]),
+            json!({"api":true}),
+            json!([["api"]]),
+            json!(1),
+        ] {
+            let c = obj(json!({"iss":"https://idp","aud":aud,"exp":exp}));
+            assert_eq!(check(&c, &r, NOW), Err(ClaimError::WrongAudience));
+        }
+        let c = obj(json!({"iss":"https://idp","exp":exp}));
+        assert_eq!(check(&c, &r, NOW), Err(ClaimError::WrongAudience));
+        let open = ClaimRules {
+            issuer: None,
+            audiences: vec![],
+            ..rules()
+        };
+        assert_eq!(check(&obj(json!({"exp":exp})), &open, NOW), Ok(()));
+    }
+
+    #[test]
+    fn scope_sources() {
+        let c = obj(json!({"scope":"read  write"}));
+        assert_eq!(scopes(&c), vec!["read", "write"]);
+        let c = obj(json!({"scp":["read","write", 3]}));
+        assert_eq!(scopes(&c), vec!["read", "write"]);
+        let c = obj(json!({"scp":"read"}));
+        assert_eq!(scopes(&c), vec!["read"]);
+        let c = obj(json!({"scope":["read"]}));
+        assert!(scopes(&c).is_empty());
+        assert!(has_scopes(
+            &obj(json!({"scope":"a b c"})),
+            &["c".into(), "a".into()]
+        ));
+        assert!(!has_scopes(
+            &obj(json!({"scope":"a b"})),
+            &["a".into(), "ab".into()]
+        ));
+        assert!(has_scopes(&obj(json!({})), &[]));
+    }
+}

@@ -1,0 +1,509 @@
+//! The plugin configuration: JSON in, a validated and compiled [`Config`] out.
+//!
+//! Every error names the field it is about (`providers.corp.audiences[1]: ...`), so the one log
+//! line Envoy shows when it refuses a configuration tells the operator what to fix. Unknown
+//! fields are refused too: a misspelt `audience` must not silently switch a check off.
+
+use crate::claims::ClaimRules;
+use crate::jwt::keys::{self, Jwk};
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// The realm sent in challenges when the configuration names none.
+pub const DEFAULT_REALM: &str = "api";
+/// The default `clock_skew_seconds`, as in Envoy's `jwt_authn`.
+pub const DEFAULT_CLOCK_SKEW: u64 = 60;
+/// The largest `clock_skew_seconds` accepted.
+pub const MAX_CLOCK_SKEW: u64 = 3600;
+
+/// A refused configuration: which field, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}", self.reason)
+        } else {
+            write!(f, "{}: {}", self.field, self.reason)
+        }
+    }
+}
+
+fn err<T>(field: impl Into<String>, reason: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError {
+        field: field.into(),
+        reason: reason.into(),
+    })
+}
+
+/// The whole, validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub realm: String,
+    pub providers: Vec<Provider>,
+    pub rules: Vec<Rule>,
+    /// Every header name the filter writes (`claim_to_headers`): removed from every request
+    /// before anything else, so a client can never supply them itself.
+    pub owned_headers: Vec<String>,
+}
+
+/// Where a provider looks for a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A request header (lower-case name) whose value starts with `prefix` (ASCII
+    /// case-insensitive); the token is the rest. A prefix ending in a space is an auth scheme,
+    /// as in `Bearer `: one or more spaces may follow it.
+    Header { name: String, prefix: String },
+    /// A query parameter.
+    Param(String),
+}
+
+/// A claim copied into a request header on success.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimHeader {
+    pub header: String,
+    /// A top-level claim name, or a dotted path into nested objects (`realm_access.roles`).
+    pub claim: String,
+}
+
+/// A named token issuer and how to check its tokens.
+#[derive(Debug)]
+pub struct Provider {
+    pub name: String,
+    pub claims: ClaimRules,
+    pub keys: Vec<Jwk>,
+    pub sources: Vec<Source>,
+    pub forward: bool,
+    pub claim_to_headers: Vec<ClaimHeader>,
+}
+
+/// Which requests a rule is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    Prefix(String),
+    Exact(String),
+}
+
+impl PathMatch {
+    /// Whether `path` (without its query) fits.
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Prefix(prefix) => path.starts_with(prefix.as_str()),
+            PathMatch::Exact(exact) => path == exact,
+        }
+    }
+}
+
+/// What a rule demands of the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requirement {
+    /// Index into [`Config::providers`].
+    pub provider: usize,
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub matcher: PathMatch,
+    /// `None`: the request passes without a token.
+    pub requires: Option<Requirement>,
+}
+
+/// A view of one JSON object that knows its own path, for error messages.
+struct Obj<'a> {
+    map: &'a Map<String, Value>,
+    path: String,
+}
+
+impl<'a> Obj<'a> {
+    fn new(value: &'a Value, path: String) -> Result<Self, ConfigError> {
+        match value {
+            Value::Object(map) => Ok(Obj { map, path }),
+            _ => err(path, "must be a JSON object"),
+        }
+    }
+
+    fn field(&self, name: &str) -> String {
+        if self.path.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.path)
+        }
+    }
+
+    fn only(&self, known: &[&str]) -> Result<(), ConfigError> {
+        match self.map.keys().find(|k| !known.contains(&k.as_str())) {
+            Some(unknown) => err(
+                self.field(unknown),
+                format!("unknown field (known here: {})", known.join(", ")),
+            ),
+            None => Ok(()),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&'a Value> {
+        self.map.get(name)
+    }
+
+    fn string(&self, name: &str) -> Result<Option<&'a str>, ConfigError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) if !s.is_empty() => Ok(Some(s)),
+            Some(_) => err(self.field(name), "must be a non-empty string"),
+        }
+    }
+
+    fn required_string(&self, name: &str) -> Result<&'a str, ConfigError> {
+        self.string(name)?
+            .map_or_else(|| err(self.field(name), "is required"), Ok)
+    }
+
+    fn boolean(&self, name: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => err(self.field(name), "must be true or false"),
+        }
+    }
+
+    fn object(&self, name: &str) -> Result<Option<Obj<'a>>, ConfigError> {
+        self.get(name)
+            .map(|v| Obj::new(v, self.field(name)))
+            .transpose()
+    }
+
+    fn array(&self, name: &str) -> Result<Option<&'a Vec<Value>>, ConfigError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Array(items)) => Ok(Some(items)),
+            Some(_) => err(self.field(name), "must be an array"),
+        }
+    }
+
+    /// An array of non-empty strings, each checked by `valid`.
+    fn strings(
+        &self,
+        name: &str,
+        valid: impl Fn(&str) -> Result<(), &'static str>,
+    ) -> Result<Option<Vec<String>>, ConfigError> {
+        let Some(items) = self.array(name)? else {
+            return Ok(None);
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let here = format!("{}[{i}]", self.field(name));
+            match item {
+                Value::String(s) if !s.is_empty() => {
+                    if let Err(why) = valid(s) {
+                        return err(here, why);
+                    }
+                    out.push(s.clone());
+                }
+                _ => return err(here, "must be a non-empty string"),
+            }
+        }
+        Ok(Some(out))
+    }
+}
+
+fn any_string(_: &str) -> Result<(), &'static str> {
+    Ok(())
+}
+
+/// An HTTP header name (RFC 9110 token) that the filter may read or write.
+fn header_name(name: &str) -> Result<(), &'static str> {
+    let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if !name.chars().all(tchar) {
+        return Err("is not a valid HTTP header name");
+    }
+    Ok(())
+}
+
+/// A header the filter may set from a claim: not a pseudo-header, not one that frames or
+/// routes the request.
+fn writable_header(name: &str) -> Result<(), &'static str> {
+    header_name(name)?;
+    let reserved = [
+        "host",
+        "authorization",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "te",
+        "upgrade",
+    ];
+    if reserved.contains(&name.to_ascii_lowercase().as_str()) {
+        return Err("is a header the filter must not overwrite");
+    }
+    Ok(())
+}
+
+/// A scope token (RFC 6749 §3.3): printable ASCII except space, `"` and `\`.
+fn scope_token(scope: &str) -> Result<(), &'static str> {
+    if scope
+        .bytes()
+        .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+    {
+        Ok(())
+    } else {
+        Err("is not a valid scope (printable ASCII, no space, quote or backslash)")
+    }
+}
+
+/// A value that can stand inside a quoted string of a challenge without escaping.
+fn quotable(text: &str) -> Result<(), &'static str> {
+    if text.bytes().all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\') {
+        Ok(())
+    } else {
+        Err("must be printable ASCII without quotes or backslashes")
+    }
+}
+
+impl Config {
+    /// Parses and validates the plugin configuration.
+    pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let root = match serde_json::from_slice::<Value>(bytes) {
+            Ok(v) => v,
+            Err(e) => return err("", format!("configuration is not valid JSON ({e})")),
+        };
+        let top = Obj::new(&root, String::new())?;
+        top.only(&["providers", "rules", "realm"])?;
+
+        let realm = top.string("realm")?.unwrap_or(DEFAULT_REALM);
+        if let Err(why) = quotable(realm) {
+            return err("realm", why);
+        }
+
+        let providers_obj = match top.object("providers")? {
+            Some(p) => p,
+            None => return err("providers", "is required"),
+        };
+        if providers_obj.map.is_empty() {
+            return err("providers", "must name at least one provider");
+        }
+        let mut providers = Vec::with_capacity(providers_obj.map.len());
+        for (name, value) in providers_obj.map {
+            providers.push(provider(name, value)?);
+        }
+
+        let Some(rule_values) = top.array("rules")? else {
+            return err("rules", "is required (an empty array protects nothing)");
+        };
+        let mut rules = Vec::with_capacity(rule_values.len());
+        for (i, value) in rule_values.iter().enumerate() {
+            rules.push(rule(i, value, &providers)?);
+        }
+
+        let mut owned_headers: Vec<String> = Vec::new();
+        for p in &providers {
+            for ch in &p.claim_to_headers {
+                if !owned_headers.contains(&ch.header) {
+                    owned_headers.push(ch.header.clone());
+                }
+            }
+        }
+        Ok(Config {
+            realm: realm.to_string(),
+            providers,
+            rules,
+            owned_headers,
+        })
+    }
+}
+
+fn provider(name: &str, value: &Value) -> Result<Provider, ConfigError> {
+    let p = Obj::new(value, format!("providers.{name}"))?;
+    if let Err(why) = quotable(name) {
+        return err(p.path, format!("the provider name {why}"));
+    }
+    p.only(&[
+        "issuer",
+        "audiences",
+        "local_jwks",
+        "remote_jwks",
+        "introspection",
+        "from_headers",
+        "from_params",
+        "forward",
+        "claim_to_headers",
+        "clock_skew_seconds",
+        "require_expiration",
+    ])?;
+    for later in ["remote_jwks", "introspection"] {
+        if p.get(later).is_some() {
+            return err(p.field(later), "is not supported by this version of the filter yet");
+        }
+    }
+
+    let issuer = p.string("issuer")?.map(str::to_owned);
+    let audiences = p.strings("audiences", any_string)?;
+    if audiences.as_ref().is_some_and(Vec::is_empty) {
+        return err(
+            p.field("audiences"),
+            "must not be empty (leave it out to accept any audience)",
+        );
+    }
+
+    let keys = match p.object("local_jwks")? {
+        Some(jwks) => local_jwks(&jwks)?,
+        None => return err(p.field("local_jwks"), "is required: the provider has no keys"),
+    };
+
+    let clock_skew_seconds = match p.get("clock_skew_seconds") {
+        None => DEFAULT_CLOCK_SKEW,
+        Some(v) => match v.as_u64() {
+            Some(s) if s <= MAX_CLOCK_SKEW => s,
+            _ => {
+                return err(
+                    p.field("clock_skew_seconds"),
+                    format!("must be a whole number of seconds from 0 to {MAX_CLOCK_SKEW}"),
+                )
+            }
+        },
+    };
+
+    let mut sources = Vec::new();
+    if let Some(items) = p.array("from_headers")? {
+        for (i, item) in items.iter().enumerate() {
+            let h = Obj::new(item, format!("{}[{i}]", p.field("from_headers")))?;
+            h.only(&["name", "value_prefix"])?;
+            let header = h.required_string("name")?;
+            if let Err(why) = header_name(header) {
+                return err(h.field("name"), why);
+            }
+            let prefix = match h.get("value_prefix") {
+                None => "",
+                Some(Value::String(s)) => s.as_str(),
+                Some(_) => return err(h.field("value_prefix"), "must be a string"),
+            };
+            sources.push(Source::Header {
+                name: header.to_ascii_lowercase(),
+                prefix: prefix.to_string(),
+            });
+        }
+    }
+    for param in p.strings("from_params", any_string)?.unwrap_or_default() {
+        sources.push(Source::Param(param));
+    }
+    if sources.is_empty() {
+        if p.get("from_headers").is_some() || p.get("from_params").is_some() {
+            return err(
+                p.field("from_headers"),
+                "from_headers and from_params are both empty: the provider could never see a token",
+            );
+        }
+        sources.push(Source::Header {
+            name: "authorization".into(),
+            prefix: "Bearer ".into(),
+        });
+    }
+
+    let mut claim_to_headers = Vec::new();
+    if let Some(items) = p.array("claim_to_headers")? {
+        for (i, item) in items.iter().enumerate() {
+            let c = Obj::new(item, format!("{}[{i}]", p.field("claim_to_headers")))?;
+            c.only(&["header_name", "claim_name"])?;
+            let header = c.required_string("header_name")?;
+            if let Err(why) = writable_header(header) {
+                return err(c.field("header_name"), why);
+            }
+            if sources
+                .iter()
+                .any(|s| matches!(s, Source::Header { name, .. } if name.eq_ignore_ascii_case(header)))
+            {
+                return err(
+                    c.field("header_name"),
+                    "is also a header the provider reads tokens from",
+                );
+            }
+            claim_to_headers.push(ClaimHeader {
+                header: header.to_ascii_lowercase(),
+                claim: c.required_string("claim_name")?.to_string(),
+            });
+        }
+    }
+
+    Ok(Provider {
+        name: name.to_string(),
+        claims: ClaimRules {
+            issuer,
+            audiences: audiences.unwrap_or_default(),
+            require_expiration: p.boolean("require_expiration", true)?,
+            clock_skew_seconds,
+        },
+        keys,
+        sources,
+        forward: p.boolean("forward", false)?,
+        claim_to_headers,
+    })
+}
+
+/// `local_jwks`: an Envoy DataSource; only `inline_string` can be read from inside Wasm.
+fn local_jwks(jwks: &Obj<'_>) -> Result<Vec<Jwk>, ConfigError> {
+    jwks.only(&["inline_string", "filename"])?;
+    if jwks.get("filename").is_some() {
+        return err(
+            jwks.field("filename"),
+            "a Wasm filter cannot read files; put the JWKS in inline_string",
+        );
+    }
+    let text = jwks.required_string("inline_string")?;
+    let field = jwks.field("inline_string");
+    let set = keys::parse_jwks(text.as_bytes()).map_err(|why| ConfigError {
+        field: field.clone(),
+        reason: format!("the JWKS is {why}"),
+    })?;
+    // Inline keys are the operator's own: a bad one is a configuration mistake, not a key to skip.
+    if let Some(problem) = set.problems.first() {
+        return err(field, problem.clone());
+    }
+    if set.keys.is_empty() {
+        return err(field, "the JWKS has no usable signing key");
+    }
+    Ok(set.keys)
+}
+
+fn rule(i: usize, value: &Value, providers: &[Provider]) -> Result<Rule, ConfigError> {
+    let r = Obj::new(value, format!("rules[{i}]"))?;
+    r.only(&["match", "requires"])?;
+    let m = match r.object("match")? {
+        Some(m) => m,
+        None => return err(r.field("match"), "is required"),
+    };
+    m.only(&["prefix", "path"])?;
+    let matcher = match (m.string("prefix")?, m.string("path")?) {
+        (Some(prefix), None) => PathMatch::Prefix(prefix.to_string()),
+        (None, Some(path)) => PathMatch::Exact(path.to_string()),
+        _ => return err(m.path, "needs exactly one of prefix or path"),
+    };
+    let (PathMatch::Prefix(p) | PathMatch::Exact(p)) = &matcher;
+    if !p.starts_with('/') {
+        return err(m.path, "must start with '/'");
+    }
+    let requires = match r.object("requires")? {
+        None => None,
+        Some(q) => {
+            q.only(&["provider_name", "scopes"])?;
+            let name = q.required_string("provider_name")?;
+            let Some(provider) = providers.iter().position(|p| p.name == name) else {
+                return err(q.field("provider_name"), "names no provider in providers");
+            };
+            Some(Requirement {
+                provider,
+                scopes: q.strings("scopes", scope_token)?.unwrap_or_default(),
+            })
+        }
+    };
+    Ok(Rule { matcher, requires })
+}
+
+impl Config {
+    /// The first rule whose match fits `path` (without its query).
+    pub fn rule_for(&self, path: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.matcher.matches(path))
+    }
+}

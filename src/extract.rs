@@ -1,0 +1,330 @@
+//! Finding the bearer token in a request (RFC 6750 §2).
+//!
+//! Every value of every configured header is read, not only the first: a request with two
+//! `Authorization` headers, or a token in a header and in the query at once, is ambiguous and
+//! refused as `invalid_request`, so the filter and the upstream can never disagree on which
+//! credential was presented.
+
+use crate::config::Source;
+
+/// The outcome of looking for a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Extracted {
+    /// Exactly one token, and where it was found.
+    Token { token: String, source: Source },
+    /// No credential for this provider at all (also a header with another auth scheme, such as
+    /// `Basic`): the challenge carries no error code (RFC 6750 §3.1).
+    Missing,
+    /// A malformed or ambiguous credential: `invalid_request`, with a fixed description.
+    Invalid(&'static str),
+}
+
+/// RFC 6750 `b64token`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+pub fn is_b64token(token: &str) -> bool {
+    let body = token.trim_end_matches('=');
+    !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+}
+
+/// What one header value holds for a header source.
+enum HeaderValue {
+    NotOurs,
+    Token(String),
+    Invalid(&'static str),
+}
+
+fn from_header_value(value: &[u8], prefix: &str) -> HeaderValue {
+    let Ok(value) = std::str::from_utf8(value) else {
+        return HeaderValue::Invalid("The credentials are not valid text");
+    };
+    let scheme = prefix.trim_end_matches(' ');
+    let is_scheme = scheme.len() < prefix.len();
+    if is_scheme {
+        // `Bearer <token>`: the scheme is case-insensitive; one or more spaces follow it.
+        let head = value.get(..scheme.len());
+        if !head.is_some_and(|h| h.eq_ignore_ascii_case(scheme)) {
+            return HeaderValue::NotOurs;
+        }
+        let rest = &value[scheme.len()..];
+        if rest.is_empty() {
+            return HeaderValue::Invalid("The authorization scheme is given without a token");
+        }
+        if !rest.starts_with(' ') {
+            // `Bearerx…` is another scheme; `Bearer\t…` is a malformed one.
+            return if rest.as_bytes()[0].is_ascii_alphanumeric() || rest.starts_with('-') {
+                HeaderValue::NotOurs
+            } else {
+                HeaderValue::Invalid("The authorization header is malformed")
+            };
+        }
+        let token = rest.trim_start_matches(' ');
+        if token.is_empty() {
+            return HeaderValue::Invalid("The authorization scheme is given without a token");
+        }
+        checked(token)
+    } else {
+        let head = value.get(..prefix.len());
+        if !head.is_some_and(|h| h.eq_ignore_ascii_case(prefix)) {
+            return HeaderValue::NotOurs;
+        }
+        let token = &value[prefix.len()..];
+        if token.is_empty() {
+            return HeaderValue::Invalid("The token header is empty");
+        }
+        checked(token)
+    }
+}
+
+fn checked(token: &str) -> HeaderValue {
+    if is_b64token(token) {
+        HeaderValue::Token(token.to_string())
+    } else {
+        HeaderValue::Invalid("The bearer token contains characters a bearer token cannot contain")
+    }
+}
+
+/// Splits the query of a `:path` into raw `(name, value)` pairs.
+pub fn query_pairs(path: &str) -> impl Iterator<Item = (&str, &str)> {
+    let query = path.split_once('?').map_or("", |(_, q)| q);
+    let query = query.split_once('#').map_or(query, |(q, _)| q);
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+}
+
+/// Decodes `application/x-www-form-urlencoded` text; `None` if it is not valid.
+pub fn form_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Looks for the token of a provider with `sources` in the request's headers (lower-case names,
+/// every value) and its `:path`.
+pub fn extract(sources: &[Source], headers: &[(String, Vec<u8>)], path: &str) -> Extracted {
+    let mut found: Option<(String, Source)> = None;
+    let mut count = 0usize;
+    for source in sources {
+        match source {
+            Source::Header { name, prefix } => {
+                let values: Vec<&[u8]> = headers
+                    .iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.as_slice())
+                    .collect();
+                if values.len() > 1 && name == "authorization" {
+                    return Extracted::Invalid("The request has more than one Authorization header");
+                }
+                for value in values {
+                    match from_header_value(value, prefix) {
+                        HeaderValue::NotOurs => {}
+                        HeaderValue::Invalid(why) => return Extracted::Invalid(why),
+                        HeaderValue::Token(token) => {
+                            count += 1;
+                            found = Some((token, source.clone()));
+                        }
+                    }
+                }
+            }
+            Source::Param(param) => {
+                for (name, value) in query_pairs(path) {
+                    if form_decode(name).as_deref() != Some(param.as_str()) {
+                        continue;
+                    }
+                    let Some(token) = form_decode(value) else {
+                        return Extracted::Invalid("The token parameter is not valid URL encoding");
+                    };
+                    if token.is_empty() {
+                        return Extracted::Invalid("The token parameter is empty");
+                    }
+                    if !is_b64token(&token) {
+                        return Extracted::Invalid(
+                            "The bearer token contains characters a bearer token cannot contain",
+                        );
+                    }
+                    count += 1;
+                    found = Some((token, source.clone()));
+                }
+            }
+        }
+    }
+    match (count, found) {
+        (0, _) | (_, None) => Extracted::Missing,
+        (1, Some((token, source))) => Extracted::Token { token, source },
+        _ => Extracted::Invalid("The request carries more than one token"),
+    }
+}
+
+/// The `:path` with every occurrence of query parameter `param` removed.
+pub fn strip_param(path: &str, param: &str) -> String {
+    let Some((base, query)) = path.split_once('?') else {
+        return path.to_string();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(*pair, |(n, _)| n);
+            !pair.is_empty() && form_decode(name).as_deref() != Some(param)
+        })
+        .collect();
+    if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bearer() -> Vec<Source> {
+        vec![Source::Header {
+            name: "authorization".into(),
+            prefix: "Bearer ".into(),
+        }]
+    }
+
+    fn both() -> Vec<Source> {
+        let mut s = bearer();
+        s.push(Source::Param("access_token".into()));
+        s
+    }
+
+    fn h(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    fn token(t: &str, s: &Source) -> Extracted {
+        Extracted::Token {
+            token: t.into(),
+            source: s.clone(),
+        }
+    }
+
+    #[test]
+    fn authorization_header_shapes() {
+        let s = bearer();
+        let one = |v: &str| extract(&s, &h(&[("authorization", v)]), "/");
+        assert_eq!(one("Bearer abc.def-_~+/=="), token("abc.def-_~+/==", &s[0]));
+        assert_eq!(one("bearer abc"), token("abc", &s[0]));
+        assert_eq!(one("BEARER   abc"), token("abc", &s[0]));
+        assert_eq!(one("Basic dXNlcjpwYXNz"), Extracted::Missing);
+        assert_eq!(one("Bearerabc"), Extracted::Missing);
+        assert!(matches!(one("Bearer"), Extracted::Invalid(_)));
+        assert!(matches!(one("Bearer "), Extracted::Invalid(_)));
+        assert!(matches!(one("Bearer\tabc"), Extracted::Invalid(_)));
+        assert!(matches!(one("Bearer a b"), Extracted::Invalid(_)));
+        assert!(matches!(one("Bearer a,b"), Extracted::Invalid(_)));
+        assert!(matches!(one("Bearer ===="), Extracted::Invalid(_)));
+        assert!(matches!(one("Bearer a=b"), Extracted::Invalid(_)));
+        assert_eq!(extract(&s, &h(&[]), "/"), Extracted::Missing);
+        let bad_utf8 = vec![("authorization".to_string(), b"Bearer \xff".to_vec())];
+        assert!(matches!(extract(&s, &bad_utf8, "/"), Extracted::Invalid(_)));
+    }
+
+    #[test]
+    fn two_credentials_are_invalid_request() {
+        let s = both();
+        let two = h(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]);
+        assert!(matches!(extract(&s, &two, "/"), Extracted::Invalid(_)));
+        let mixed = h(&[("authorization", "Basic x"), ("authorization", "Bearer b")]);
+        assert!(matches!(extract(&s, &mixed, "/"), Extracted::Invalid(_)));
+        let header_and_query = h(&[("authorization", "Bearer a")]);
+        assert!(matches!(
+            extract(&s, &header_and_query, "/x?access_token=b"),
+            Extracted::Invalid(_)
+        ));
+        assert!(matches!(
+            extract(&s, &[], "/x?access_token=a&access_token=a"),
+            Extracted::Invalid(_)
+        ));
+    }
+
+    #[test]
+    fn query_parameter() {
+        let s = both();
+        assert_eq!(
+            extract(&s, &[], "/x?a=1&access_token=abc.d%2De&b"),
+            token("abc.d-e", &s[1])
+        );
+        assert_eq!(
+            extract(&s, &[], "/x?access_tokenx=abc"),
+            Extracted::Missing
+        );
+        assert!(matches!(
+            extract(&s, &[], "/x?access_token="),
+            Extracted::Invalid(_)
+        ));
+        assert!(matches!(
+            extract(&s, &[], "/x?access_token=a%2"),
+            Extracted::Invalid(_)
+        ));
+        assert!(matches!(
+            extract(&s, &[], "/x?access_token=a+b"),
+            Extracted::Invalid(_)
+        ));
+        // Without from_params the query is never read.
+        assert_eq!(
+            extract(&bearer(), &[], "/x?access_token=abc"),
+            Extracted::Missing
+        );
+    }
+
+    #[test]
+    fn custom_header_without_prefix() {
+        let s = vec![Source::Header {
+            name: "x-jwt".into(),
+            prefix: String::new(),
+        }];
+        assert_eq!(
+            extract(&s, &h(&[("x-jwt", "abc")]), "/"),
+            token("abc", &s[0])
+        );
+        assert!(matches!(
+            extract(&s, &h(&[("x-jwt", "a"), ("x-jwt", "b")]), "/"),
+            Extracted::Invalid(_)
+        ));
+    }
+
+    #[test]
+    fn strips_only_the_token_parameter() {
+        assert_eq!(strip_param("/a?access_token=x", "access_token"), "/a");
+        assert_eq!(
+            strip_param("/a?b=1&access_token=x&c=2", "access_token"),
+            "/a?b=1&c=2"
+        );
+        assert_eq!(strip_param("/a", "access_token"), "/a");
+        assert_eq!(
+            strip_param("/a?access%5Ftoken=x&d", "access_token"),
+            "/a?d"
+        );
+    }
+
+    #[test]
+    fn form_decoding() {
+        assert_eq!(form_decode("a%20b+c").as_deref(), Some("a b c"));
+        assert_eq!(form_decode("%zz"), None);
+        assert_eq!(form_decode("%ff"), None);
+    }
+}

@@ -1,0 +1,254 @@
+//! JWKS (RFC 7517) to verification keys, and which key may check which algorithm.
+
+use super::b64url;
+use crate::json;
+use rsa::{traits::PublicKeyParts, BigUint, RsaPublicKey};
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// The JWS algorithms this filter verifies. `none` is deliberately absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alg {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    ES512,
+    EdDSA,
+    HS256,
+    HS384,
+    HS512,
+}
+
+impl Alg {
+    /// The algorithm named by a JOSE `alg` value (case-sensitive, RFC 7515 §4.1.1).
+    pub fn from_name(name: &str) -> Option<Alg> {
+        Some(match name {
+            "RS256" => Alg::RS256,
+            "RS384" => Alg::RS384,
+            "RS512" => Alg::RS512,
+            "PS256" => Alg::PS256,
+            "PS384" => Alg::PS384,
+            "PS512" => Alg::PS512,
+            "ES256" => Alg::ES256,
+            "ES384" => Alg::ES384,
+            "ES512" => Alg::ES512,
+            "EdDSA" => Alg::EdDSA,
+            "HS256" => Alg::HS256,
+            "HS384" => Alg::HS384,
+            "HS512" => Alg::HS512,
+            _ => return None,
+        })
+    }
+
+    /// Whether `key` may verify this algorithm: the key type must fit (never HMAC with a public
+    /// key, never RSA with an EC key), the curve must be the algorithm's curve, and an HMAC key
+    /// must be at least as long as the hash (RFC 7518 §3.2).
+    pub fn fits(self, key: &KeyMaterial) -> bool {
+        match (self, key) {
+            (Alg::RS256 | Alg::RS384 | Alg::RS512, KeyMaterial::Rsa(_)) => true,
+            (Alg::PS256 | Alg::PS384 | Alg::PS512, KeyMaterial::Rsa(_)) => true,
+            (Alg::ES256, KeyMaterial::P256(_)) => true,
+            (Alg::ES384, KeyMaterial::P384(_)) => true,
+            (Alg::ES512, KeyMaterial::P521(_)) => true,
+            (Alg::EdDSA, KeyMaterial::Ed25519(_)) => true,
+            (Alg::HS256, KeyMaterial::Hmac(k)) => k.len() >= 32,
+            (Alg::HS384, KeyMaterial::Hmac(k)) => k.len() >= 48,
+            (Alg::HS512, KeyMaterial::Hmac(k)) => k.len() >= 64,
+            _ => false,
+        }
+    }
+}
+
+/// A parsed public (or, for `oct`, shared) key, ready to verify with no per-request parsing.
+#[derive(Clone)]
+pub enum KeyMaterial {
+    Rsa(RsaPublicKey),
+    P256(p256::ecdsa::VerifyingKey),
+    P384(p384::ecdsa::VerifyingKey),
+    P521(p521::ecdsa::VerifyingKey),
+    Ed25519(ed25519_compact::PublicKey),
+    Hmac(Vec<u8>),
+}
+
+impl fmt::Debug for KeyMaterial {
+    // Never print key bytes: an HMAC key is a secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeyMaterial::Rsa(_) => "RSA",
+            KeyMaterial::P256(_) => "EC P-256",
+            KeyMaterial::P384(_) => "EC P-384",
+            KeyMaterial::P521(_) => "EC P-521",
+            KeyMaterial::Ed25519(_) => "OKP Ed25519",
+            KeyMaterial::Hmac(_) => "oct",
+        })
+    }
+}
+
+/// One usable key of a JWKS.
+#[derive(Debug, Clone)]
+pub struct Jwk {
+    pub kid: Option<String>,
+    /// The key's own `alg`, when the JWKS pins one: the token's `alg` must then equal it.
+    pub alg: Option<Alg>,
+    pub material: KeyMaterial,
+}
+
+impl Jwk {
+    /// Whether this key may verify a token signed with `alg`.
+    pub fn accepts(&self, alg: Alg) -> bool {
+        self.alg.is_none_or(|pinned| pinned == alg) && alg.fits(&self.material)
+    }
+}
+
+/// The usable keys of a JWKS, and a line for each key that was skipped as bad.
+#[derive(Debug, Default)]
+pub struct KeySet {
+    pub keys: Vec<Jwk>,
+    pub problems: Vec<String>,
+}
+
+/// The smallest RSA modulus accepted, in bits.
+pub const MIN_RSA_BITS: usize = 2048;
+/// The largest RSA modulus accepted, in bits (bounds the cost of one verification).
+pub const MAX_RSA_BITS: usize = 8192;
+/// The largest JWKS document read, in bytes.
+pub const MAX_JWKS_BYTES: usize = 512 * 1024;
+
+/// Parses a JWKS document. A document that is not a JWKS at all is an `Err`; a bad key inside a
+/// good document is skipped and described in `problems` (never with key bytes in it), so one
+/// broken key at the identity provider does not take the others down.
+pub fn parse_jwks(text: &[u8]) -> Result<KeySet, String> {
+    if text.len() > MAX_JWKS_BYTES {
+        return Err(format!("larger than {MAX_JWKS_BYTES} bytes"));
+    }
+    let doc = json::parse_object(text).map_err(|e| match e {
+        json::JsonError::Invalid => "not valid JSON (or a member name repeated)".to_string(),
+        json::JsonError::NotObject => "not a JSON object".to_string(),
+    })?;
+    let Some(Value::Array(entries)) = doc.get("keys") else {
+        return Err("has no \"keys\" array".to_string());
+    };
+    let mut set = KeySet::default();
+    for (i, entry) in entries.iter().enumerate() {
+        let Value::Object(jwk) = entry else {
+            set.problems.push(format!("keys[{i}]: not a JSON object"));
+            continue;
+        };
+        match parse_jwk(jwk) {
+            Ok(Some(key)) => {
+                let duplicate = key.kid.is_some() && set.keys.iter().any(|k| k.kid == key.kid);
+                if duplicate {
+                    set.problems
+                        .push(format!("keys[{i}]: kid repeats an earlier key's kid"));
+                } else {
+                    set.keys.push(key);
+                }
+            }
+            Ok(None) => {}
+            Err(why) => set.problems.push(format!("keys[{i}]: {why}")),
+        }
+    }
+    Ok(set)
+}
+
+/// One JWK: `Ok(None)` for a key that is not for signatures (`use` other than `sig`, or an
+/// encryption `alg`), which is skipped silently as every JOSE library does.
+fn parse_jwk(jwk: &Map<String, Value>) -> Result<Option<Jwk>, String> {
+    let text = |name: &str| -> Result<Option<&str>, String> {
+        match jwk.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(_) => Err(format!("\"{name}\" is not a string")),
+        }
+    };
+    if let Some(usage) = text("use")? {
+        if usage != "sig" {
+            return Ok(None);
+        }
+    }
+    let alg = match text("alg")? {
+        None => None,
+        Some(name) => match Alg::from_name(name) {
+            Some(alg) => Some(alg),
+            None => return Ok(None),
+        },
+    };
+    let kid = text("kid")?.map(str::to_owned);
+    let member = |name: &str| -> Result<Vec<u8>, String> {
+        let value = text(name)?.ok_or_else(|| format!("\"{name}\" is missing"))?;
+        b64url(value).ok_or_else(|| format!("\"{name}\" is not base64url"))
+    };
+    let material = match text("kty")? {
+        Some("RSA") => rsa_key(&member("n")?, &member("e")?)?,
+        Some("EC") => {
+            let (x, y) = (member("x")?, member("y")?);
+            match text("crv")? {
+                Some("P-256") => KeyMaterial::P256(
+                    p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1(&x, &y, 32)?)
+                        .map_err(|_| "not a point on P-256")?,
+                ),
+                Some("P-384") => KeyMaterial::P384(
+                    p384::ecdsa::VerifyingKey::from_sec1_bytes(&sec1(&x, &y, 48)?)
+                        .map_err(|_| "not a point on P-384")?,
+                ),
+                Some("P-521") => KeyMaterial::P521(
+                    p521::ecdsa::VerifyingKey::from_sec1_bytes(&sec1(&x, &y, 66)?)
+                        .map_err(|_| "not a point on P-521")?,
+                ),
+                _ => return Err("EC key with an unsupported \"crv\"".to_string()),
+            }
+        }
+        Some("OKP") => match text("crv")? {
+            Some("Ed25519") => KeyMaterial::Ed25519(
+                ed25519_compact::PublicKey::from_slice(&member("x")?)
+                    .map_err(|_| "not an Ed25519 public key")?,
+            ),
+            _ => return Err("OKP key with an unsupported \"crv\"".to_string()),
+        },
+        Some("oct") => {
+            let k = member("k")?;
+            if k.len() < 32 {
+                return Err("oct key shorter than 256 bits".to_string());
+            }
+            KeyMaterial::Hmac(k)
+        }
+        Some(_) => return Err("unsupported \"kty\"".to_string()),
+        None => return Err("\"kty\" is missing".to_string()),
+    };
+    let key = Jwk { kid, alg, material };
+    if let Some(alg) = alg {
+        if !alg.fits(&key.material) {
+            return Err("\"alg\" does not fit the key type".to_string());
+        }
+    }
+    Ok(Some(key))
+}
+
+fn rsa_key(n: &[u8], e: &[u8]) -> Result<KeyMaterial, String> {
+    let n = BigUint::from_bytes_be(n);
+    let bits = n.bits();
+    if bits < MIN_RSA_BITS {
+        return Err(format!("RSA modulus of {bits} bits, under {MIN_RSA_BITS}"));
+    }
+    let key = RsaPublicKey::new_with_max_size(n, BigUint::from_bytes_be(e), MAX_RSA_BITS)
+        .map_err(|_| "not a valid RSA public key".to_string())?;
+    debug_assert!(key.size() * 8 >= MIN_RSA_BITS);
+    Ok(KeyMaterial::Rsa(key))
+}
+
+/// The SEC1 uncompressed encoding of a point whose coordinates must be exactly `len` bytes.
+fn sec1(x: &[u8], y: &[u8], len: usize) -> Result<Vec<u8>, String> {
+    if x.len() != len || y.len() != len {
+        return Err(format!("EC coordinates must be {len} bytes"));
+    }
+    let mut point = Vec::with_capacity(1 + 2 * len);
+    point.push(0x04);
+    point.extend_from_slice(x);
+    point.extend_from_slice(y);
+    Ok(point)
+}

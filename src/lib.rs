@@ -1,0 +1,24 @@
+//! OAuth 2.0 bearer-token filter for Envoy, as a proxy-wasm module.
+//!
+//! The core (every module but `host`) is plain Rust with no host calls, unit-tested natively.
+//! `host` is the thin proxy-wasm shell; it exists only in the Wasm build.
+
+pub mod challenge;
+pub mod claims;
+pub mod config;
+pub mod decision;
+pub mod extract;
+pub mod json;
+pub mod jwt;
+
+#[cfg(test)]
+#[path = "../tests/support/tokens.rs"]
+mod testkit;
+
+#[cfg(target_arch = "wasm32")]
+mod host;
+
+#[cfg(target_arch = "wasm32")]
+proxy_wasm::main! {{
+    host::start();
+}}
