@@ -180,10 +180,7 @@ mod tests {
     #[test]
     fn require_expiration() {
         let c = obj(json!({"iss":"https://idp","aud":"api"}));
-        assert_eq!(
-            check(&c, &rules(), NOW),
-            Err(ClaimError::MissingExpiration)
-        );
+        assert_eq!(check(&c, &rules(), NOW), Err(ClaimError::MissingExpiration));
         let lax = ClaimRules {
             require_expiration: false,
             ..rules()

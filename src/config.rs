@@ -256,7 +256,10 @@ fn scope_token(scope: &str) -> Result<(), &'static str> {
 
 /// A value that can stand inside a quoted string of a challenge without escaping.
 fn quotable(text: &str) -> Result<(), &'static str> {
-    if text.bytes().all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\') {
+    if text
+        .bytes()
+        .all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\')
+    {
         Ok(())
     } else {
         Err("must be printable ASCII without quotes or backslashes")
@@ -335,7 +338,10 @@ fn provider(name: &str, value: &Value) -> Result<Provider, ConfigError> {
     ])?;
     for later in ["remote_jwks", "introspection"] {
         if p.get(later).is_some() {
-            return err(p.field(later), "is not supported by this version of the filter yet");
+            return err(
+                p.field(later),
+                "is not supported by this version of the filter yet",
+            );
         }
     }
 
@@ -350,7 +356,12 @@ fn provider(name: &str, value: &Value) -> Result<Provider, ConfigError> {
 
     let keys = match p.object("local_jwks")? {
         Some(jwks) => local_jwks(&jwks)?,
-        None => return err(p.field("local_jwks"), "is required: the provider has no keys"),
+        None => {
+            return err(
+                p.field("local_jwks"),
+                "is required: the provider has no keys",
+            )
+        }
     };
 
     let clock_skew_seconds = match p.get("clock_skew_seconds") {
@@ -411,10 +422,9 @@ fn provider(name: &str, value: &Value) -> Result<Provider, ConfigError> {
             if let Err(why) = writable_header(header) {
                 return err(c.field("header_name"), why);
             }
-            if sources
-                .iter()
-                .any(|s| matches!(s, Source::Header { name, .. } if name.eq_ignore_ascii_case(header)))
-            {
+            if sources.iter().any(
+                |s| matches!(s, Source::Header { name, .. } if name.eq_ignore_ascii_case(header)),
+            ) {
                 return err(
                     c.field("header_name"),
                     "is also a header the provider reads tokens from",
@@ -505,5 +515,251 @@ impl Config {
     /// The first rule whose match fits `path` (without its query).
     pub fn rule_for(&self, path: &str) -> Option<&Rule> {
         self.rules.iter().find(|r| r.matcher.matches(path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{jwks, Signer};
+    use serde_json::json;
+
+    fn jwks_text() -> String {
+        jwks(&[Signer::hmac("HS256", "k1", &[1u8; 32]).jwk()])
+    }
+
+    fn base() -> Value {
+        json!({
+            "providers": {"corp": {
+                "issuer": "https://idp", "audiences": ["api"],
+                "local_jwks": {"inline_string": jwks_text()},
+                "claim_to_headers": [{"header_name": "X-User", "claim_name": "sub"}]
+            }},
+            "rules": [
+                {"match": {"prefix": "/public"}},
+                {"match": {"path": "/admin"}, "requires": {"provider_name": "corp", "scopes": ["admin"]}},
+                {"match": {"prefix": "/"}, "requires": {"provider_name": "corp"}}
+            ]
+        })
+    }
+
+    fn refuse(edit: impl FnOnce(&mut Value)) -> String {
+        let mut v = base();
+        edit(&mut v);
+        match Config::from_json(v.to_string().as_bytes()) {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn accepts_the_documented_shape() {
+        let c = Config::from_json(base().to_string().as_bytes()).unwrap();
+        assert_eq!(c.realm, DEFAULT_REALM);
+        let p = &c.providers[0];
+        assert_eq!(p.claims.clock_skew_seconds, 60);
+        assert!(p.claims.require_expiration);
+        assert!(!p.forward);
+        assert_eq!(
+            p.sources,
+            vec![Source::Header {
+                name: "authorization".into(),
+                prefix: "Bearer ".into()
+            }]
+        );
+        assert_eq!(c.owned_headers, vec!["x-user".to_string()]);
+        assert_eq!(c.rule_for("/public/x").unwrap().requires, None);
+        assert_eq!(
+            c.rule_for("/admin")
+                .unwrap()
+                .requires
+                .as_ref()
+                .unwrap()
+                .scopes,
+            vec!["admin"]
+        );
+        assert_eq!(
+            c.rule_for("/admin/x")
+                .unwrap()
+                .requires
+                .as_ref()
+                .unwrap()
+                .scopes,
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases: Vec<(Box<dyn FnOnce(&mut Value)>, &str)> = vec![
+            (
+                Box::new(|v| v["providers"]["corp"]["audience"] = json!("api")),
+                "providers.corp.audience: unknown field",
+            ),
+            (
+                Box::new(|v| v["providers"]["corp"]["audiences"] = json!(["api", 3])),
+                "providers.corp.audiences[1]: must be a non-empty string",
+            ),
+            (
+                Box::new(|v| v["providers"]["corp"]["audiences"] = json!([])),
+                "providers.corp.audiences: must not be empty",
+            ),
+            (
+                Box::new(|v| v["providers"]["corp"]["issuer"] = json!("")),
+                "providers.corp.issuer: must be a non-empty string",
+            ),
+            (
+                Box::new(|v| v["providers"]["corp"]["clock_skew_seconds"] = json!(-1)),
+                "providers.corp.clock_skew_seconds",
+            ),
+            (
+                Box::new(|v| v["providers"]["corp"]["clock_skew_seconds"] = json!("60s")),
+                "providers.corp.clock_skew_seconds",
+            ),
+            (
+                Box::new(|v| v["providers"]["corp"]["forward"] = json!("yes")),
+                "providers.corp.forward: must be true or false",
+            ),
+            (
+                Box::new(|v| v["providers"]["corp"]["require_expiration"] = json!(0)),
+                "providers.corp.require_expiration",
+            ),
+            (
+                Box::new(|v| v["providers"]["corp"]["local_jwks"]["inline_string"] = json!("{}")),
+                "providers.corp.local_jwks.inline_string: the JWKS is has no",
+            ),
+            (
+                Box::new(|v| {
+                    v["providers"]["corp"]["local_jwks"]["inline_string"] = json!("{\"keys\":[]}")
+                }),
+                "no usable signing key",
+            ),
+            (
+                Box::new(|v| {
+                    v["providers"]["corp"]["local_jwks"]["inline_string"] =
+                        json!("{\"keys\":[{\"kty\":\"oct\",\"k\":\"AAAA\"}]}")
+                }),
+                "keys[0]: oct key shorter",
+            ),
+            (
+                Box::new(|v| {
+                    v["providers"]["corp"]["local_jwks"] = json!({"filename": "/etc/jwks"})
+                }),
+                "providers.corp.local_jwks.filename",
+            ),
+            (
+                Box::new(|v| {
+                    v["providers"]["corp"]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("local_jwks");
+                }),
+                "providers.corp.local_jwks: is required",
+            ),
+            (
+                Box::new(|v| v["providers"]["corp"]["remote_jwks"] = json!({})),
+                "providers.corp.remote_jwks: is not supported",
+            ),
+            (
+                Box::new(|v| {
+                    v["providers"]["corp"]["from_headers"] = json!([{"name": "bad header"}])
+                }),
+                "providers.corp.from_headers[0].name",
+            ),
+            (
+                Box::new(|v| v["providers"]["corp"]["from_headers"] = json!([])),
+                "could never see a token",
+            ),
+            (
+                Box::new(|v| {
+                    v["providers"]["corp"]["claim_to_headers"] =
+                        json!([{"header_name": ":path", "claim_name": "sub"}])
+                }),
+                "claim_to_headers[0].header_name",
+            ),
+            (
+                Box::new(|v| {
+                    v["providers"]["corp"]["claim_to_headers"] =
+                        json!([{"header_name": "Authorization", "claim_name": "sub"}])
+                }),
+                "must not overwrite",
+            ),
+            (
+                Box::new(|v| {
+                    v["providers"]["corp"]["claim_to_headers"] = json!([{"header_name": "x-a"}])
+                }),
+                "claim_to_headers[0].claim_name: is required",
+            ),
+            (
+                Box::new(|v| v["providers"] = json!({})),
+                "providers: must name at least one",
+            ),
+            (
+                Box::new(|v| v["providers"] = json!([])),
+                "providers: must be a JSON object",
+            ),
+            (
+                Box::new(|v| {
+                    v.as_object_mut().unwrap().remove("rules");
+                }),
+                "rules: is required",
+            ),
+            (
+                Box::new(|v| v["rules"][1]["requires"]["provider_name"] = json!("other")),
+                "rules[1].requires.provider_name: names no provider",
+            ),
+            (
+                Box::new(|v| v["rules"][1]["requires"]["scopes"] = json!(["a b"])),
+                "rules[1].requires.scopes[0]",
+            ),
+            (
+                Box::new(|v| v["rules"][1]["requires"]["scopes"] = json!(["a\"b"])),
+                "rules[1].requires.scopes[0]",
+            ),
+            (
+                Box::new(|v| v["rules"][0]["match"] = json!({"prefix": "/a", "path": "/b"})),
+                "rules[0].match: needs exactly one",
+            ),
+            (
+                Box::new(|v| v["rules"][0]["match"] = json!({"prefix": "a"})),
+                "rules[0].match: must start with '/'",
+            ),
+            (
+                Box::new(|v| v["rules"][0]["match"] = json!({"safe_regex": ".*"})),
+                "rules[0].match.safe_regex: unknown field",
+            ),
+            (
+                Box::new(|v| v["realm"] = json!("a\"b")),
+                "realm: must be printable",
+            ),
+            (Box::new(|v| v["bogus"] = json!(1)), "bogus: unknown field"),
+        ];
+        for (edit, expected) in cases {
+            let message = refuse(edit);
+            assert!(
+                message.contains(expected),
+                "{message:?} should contain {expected:?}"
+            );
+        }
+        assert!(Config::from_json(b"not json")
+            .unwrap_err()
+            .to_string()
+            .contains("not valid JSON"));
+        assert!(Config::from_json(b"").is_err());
+        assert!(Config::from_json(b"[]")
+            .unwrap_err()
+            .to_string()
+            .contains("must be a JSON object"));
+    }
+
+    #[test]
+    fn secrets_never_appear_in_errors() {
+        let secret = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0";
+        let msg = refuse(|v| {
+            v["providers"]["corp"]["local_jwks"]["inline_string"] = json!(format!(
+                "{{\"keys\":[{{\"kty\":\"oct\",\"k\":\"{secret}\",\"use\":7}}]}}"
+            ))
+        });
+        assert!(!msg.contains(secret), "{msg}");
     }
 }

@@ -68,8 +68,7 @@ pub fn decide(config: &Config, request: Request<'_>) -> Decision {
         return Decision::Deny(challenge::unavailable("The filter is misconfigured"));
     };
     let realm = config.realm.as_str();
-    let (token, source) = match extract::extract(&provider.sources, request.headers, request.path)
-    {
+    let (token, source) = match extract::extract(&provider.sources, request.headers, request.path) {
         Extracted::Token { token, source } => (token, source),
         Extracted::Missing => return Decision::Deny(challenge::missing_token(realm)),
         Extracted::Invalid(why) => return Decision::Deny(challenge::invalid_request(realm, why)),
@@ -164,5 +163,168 @@ mod tests {
         assert_eq!(v("nul"), None);
         assert_eq!(v("missing"), None);
         assert_eq!(v("sub.x"), None);
+    }
+}
+
+#[cfg(test)]
+mod flow {
+    use super::*;
+    use crate::challenge::DenyReason;
+    use crate::testkit::{good_claims, jwks, Signer};
+    use serde_json::json;
+    use std::sync::OnceLock;
+
+    fn signer() -> &'static Signer {
+        static S: OnceLock<Signer> = OnceLock::new();
+        S.get_or_init(|| Signer::es256("k1"))
+    }
+
+    fn config(extra: Value) -> Config {
+        let mut provider = json!({
+            "issuer": "https://idp", "audiences": ["api"],
+            "local_jwks": {"inline_string": jwks(&[signer().jwk()])},
+            "claim_to_headers": [{"header_name": "x-user", "claim_name": "sub"}]
+        });
+        if let (Value::Object(p), Value::Object(e)) = (&mut provider, extra) {
+            p.extend(e);
+        }
+        let doc = json!({
+            "providers": {"corp": provider},
+            "rules": [
+                {"match": {"prefix": "/public"}},
+                {"match": {"prefix": "/admin"}, "requires": {"provider_name": "corp", "scopes": ["admin", "write"]}},
+                {"match": {"prefix": "/api"}, "requires": {"provider_name": "corp"}}
+            ]
+        });
+        Config::from_json(doc.to_string().as_bytes()).unwrap()
+    }
+
+    fn run(config: &Config, path: &str, headers: &[(&str, &str)]) -> Decision {
+        let headers: Vec<(String, Vec<u8>)> = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        decide(
+            config,
+            Request {
+                path,
+                headers: &headers,
+                now: crate::testkit::now(),
+            },
+        )
+    }
+
+    fn denied(d: &Decision) -> DenyReason {
+        match d {
+            Decision::Deny(c) => c.reason,
+            Decision::Allow(f) => panic!("allowed: {f:?}"),
+        }
+    }
+
+    #[test]
+    fn allows_and_rewrites() {
+        let c = config(json!({}));
+        let token = signer().token(&good_claims("https://idp", "api"));
+        let auth = format!("Bearer {token}");
+        let Decision::Allow(f) = run(
+            &c,
+            "/api/x",
+            &[("authorization", &auth), ("x-user", "mallory")],
+        ) else {
+            panic!()
+        };
+        assert_eq!(f.passed, Passed::Authenticated);
+        assert_eq!(
+            f.remove,
+            vec!["x-user".to_string(), "authorization".to_string()]
+        );
+        assert_eq!(f.set, vec![("x-user".to_string(), "alice".to_string())]);
+        // Public and unmatched paths still lose forged identity headers.
+        for (path, passed) in [
+            ("/public/a", Passed::Public),
+            ("/elsewhere", Passed::NoRule),
+        ] {
+            let Decision::Allow(f) = run(&c, path, &[("x-user", "mallory")]) else {
+                panic!()
+            };
+            assert_eq!(
+                (f.passed, f.remove, f.set),
+                (passed, vec!["x-user".to_string()], vec![])
+            );
+        }
+    }
+
+    #[test]
+    fn forward_keeps_the_token_and_query_tokens_are_stripped() {
+        let c = config(json!({"forward": true}));
+        let token = signer().token(&good_claims("https://idp", "api"));
+        let Decision::Allow(f) = run(&c, "/api", &[("authorization", &format!("Bearer {token}"))])
+        else {
+            panic!()
+        };
+        assert_eq!(f.remove, vec!["x-user".to_string()]);
+        let c = config(json!({"from_params": ["access_token"]}));
+        let Decision::Allow(f) = run(&c, &format!("/api/x?a=1&access_token={token}"), &[]) else {
+            panic!()
+        };
+        assert_eq!(f.path.as_deref(), Some("/api/x?a=1"));
+    }
+
+    #[test]
+    fn rejections() {
+        let c = config(json!({}));
+        let now = crate::testkit::now();
+        let bearer = |claims: Value| format!("Bearer {}", signer().token(&claims));
+        assert_eq!(denied(&run(&c, "/api", &[])), DenyReason::MissingToken);
+        assert_eq!(
+            denied(&run(&c, "/api?access_token=x", &[])),
+            DenyReason::MissingToken
+        );
+        assert_eq!(
+            denied(&run(&c, "/api", &[("authorization", "Basic eA==")])),
+            DenyReason::MissingToken
+        );
+        assert_eq!(
+            denied(&run(&c, "/api", &[("authorization", "Bearer")])),
+            DenyReason::InvalidRequest
+        );
+        assert_eq!(
+            denied(&run(
+                &c,
+                "/api",
+                &[("authorization", "Bearer a"), ("authorization", "Bearer a")]
+            )),
+            DenyReason::InvalidRequest
+        );
+        assert_eq!(
+            denied(&run(&c, "/api", &[("authorization", "Bearer abc")])),
+            DenyReason::InvalidToken
+        );
+        let expired = json!({"iss":"https://idp","aud":"api","exp": now - 61});
+        assert_eq!(
+            denied(&run(&c, "/api", &[("authorization", &bearer(expired))])),
+            DenyReason::InvalidToken
+        );
+        let wrong_aud = json!({"iss":"https://idp","aud":"other","exp": now + 60});
+        assert_eq!(
+            denied(&run(&c, "/api", &[("authorization", &bearer(wrong_aud))])),
+            DenyReason::InvalidToken
+        );
+        let some_scope =
+            json!({"iss":"https://idp","aud":"api","exp": now + 60, "scope": "admin read"});
+        let d = run(&c, "/admin", &[("authorization", &bearer(some_scope))]);
+        let Decision::Deny(ch) = &d else { panic!() };
+        assert_eq!((ch.status, ch.reason), (403, DenyReason::InsufficientScope));
+        assert!(ch
+            .www_authenticate
+            .as_deref()
+            .unwrap()
+            .ends_with("scope=\"admin write\""));
+        let all_scopes =
+            json!({"iss":"https://idp","aud":"api","exp": now + 60, "scope": "write admin"});
+        assert!(matches!(
+            run(&c, "/admin/x", &[("authorization", &bearer(all_scopes))]),
+            Decision::Allow(_)
+        ));
     }
 }

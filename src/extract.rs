@@ -42,6 +42,19 @@ fn from_header_value(value: &[u8], prefix: &str) -> HeaderValue {
     let scheme = prefix.trim_end_matches(' ');
     let is_scheme = scheme.len() < prefix.len();
     if is_scheme {
+        // Proxies (Envoy among them) join repeated headers with commas, and no credential of
+        // this kind contains one: a joined value holding our scheme is two credentials. Values
+        // of other schemes with commas (Digest's parameters) are simply not ours.
+        if value.contains(',') {
+            let ours = value
+                .split(',')
+                .any(|piece| starts_scheme(piece.trim_start_matches([' ', '\t']), scheme));
+            return if ours {
+                HeaderValue::Invalid("The request carries more than one credential")
+            } else {
+                HeaderValue::NotOurs
+            };
+        }
         // `Bearer <token>`: the scheme is case-insensitive; one or more spaces follow it.
         let head = value.get(..scheme.len());
         if !head.is_some_and(|h| h.eq_ignore_ascii_case(scheme)) {
@@ -75,6 +88,13 @@ fn from_header_value(value: &[u8], prefix: &str) -> HeaderValue {
         }
         checked(token)
     }
+}
+
+/// Whether `text` is `scheme` alone or `scheme` followed by whitespace (case-insensitive).
+fn starts_scheme(text: &str, scheme: &str) -> bool {
+    text.get(..scheme.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(scheme))
+        && matches!(text.as_bytes().get(scheme.len()), None | Some(b' ' | b'\t'))
 }
 
 fn checked(token: &str) -> HeaderValue {
@@ -130,7 +150,9 @@ pub fn extract(sources: &[Source], headers: &[(String, Vec<u8>)], path: &str) ->
                     .map(|(_, v)| v.as_slice())
                     .collect();
                 if values.len() > 1 && name == "authorization" {
-                    return Extracted::Invalid("The request has more than one Authorization header");
+                    return Extracted::Invalid(
+                        "The request has more than one Authorization header",
+                    );
                 }
                 for value in values {
                     match from_header_value(value, prefix) {
@@ -236,6 +258,19 @@ mod tests {
         assert!(matches!(one("Bearer\tabc"), Extracted::Invalid(_)));
         assert!(matches!(one("Bearer a b"), Extracted::Invalid(_)));
         assert!(matches!(one("Bearer a,b"), Extracted::Invalid(_)));
+        // Repeated headers joined by a proxy.
+        assert!(matches!(
+            one("Basic eA==,Bearer abc"),
+            Extracted::Invalid(_)
+        ));
+        assert!(matches!(
+            one("Bearer abc, bearer abc"),
+            Extracted::Invalid(_)
+        ));
+        assert_eq!(
+            one("Digest username=\"a\", realm=\"b\""),
+            Extracted::Missing
+        );
         assert!(matches!(one("Bearer ===="), Extracted::Invalid(_)));
         assert!(matches!(one("Bearer a=b"), Extracted::Invalid(_)));
         assert_eq!(extract(&s, &h(&[]), "/"), Extracted::Missing);
@@ -268,10 +303,7 @@ mod tests {
             extract(&s, &[], "/x?a=1&access_token=abc.d%2De&b"),
             token("abc.d-e", &s[1])
         );
-        assert_eq!(
-            extract(&s, &[], "/x?access_tokenx=abc"),
-            Extracted::Missing
-        );
+        assert_eq!(extract(&s, &[], "/x?access_tokenx=abc"), Extracted::Missing);
         assert!(matches!(
             extract(&s, &[], "/x?access_token="),
             Extracted::Invalid(_)
@@ -315,10 +347,7 @@ mod tests {
             "/a?b=1&c=2"
         );
         assert_eq!(strip_param("/a", "access_token"), "/a");
-        assert_eq!(
-            strip_param("/a?access%5Ftoken=x&d", "access_token"),
-            "/a?d"
-        );
+        assert_eq!(strip_param("/a?access%5Ftoken=x&d", "access_token"), "/a?d");
     }
 
     #[test]

