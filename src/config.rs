@@ -75,11 +75,100 @@ pub struct ClaimHeader {
 pub struct Provider {
     pub name: String,
     pub claims: ClaimRules,
-    pub keys: Vec<Jwk>,
+    pub keys: KeySource,
     pub sources: Vec<Source>,
     pub forward: bool,
     pub claim_to_headers: Vec<ClaimHeader>,
 }
+
+/// Where a provider's verification keys come from.
+#[derive(Debug)]
+pub enum KeySource {
+    /// `local_jwks`: keys fixed in the configuration.
+    Local(Vec<Jwk>),
+    /// `remote_jwks` or `discovery`: keys fetched, cached and refreshed by the filter.
+    Remote(RemoteJwks),
+}
+
+/// A key set fetched from the identity provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteJwks {
+    /// Where the JWKS is; `None` when discovery finds it.
+    pub jwks: Option<HttpUri>,
+    /// The discovery document (OIDC Discovery or RFC 8414), when the JWKS is found through it.
+    pub discovery: Option<HttpUri>,
+    /// How long a fetched key set is used before it is refreshed, in milliseconds.
+    pub cache_duration_ms: u64,
+}
+
+/// Envoy's `HttpUri`: a URL, the Envoy cluster that reaches it, and a timeout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUri {
+    pub uri: String,
+    pub cluster: String,
+    pub timeout_ms: u64,
+}
+
+/// The parts of an `http://` or `https://` URL a `dispatch_http_call` needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlParts {
+    pub scheme: String,
+    pub authority: String,
+    /// Path and query, at least `/`.
+    pub path: String,
+}
+
+/// Splits an absolute http(s) URL; `None` if it is not one (or carries user info or a fragment).
+pub fn split_url(url: &str) -> Option<UrlParts> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let path = if path.starts_with('?') {
+        format!("/{path}")
+    } else {
+        path.to_string()
+    };
+    let bad = |c: char| c.is_whitespace() || c.is_control();
+    if authority.is_empty()
+        || authority.contains('@')
+        || authority.chars().any(bad)
+        || path.contains('#')
+        || path.chars().any(bad)
+    {
+        return None;
+    }
+    Some(UrlParts {
+        scheme,
+        authority: authority.to_string(),
+        path,
+    })
+}
+
+/// A protobuf JSON duration (`"2s"`, `"0.5s"`, `"300s"`) in milliseconds.
+pub fn parse_duration(text: &str) -> Option<u64> {
+    let number = text.strip_suffix('s')?;
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) || whole.len() > 9 {
+        return None;
+    }
+    if fraction.len() > 9 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let seconds: u64 = whole.parse().ok()?;
+    let millis: u64 = format!("{fraction:0<3}")[..3].parse().ok()?;
+    seconds.checked_mul(1000)?.checked_add(millis)
+}
+
+/// The default `cache_duration` of fetched keys, as in `jwt_authn`.
+pub const DEFAULT_CACHE_DURATION_MS: u64 = 300_000;
+/// The default timeout of calls to the identity provider.
+pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 
 /// Which requests a rule is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,6 +271,50 @@ impl<'a> Obj<'a> {
             Some(Value::Array(items)) => Ok(Some(items)),
             Some(_) => err(self.field(name), "must be an array"),
         }
+    }
+
+    /// A duration field in milliseconds, within `min..=max`.
+    fn duration(&self, name: &str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+        let Some(text) = self.string(name)? else {
+            return Ok(default);
+        };
+        match parse_duration(text) {
+            Some(ms) if (min..=max).contains(&ms) => Ok(ms),
+            Some(_) => err(
+                self.field(name),
+                format!("must be from {}ms to {}s", min, max / 1000),
+            ),
+            None => err(
+                self.field(name),
+                "must be a duration in seconds such as \"2s\" or \"0.5s\"",
+            ),
+        }
+    }
+
+    /// An Envoy `HttpUri` object: `uri` (required unless `uri_optional`), `cluster`, `timeout`.
+    fn http_uri(&self, name: &str, uri_optional: bool) -> Result<Option<HttpUri>, ConfigError> {
+        let Some(h) = self.object(name)? else {
+            return Ok(None);
+        };
+        h.only(&["uri", "cluster", "timeout"])?;
+        let uri = match h.string("uri")? {
+            Some(uri) => {
+                if split_url(uri).is_none() {
+                    return err(
+                        h.field("uri"),
+                        "must be an absolute http:// or https:// URL",
+                    );
+                }
+                uri.to_string()
+            }
+            None if uri_optional => String::new(),
+            None => return err(h.field("uri"), "is required"),
+        };
+        Ok(Some(HttpUri {
+            uri,
+            cluster: h.required_string("cluster")?.to_string(),
+            timeout_ms: h.duration("timeout", DEFAULT_TIMEOUT_MS, 1, 60_000)?,
+        }))
     }
 
     /// An array of non-empty strings, each checked by `valid`.
@@ -328,6 +461,7 @@ fn provider(name: &str, value: &Value) -> Result<Provider, ConfigError> {
         "audiences",
         "local_jwks",
         "remote_jwks",
+        "discovery",
         "introspection",
         "from_headers",
         "from_params",
@@ -336,7 +470,7 @@ fn provider(name: &str, value: &Value) -> Result<Provider, ConfigError> {
         "clock_skew_seconds",
         "require_expiration",
     ])?;
-    for later in ["remote_jwks", "introspection"] {
+    for later in ["introspection"] {
         if p.get(later).is_some() {
             return err(
                 p.field(later),
@@ -354,15 +488,7 @@ fn provider(name: &str, value: &Value) -> Result<Provider, ConfigError> {
         );
     }
 
-    let keys = match p.object("local_jwks")? {
-        Some(jwks) => local_jwks(&jwks)?,
-        None => {
-            return err(
-                p.field("local_jwks"),
-                "is required: the provider has no keys",
-            )
-        }
-    };
+    let keys = key_source(&p, issuer.as_deref())?;
 
     let clock_skew_seconds = match p.get("clock_skew_seconds") {
         None => DEFAULT_CLOCK_SKEW,
@@ -450,6 +576,88 @@ fn provider(name: &str, value: &Value) -> Result<Provider, ConfigError> {
         forward: p.boolean("forward", false)?,
         claim_to_headers,
     })
+}
+
+/// Exactly one of `local_jwks`, `remote_jwks` and `discovery`.
+fn key_source(p: &Obj<'_>, issuer: Option<&str>) -> Result<KeySource, ConfigError> {
+    let given: Vec<&str> = ["local_jwks", "remote_jwks", "discovery"]
+        .into_iter()
+        .filter(|k| p.get(k).is_some())
+        .collect();
+    match given.as_slice() {
+        ["local_jwks"] => {
+            let jwks = p.object("local_jwks")?;
+            jwks.map_or_else(
+                || err(p.field("local_jwks"), "is required"),
+                |j| local_jwks(&j),
+            )
+            .map(KeySource::Local)
+        }
+        ["remote_jwks"] => {
+            let Some(r) = p.object("remote_jwks")? else {
+                return err(p.field("remote_jwks"), "is required");
+            };
+            r.only(&["http_uri", "cache_duration"])?;
+            let Some(jwks) = r.http_uri("http_uri", false)? else {
+                return err(r.field("http_uri"), "is required");
+            };
+            Ok(KeySource::Remote(RemoteJwks {
+                jwks: Some(jwks),
+                discovery: None,
+                cache_duration_ms: r.duration(
+                    "cache_duration",
+                    DEFAULT_CACHE_DURATION_MS,
+                    1000,
+                    86_400_000,
+                )?,
+            }))
+        }
+        ["discovery"] => {
+            let Some(d) = p.object("discovery")? else {
+                return err(p.field("discovery"), "is required");
+            };
+            d.only(&["http_uri", "cache_duration"])?;
+            let Some(mut doc) = d.http_uri("http_uri", true)? else {
+                return err(d.field("http_uri"), "is required (at least its cluster)");
+            };
+            let Some(issuer) = issuer else {
+                return err(
+                    p.field("issuer"),
+                    "is required with discovery: the discovered issuer must equal it",
+                );
+            };
+            if doc.uri.is_empty() {
+                if split_url(issuer).is_none() {
+                    return err(
+                        p.field("issuer"),
+                        "must be an http(s) URL for discovery (or give discovery.http_uri.uri)",
+                    );
+                }
+                doc.uri = format!(
+                    "{}/.well-known/openid-configuration",
+                    issuer.trim_end_matches('/')
+                );
+            }
+            Ok(KeySource::Remote(RemoteJwks {
+                jwks: None,
+                discovery: Some(doc),
+                cache_duration_ms: d.duration(
+                    "cache_duration",
+                    DEFAULT_CACHE_DURATION_MS,
+                    1000,
+                    86_400_000,
+                )?,
+            }))
+        }
+        [] => err(
+            p.field("local_jwks"),
+            "the provider has no keys: give local_jwks, remote_jwks or discovery",
+        ),
+        _ => err(
+            p.path.clone(),
+            format!("give only one of {}", given.join(", ")),
+        ),
+    }
 }
 
 /// `local_jwks`: an Envoy DataSource; only `inline_string` can be read from inside Wasm.
@@ -655,11 +863,57 @@ mod tests {
                         .unwrap()
                         .remove("local_jwks");
                 }),
-                "providers.corp.local_jwks: is required",
+                "providers.corp.local_jwks: the provider has no keys",
             ),
             (
                 Box::new(|v| v["providers"]["corp"]["remote_jwks"] = json!({})),
-                "providers.corp.remote_jwks: is not supported",
+                "providers.corp: give only one of local_jwks, remote_jwks",
+            ),
+            (
+                Box::new(|v| v["providers"]["corp"] = json!({"remote_jwks": {}})),
+                "providers.corp.remote_jwks.http_uri: is required",
+            ),
+            (
+                Box::new(
+                    |v| v["providers"]["corp"] = json!({"remote_jwks": {"http_uri": {"uri": "ftp://x/jwks", "cluster": "idp"}}}),
+                ),
+                "providers.corp.remote_jwks.http_uri.uri: must be an absolute http",
+            ),
+            (
+                Box::new(|v| {
+                    v["providers"]["corp"] =
+                        json!({"remote_jwks": {"http_uri": {"uri": "http://x/jwks"}}})
+                }),
+                "providers.corp.remote_jwks.http_uri.cluster: is required",
+            ),
+            (
+                Box::new(
+                    |v| v["providers"]["corp"] = json!({"remote_jwks": {"http_uri": {"uri": "http://x/jwks", "cluster": "idp", "timeout": "2"}}}),
+                ),
+                "providers.corp.remote_jwks.http_uri.timeout: must be a duration",
+            ),
+            (
+                Box::new(
+                    |v| v["providers"]["corp"] = json!({"remote_jwks": {"http_uri": {"uri": "http://x/jwks", "cluster": "idp"}, "cache_duration": "0.5s"}}),
+                ),
+                "providers.corp.remote_jwks.cache_duration: must be from 1000ms",
+            ),
+            (
+                Box::new(|v| {
+                    v["providers"]["corp"] = json!({"discovery": {"http_uri": {"cluster": "idp"}}})
+                }),
+                "providers.corp.issuer: is required with discovery",
+            ),
+            (
+                Box::new(|v| {
+                    v["providers"]["corp"] =
+                        json!({"issuer": "corp", "discovery": {"http_uri": {"cluster": "idp"}}})
+                }),
+                "providers.corp.issuer: must be an http(s) URL for discovery",
+            ),
+            (
+                Box::new(|v| v["providers"]["corp"]["introspection"] = json!({})),
+                "providers.corp.introspection: is not supported",
             ),
             (
                 Box::new(|v| {
@@ -751,6 +1005,64 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("must be a JSON object"));
+    }
+
+    #[test]
+    fn remote_key_sources() {
+        let remote = json!({"providers": {"a": {"remote_jwks": {
+                "http_uri": {"uri": "http://idp:8080/keys?v=1", "cluster": "idp", "timeout": "1.5s"},
+                "cache_duration": "60s"}}},
+            "rules": []});
+        let c = Config::from_json(remote.to_string().as_bytes()).unwrap();
+        let KeySource::Remote(r) = &c.providers[0].keys else {
+            panic!()
+        };
+        assert_eq!(r.cache_duration_ms, 60_000);
+        let jwks = r.jwks.as_ref().unwrap();
+        assert_eq!((jwks.cluster.as_str(), jwks.timeout_ms), ("idp", 1500));
+        let disco = json!({"providers": {"a": {"issuer": "https://idp.test/realms/x/",
+                "discovery": {"http_uri": {"cluster": "idp"}}}}, "rules": []});
+        let c = Config::from_json(disco.to_string().as_bytes()).unwrap();
+        let KeySource::Remote(r) = &c.providers[0].keys else {
+            panic!()
+        };
+        let d = r.discovery.as_ref().unwrap();
+        assert_eq!(
+            d.uri,
+            "https://idp.test/realms/x/.well-known/openid-configuration"
+        );
+        assert_eq!(
+            (d.timeout_ms, r.cache_duration_ms),
+            (DEFAULT_TIMEOUT_MS, DEFAULT_CACHE_DURATION_MS)
+        );
+    }
+
+    #[test]
+    fn urls_and_durations() {
+        let u = split_url("https://Idp.test:8443/a/b?c=d").unwrap();
+        assert_eq!(
+            (u.scheme.as_str(), u.authority.as_str(), u.path.as_str()),
+            ("https", "Idp.test:8443", "/a/b?c=d")
+        );
+        assert_eq!(split_url("http://idp").unwrap().path, "/");
+        assert_eq!(split_url("http://idp?x").unwrap().path, "/?x");
+        for bad in [
+            "idp/jwks",
+            "ftp://idp/x",
+            "http:///x",
+            "http://u@idp/x",
+            "http://idp/x#f",
+            "http://idp/a b",
+        ] {
+            assert_eq!(split_url(bad), None, "{bad}");
+        }
+        assert_eq!(parse_duration("2s"), Some(2000));
+        assert_eq!(parse_duration("0.5s"), Some(500));
+        assert_eq!(parse_duration("1.000000001s"), Some(1000));
+        assert_eq!(parse_duration("300s"), Some(300_000));
+        for bad in ["2", "s", ".5s", "-1s", "1.s5", "1e3s", "99999999999s"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
     }
 
     #[test]

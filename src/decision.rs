@@ -2,9 +2,10 @@
 
 use crate::challenge::{self, Challenge};
 use crate::claims;
-use crate::config::{Config, Provider, Source};
+use crate::config::{Config, KeySource, Provider, Source};
 use crate::extract::{self, Extracted};
 use crate::jwt;
+use crate::jwt::keys::Jwk;
 use serde_json::{Map, Value};
 
 /// What the filter saw of the request.
@@ -45,10 +46,48 @@ pub struct Forward {
 pub enum Decision {
     Allow(Forward),
     Deny(Challenge),
+    /// Pause the request until the keys of `provider` change, then decide again. `refetch`:
+    /// the token names a key the set does not have, so the set should be fetched again now.
+    Wait {
+        provider: usize,
+        refetch: bool,
+    },
 }
 
-/// Decides what to do with `request`.
-pub fn decide(config: &Config, request: Request<'_>) -> Decision {
+/// A provider's keys as they are at this moment.
+#[derive(Debug, Clone, Copy)]
+pub enum KeysNow<'a> {
+    /// Keys to verify with; `may_refetch`: an unknown `kid` may trigger a refetch now (the
+    /// shell rate-limits refetches per provider).
+    Ready { keys: &'a [Jwk], may_refetch: bool },
+    /// No keys yet, and a fetch is under way or due.
+    Pending,
+    /// No keys were ever loaded, and the last fetch failed.
+    Unavailable,
+}
+
+/// Where the decision finds each provider's current keys.
+pub trait KeyView {
+    fn keys_now(&self, provider: usize) -> KeysNow<'_>;
+}
+
+/// Only configured keys: remote key sets are always pending. For tests and tools.
+pub struct LocalKeys<'a>(pub &'a Config);
+
+impl KeyView for LocalKeys<'_> {
+    fn keys_now(&self, provider: usize) -> KeysNow<'_> {
+        match self.0.providers.get(provider).map(|p| &p.keys) {
+            Some(KeySource::Local(keys)) => KeysNow::Ready {
+                keys,
+                may_refetch: false,
+            },
+            _ => KeysNow::Pending,
+        }
+    }
+}
+
+/// Decides what to do with `request`, with the keys `keys` has now.
+pub fn decide(config: &Config, keys: &dyn KeyView, request: Request<'_>) -> Decision {
     let path_only = request.path.split(['?', '#']).next().unwrap_or("");
     // Headers the filter owns are removed from every request, whatever the rule says.
     let mut forward = Forward {
@@ -73,9 +112,29 @@ pub fn decide(config: &Config, request: Request<'_>) -> Decision {
         Extracted::Missing => return Decision::Deny(challenge::missing_token(realm)),
         Extracted::Invalid(why) => return Decision::Deny(challenge::invalid_request(realm, why)),
     };
-    let claims = match authenticate(provider, &token, request.now) {
+    let (keys, may_refetch) = match keys.keys_now(requires.provider) {
+        KeysNow::Ready { keys, may_refetch } => (keys, may_refetch),
+        KeysNow::Pending => {
+            return Decision::Wait {
+                provider: requires.provider,
+                refetch: false,
+            }
+        }
+        KeysNow::Unavailable => {
+            return Decision::Deny(challenge::unavailable(
+                "The keys to check the token cannot be fetched",
+            ))
+        }
+    };
+    let claims = match authenticate(provider, keys, &token, request.now) {
         Ok(claims) => claims,
-        Err(why) => return Decision::Deny(challenge::invalid_token(realm, why)),
+        Err(AuthError::Token(jwt::TokenError::UnknownKey)) if may_refetch => {
+            return Decision::Wait {
+                provider: requires.provider,
+                refetch: true,
+            }
+        }
+        Err(why) => return Decision::Deny(challenge::invalid_token(realm, why.description())),
     };
     if !claims::has_scopes(&claims, &requires.scopes) {
         return Decision::Deny(challenge::insufficient_scope(realm, &requires.scopes));
@@ -95,15 +154,45 @@ pub fn decide(config: &Config, request: Request<'_>) -> Decision {
     Decision::Allow(forward)
 }
 
-/// Verifies a token of `provider` and checks its claims; the claims, or a fixed description.
+/// Why a token was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthError {
+    Token(jwt::TokenError),
+    Claims(claims::ClaimError),
+}
+
+impl AuthError {
+    /// The fixed `error_description`; it never echoes the token.
+    pub fn description(self) -> &'static str {
+        match self {
+            AuthError::Token(e) => e.description(),
+            AuthError::Claims(e) => e.description(),
+        }
+    }
+}
+
+impl From<jwt::TokenError> for AuthError {
+    fn from(e: jwt::TokenError) -> Self {
+        AuthError::Token(e)
+    }
+}
+
+impl From<claims::ClaimError> for AuthError {
+    fn from(e: claims::ClaimError) -> Self {
+        AuthError::Claims(e)
+    }
+}
+
+/// Verifies a token of `provider` with `keys` and checks its claims.
 pub fn authenticate(
     provider: &Provider,
+    keys: &[Jwk],
     token: &str,
     now: u64,
-) -> Result<Map<String, Value>, &'static str> {
-    let jws = jwt::parse(token).map_err(jwt::TokenError::description)?;
-    jwt::verify_signature(&jws, &provider.keys).map_err(jwt::TokenError::description)?;
-    claims::check(&jws.claims, &provider.claims, now).map_err(claims::ClaimError::description)?;
+) -> Result<Map<String, Value>, AuthError> {
+    let jws = jwt::parse(token)?;
+    jwt::verify_signature(&jws, keys)?;
+    claims::check(&jws.claims, &provider.claims, now)?;
     Ok(jws.claims)
 }
 
@@ -206,6 +295,7 @@ mod flow {
             .collect();
         decide(
             config,
+            &LocalKeys(config),
             Request {
                 path,
                 headers: &headers,
@@ -217,8 +307,81 @@ mod flow {
     fn denied(d: &Decision) -> DenyReason {
         match d {
             Decision::Deny(c) => c.reason,
-            Decision::Allow(f) => panic!("allowed: {f:?}"),
+            other => panic!("not denied: {other:?}"),
         }
+    }
+
+    /// A key view with a remote provider in a chosen state.
+    struct Fake<'a>(KeysNow<'a>);
+    impl KeyView for Fake<'_> {
+        fn keys_now(&self, _: usize) -> KeysNow<'_> {
+            self.0
+        }
+    }
+
+    #[test]
+    fn waits_for_keys_and_refetches_unknown_kids_once() {
+        let c = config(json!({}));
+        let KeySource::Local(keys) = &c.providers[0].keys else {
+            unreachable!()
+        };
+        let good = signer().token(&good_claims("https://idp", "api"));
+        let stranger = Signer::es256("new-kid").token(&good_claims("https://idp", "api"));
+        let go = |view: &dyn KeyView, token: &str| {
+            let h = vec![(
+                "authorization".to_string(),
+                format!("Bearer {token}").into_bytes(),
+            )];
+            decide(
+                &c,
+                view,
+                Request {
+                    path: "/api",
+                    headers: &h,
+                    now: crate::testkit::now(),
+                },
+            )
+        };
+        assert_eq!(
+            go(&Fake(KeysNow::Pending), &good),
+            Decision::Wait {
+                provider: 0,
+                refetch: false
+            }
+        );
+        assert_eq!(
+            denied(&go(&Fake(KeysNow::Unavailable), &good)),
+            DenyReason::Unavailable
+        );
+        let may = Fake(KeysNow::Ready {
+            keys,
+            may_refetch: true,
+        });
+        assert!(matches!(go(&may, &good), Decision::Allow(_)));
+        assert_eq!(
+            go(&may, &stranger),
+            Decision::Wait {
+                provider: 0,
+                refetch: true
+            }
+        );
+        let may_not = Fake(KeysNow::Ready {
+            keys,
+            may_refetch: false,
+        });
+        assert_eq!(denied(&go(&may_not, &stranger)), DenyReason::InvalidToken);
+        // Requests without a token never wait for keys.
+        let h: Vec<(String, Vec<u8>)> = vec![];
+        let d = decide(
+            &c,
+            &Fake(KeysNow::Pending),
+            Request {
+                path: "/api",
+                headers: &h,
+                now: 0,
+            },
+        );
+        assert_eq!(denied(&d), DenyReason::MissingToken);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod decision;
 pub mod extract;
 pub mod json;
 pub mod jwt;
+pub mod remote;
 
 #[cfg(test)]
 #[path = "../tests/support/tokens.rs"]

@@ -1,47 +1,28 @@
-//! One request: gather headers, ask the core, apply the answer.
+//! One request: gather headers, ask the core, apply the answer. [`process`] works through
+//! hostcalls on the current effective context, so the root context can run it again for a
+//! request it resumes.
 
-use super::metrics::Metrics;
+use super::vm::{Vm, Waiter};
 use crate::challenge::{self, Challenge};
-use crate::config::Config;
 use crate::decision::{self, Decision, Forward, Request};
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
+use proxy_wasm::types::{Action, MapType};
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
+/// Slack added to a fetch's own timeouts before a paused request gives up.
+const WAIT_SLACK_MS: u64 = 2_000;
+
 pub struct Http {
-    config: Option<Rc<Config>>,
-    metrics: Rc<Metrics>,
+    context_id: u32,
+    vm: Option<Rc<RefCell<Vm>>>,
 }
 
 impl Http {
-    pub fn new(config: Option<Rc<Config>>, metrics: Rc<Metrics>) -> Http {
-        Http { config, metrics }
-    }
-
-    fn deny(&self, challenge: &Challenge) -> Action {
-        self.metrics.denied(challenge.reason);
-        log::debug!("oauth-filter: denied: {}", challenge.reason.name());
-        self.send_http_response(
-            challenge.status,
-            challenge.headers(),
-            Some(challenge.body.as_bytes()),
-        );
-        Action::Pause
-    }
-
-    fn forward(&self, forward: &Forward) -> Action {
-        for name in &forward.remove {
-            self.set_http_request_header(name, None);
-        }
-        for (name, value) in &forward.set {
-            self.set_http_request_header(name, Some(value));
-        }
-        if let Some(path) = &forward.path {
-            self.set_http_request_header(":path", Some(path));
-        }
-        self.metrics.passed(forward.passed);
-        Action::Continue
+    pub fn new(context_id: u32, vm: Option<Rc<RefCell<Vm>>>) -> Http {
+        Http { context_id, vm }
     }
 }
 
@@ -49,33 +30,106 @@ impl Context for Http {}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(config) = self.config.clone() else {
+        match &self.vm {
+            Some(vm) => process(vm, self.context_id, false),
             // Fail closed: a filter without a configuration lets nothing through.
-            return self.deny(&challenge::unavailable("The filter is not configured"));
-        };
-        let headers: Vec<(String, Vec<u8>)> = self
-            .get_http_request_headers_bytes()
-            .into_iter()
-            .map(|(name, value)| (name.to_ascii_lowercase(), value))
-            .collect();
-        let path = headers
-            .iter()
-            .find(|(name, _)| name == ":path")
-            .and_then(|(_, value)| std::str::from_utf8(value).ok())
-            .unwrap_or("/")
-            .to_string();
-        let now = self
-            .get_current_time()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+            None => deny(
+                &challenge::unavailable("The filter is not configured"),
+                None,
+            ),
+        }
+    }
+}
+
+/// The time now, in milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Decides on the request of the current effective context and applies the decision.
+/// `resumed`: the request was paused and is being woken up, so an allowed request must be
+/// resumed explicitly.
+pub fn process(vm: &Rc<RefCell<Vm>>, context_id: u32, resumed: bool) -> Action {
+    let headers: Vec<(String, Vec<u8>)> = hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, value)| (name.to_ascii_lowercase(), value))
+        .collect();
+    let path = headers
+        .iter()
+        .find(|(name, _)| name == ":path")
+        .and_then(|(_, value)| std::str::from_utf8(value).ok())
+        .unwrap_or("/")
+        .to_string();
+    let now = now_ms();
+    let decision = {
+        let mut state = vm.borrow_mut();
+        state.now_ms = now;
+        let state = &*state;
         let request = Request {
             path: &path,
             headers: &headers,
-            now,
+            now: now / 1000,
         };
-        match decision::decide(&config, request) {
-            Decision::Allow(forward) => self.forward(&forward),
-            Decision::Deny(challenge) => self.deny(&challenge),
+        decision::decide(&state.config, state, request)
+    };
+    let state = vm.borrow();
+    match decision {
+        Decision::Allow(forward) => {
+            apply(&forward);
+            state.metrics.passed(forward.passed);
+            if resumed {
+                let _ = hostcalls::resume_http_request();
+            }
+            Action::Continue
         }
+        Decision::Deny(challenge) => deny(&challenge, Some(&state)),
+        Decision::Wait { provider, refetch } => {
+            drop(state);
+            let mut state = vm.borrow_mut();
+            let budget = state
+                .remotes
+                .get(provider)
+                .and_then(Option::as_ref)
+                .map_or(0, |r| r.fetch_budget_ms());
+            if let Some(Some(remote)) = state.remotes.get_mut(provider) {
+                remote.want_refetch |= refetch;
+            }
+            state.waiters.push(Waiter {
+                context_id,
+                provider,
+                deadline: now + budget + WAIT_SLACK_MS,
+            });
+            Action::Pause
+        }
+    }
+}
+
+/// Answers the current request with `challenge`.
+pub fn deny(challenge: &Challenge, vm: Option<&Vm>) -> Action {
+    if let Some(vm) = vm {
+        vm.metrics.denied(challenge.reason);
+    }
+    log::debug!("oauth-filter: denied: {}", challenge.reason.name());
+    let _ = hostcalls::send_http_response(
+        challenge.status,
+        challenge.headers(),
+        Some(challenge.body.as_bytes()),
+    );
+    Action::Pause
+}
+
+fn apply(forward: &Forward) {
+    for name in &forward.remove {
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+    }
+    for (name, value) in &forward.set {
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+    }
+    if let Some(path) = &forward.path {
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(path));
     }
 }

@@ -12,6 +12,8 @@ pub struct Metrics {
     public: Option<u32>,
     no_rule: Option<u32>,
     denied: [Option<u32>; DenyReason::ALL.len()],
+    jwks_fetch_ok: Option<u32>,
+    jwks_fetch_failed: Option<u32>,
 }
 
 fn counter(name: &str) -> Option<u32> {
@@ -37,6 +39,24 @@ impl Metrics {
             public: counter("oauth_filter.public"),
             no_rule: counter("oauth_filter.no_rule"),
             denied: DenyReason::ALL.map(|r| counter(&format!("oauth_filter.denied.{}", r.name()))),
+            jwks_fetch_ok: counter("oauth_filter.jwks.fetch_success"),
+            jwks_fetch_failed: counter("oauth_filter.jwks.fetch_failure"),
+        }
+    }
+
+    pub fn jwks_fetched(&self, ok: bool) {
+        bump(if ok {
+            self.jwks_fetch_ok
+        } else {
+            self.jwks_fetch_failed
+        });
+    }
+
+    /// Sets gauge `oauth_filter.jwks.<provider>.keys`: the keys in use.
+    pub fn keys_in_use(&self, provider: &str, count: usize) {
+        let name = format!("oauth_filter.jwks.{provider}.keys");
+        if let Ok(id) = hostcalls::define_metric(MetricType::Gauge, &name) {
+            let _ = hostcalls::record_metric(id, count as u64);
         }
     }
 

@@ -4,6 +4,8 @@
 mod http;
 mod metrics;
 mod root;
+mod shared;
+mod vm;
 
 use proxy_wasm::types::LogLevel;
 
@@ -19,5 +21,5 @@ pub fn start() {
         log::error!("oauth-filter: panic at {place}");
     }));
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| Box::new(root::Root::default()));
+    proxy_wasm::set_root_context(|context_id| Box::new(root::Root::new(context_id)));
 }

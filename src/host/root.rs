@@ -1,19 +1,43 @@
-//! The root context: loads the configuration and creates one HTTP context a request.
+//! The root context: loads the configuration, creates one HTTP context a request, and keeps
+//! remote key sets fresh: on every tick it installs what other VMs fetched, fetches when a fetch
+//! is due and this VM holds the lease, wakes paused requests when keys change, and answers 503
+//! to those that waited too long.
 
-use super::http::Http;
+use super::http::{self, now_ms, Http};
 use super::metrics::Metrics;
-use crate::config::Config;
+use super::shared;
+use super::vm::{Step, Vm};
+use crate::challenge;
+use crate::config::{split_url, Config, HttpUri};
+use crate::jwt::keys::{parse_jwks, MAX_JWKS_BYTES};
+use crate::remote::{self, Record};
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::ContextType;
+use proxy_wasm::types::{BufferType, ContextType, MapType};
+use std::cell::RefCell;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::rc::Rc;
+use std::time::Duration;
 
-#[derive(Default)]
+/// How often the root looks at shared key state and paused requests.
+const TICK: Duration = Duration::from_millis(100);
+
 pub struct Root {
-    config: Option<Rc<Config>>,
+    context_id: u32,
     metrics: Rc<Metrics>,
+    vm: Option<Rc<RefCell<Vm>>>,
 }
 
-impl Context for Root {}
+impl Root {
+    pub fn new(context_id: u32) -> Root {
+        Root {
+            context_id,
+            metrics: Rc::new(Metrics::default()),
+            vm: None,
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
@@ -23,32 +47,333 @@ impl RootContext for Root {
 
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match Config::from_json(&bytes) {
-            Ok(config) => {
-                log::info!(
-                    "oauth-filter: configured {} provider(s), {} rule(s)",
-                    config.providers.len(),
-                    config.rules.len()
-                );
-                self.config = Some(Rc::new(config));
-                true
-            }
+        let config = match Config::from_json(&bytes) {
+            Ok(config) => config,
             Err(e) => {
                 // One line naming the field; Envoy then refuses the configuration.
                 log::error!("oauth-filter: configuration refused: {e}");
-                false
+                return false;
             }
+        };
+        log::info!(
+            "oauth-filter: configured {} provider(s), {} rule(s)",
+            config.providers.len(),
+            config.rules.len()
+        );
+        // A random id for the fetch lease (RandomState draws from WASI random_get).
+        let id = RandomState::new().hash_one(self.context_id) | 1;
+        let vm = Vm::new(Rc::new(config), self.metrics.clone(), id, self.context_id);
+        if vm.has_remotes() {
+            let _ = hostcalls::set_tick_period(TICK);
         }
+        self.vm = Some(Rc::new(RefCell::new(vm)));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(vm) = self.vm.clone() else { return };
+        let now = now_ms();
+        let count = vm.borrow().remotes.len();
+        for p in 0..count {
+            if vm.borrow().remotes[p].is_none() {
+                continue;
+            }
+            sync(&vm, p);
+            maybe_fetch(&vm, p, now);
+        }
+        expire_waiters(&vm, now);
     }
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Http::new(
-            self.config.clone(),
-            self.metrics.clone(),
-        )))
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Http::new(context_id, self.vm.clone())))
     }
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
+        let Some(vm) = self.vm.clone() else { return };
+        let found = vm.borrow().remotes.iter().enumerate().find_map(|(p, r)| {
+            r.as_ref()
+                .and_then(|r| r.in_flight)
+                .filter(|(t, _)| *t == token)
+                .map(|(_, step)| (p, step))
+        });
+        let Some((p, step)) = found else { return };
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten();
+        let limit = match step {
+            Step::Discovery => remote::MAX_DISCOVERY_BYTES,
+            Step::Jwks => MAX_JWKS_BYTES,
+        };
+        let body = if body_size > limit {
+            Err(format!("the answer is larger than {limit} bytes"))
+        } else {
+            match status.as_deref() {
+                Some("200") => {
+                    Ok(
+                        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                            .ok()
+                            .flatten()
+                            .unwrap_or_default(),
+                    )
+                }
+                Some(code) => Err(format!("HTTP {code}")),
+                None => Err("no answer (timeout or connection failure)".to_string()),
+            }
+        };
+        match (step, body) {
+            (_, Err(why)) => fail(&vm, p, &why),
+            (Step::Discovery, Ok(body)) => discovered(&vm, p, &body),
+            (Step::Jwks, Ok(body)) => fetched(&vm, p, body),
+        }
+    }
+}
+
+/// Installs the shared record if another VM changed it, and wakes the provider's waiters.
+fn sync(vm: &Rc<RefCell<Vm>>, p: usize) {
+    let changed = {
+        let mut state = vm.borrow_mut();
+        let Some(Some(r)) = state.remotes.get_mut(p) else {
+            return;
+        };
+        let (record, _) = shared::read_record(&r.shared);
+        let changed = r.install(record);
+        if changed {
+            let (name, count) = (r.name.clone(), r.keys.len());
+            state.metrics.keys_in_use(&name, count);
+        }
+        changed
+    };
+    if changed {
+        wake(vm, p);
+    }
+}
+
+/// Starts a fetch if one is due and this VM gets the lease.
+fn maybe_fetch(vm: &Rc<RefCell<Vm>>, p: usize, now: u64) {
+    let (refused_refetch, call) = {
+        let mut state = vm.borrow_mut();
+        let me = state.id;
+        let Some(Some(r)) = state.remotes.get_mut(p) else {
+            return;
+        };
+        if r.in_flight.is_some() {
+            return;
+        }
+        // A refetch wanted for an unknown kid that the rate limit no longer allows (another
+        // VM refetched meanwhile): let those requests be decided again with the keys as they are.
+        let refetch = r.want_refetch && r.record.refetch_allowed(now);
+        let refused_refetch = r.want_refetch && !refetch;
+        r.want_refetch = false;
+        let call = if r.record.fetch_due(r.spec.cache_duration_ms, now, refetch)
+            && shared::take_lease(&r.shared, me, now, now + r.fetch_budget_ms() + 1000)
+        {
+            let record = shared::update_record(&r.shared, |rec| rec.started(now, refetch));
+            r.install(record);
+            next_call(r.spec.discovery.as_ref(), r.spec.jwks.as_ref(), &r.record)
+        } else {
+            None
+        };
+        (refused_refetch, call)
+    };
+    if let Some((step, uri)) = call {
+        dispatch(vm, p, step, &uri);
+    } else if refused_refetch {
+        wake(vm, p);
+    }
+}
+
+/// The next call of a fetch: discovery while the JWKS location is unknown, then the JWKS.
+fn next_call(
+    discovery: Option<&HttpUri>,
+    jwks: Option<&HttpUri>,
+    record: &Record,
+) -> Option<(Step, HttpUri)> {
+    match (jwks, discovery, &record.jwks_uri) {
+        (Some(jwks), _, _) => Some((Step::Jwks, jwks.clone())),
+        (None, Some(d), Some(found)) => Some((
+            Step::Jwks,
+            HttpUri {
+                uri: found.clone(),
+                ..d.clone()
+            },
+        )),
+        (None, Some(d), None) => Some((Step::Discovery, d.clone())),
+        (None, None, _) => None,
+    }
+}
+
+fn dispatch(vm: &Rc<RefCell<Vm>>, p: usize, step: Step, target: &HttpUri) {
+    let Some(url) = split_url(&target.uri) else {
+        fail(vm, p, "the URL is not usable");
+        return;
+    };
+    let headers = vec![
+        (":method", "GET"),
+        (":path", url.path.as_str()),
+        (":authority", url.authority.as_str()),
+        ("accept", "application/json"),
+        ("user-agent", "envoy-oauth-filter"),
+    ];
+    let timeout = Duration::from_millis(target.timeout_ms);
+    match hostcalls::dispatch_http_call(&target.cluster, headers, None, vec![], timeout) {
+        Ok(token) => {
+            if let Some(Some(r)) = vm.borrow_mut().remotes.get_mut(p) {
+                r.in_flight = Some((token, step));
+            }
+        }
+        Err(status) => fail(
+            vm,
+            p,
+            &format!(
+                "cannot call cluster {} for {} ({status:?})",
+                target.cluster, target.uri
+            ),
+        ),
+    }
+}
+
+/// A discovery document arrived: check it and fetch the JWKS it names.
+fn discovered(vm: &Rc<RefCell<Vm>>, p: usize, body: &[u8]) {
+    let next = {
+        let mut state = vm.borrow_mut();
+        let Some(Some(r)) = state.remotes.get_mut(p) else {
+            return;
+        };
+        let issuer = r.issuer.clone().unwrap_or_default();
+        match remote::parse_discovery(body, &issuer) {
+            Ok(found) => {
+                let uri = found.jwks_uri.clone();
+                let record = shared::update_record(&r.shared, |rec| Record {
+                    jwks_uri: Some(uri.clone()),
+                    ..rec.clone()
+                });
+                r.install(record);
+                Ok(next_call(r.spec.discovery.as_ref(), None, &r.record))
+            }
+            Err(why) => Err(why),
+        }
+    };
+    match next {
+        Ok(Some((step, uri))) => dispatch(vm, p, step, &uri),
+        Ok(None) => fail(vm, p, "discovery gave no JWKS location"),
+        Err(why) => fail(vm, p, why),
+    }
+}
+
+/// A JWKS document arrived: keep it if it holds at least one usable key.
+fn fetched(vm: &Rc<RefCell<Vm>>, p: usize, body: Vec<u8>) {
+    let set = match parse_jwks(&body) {
+        Ok(set) => set,
+        Err(why) => return fail(vm, p, &format!("the JWKS is {why}")),
+    };
+    let name = match vm.borrow().remotes.get(p) {
+        Some(Some(r)) => r.name.clone(),
+        _ => return,
+    };
+    for problem in &set.problems {
+        log::warn!("oauth-filter: provider {name}: JWKS key skipped: {problem}");
+    }
+    if set.keys.is_empty() {
+        return fail(vm, p, "the JWKS has no usable signing key");
+    }
+    let Ok(text) = String::from_utf8(body) else {
+        return fail(vm, p, "the JWKS is not UTF-8");
+    };
+    {
+        let mut state = vm.borrow_mut();
+        let me = state.id;
+        let Some(Some(r)) = state.remotes.get_mut(p) else {
+            return;
+        };
+        let now = now_ms();
+        let record = shared::update_record(&r.shared, |rec| rec.succeeded(text.clone(), now));
+        r.install(record);
+        r.in_flight = None;
+        shared::release_lease(&r.shared, me);
+        let count = r.keys.len();
+        log::info!("oauth-filter: provider {name}: {count} key(s) loaded");
+        state.metrics.jwks_fetched(true);
+        state.metrics.keys_in_use(&name, count);
+    }
+    wake(vm, p);
+}
+
+/// A fetch failed: keep the last good keys (if any), back off, and wake the waiters (who get
+/// the old keys, or 503 when there never were any).
+fn fail(vm: &Rc<RefCell<Vm>>, p: usize, why: &str) {
+    {
+        let mut state = vm.borrow_mut();
+        let me = state.id;
+        let Some(Some(r)) = state.remotes.get_mut(p) else {
+            return;
+        };
+        let now = now_ms();
+        let rediscover = r.spec.jwks.is_none();
+        let record = shared::update_record(&r.shared, |rec| {
+            let mut next = rec.failed(now);
+            if rediscover {
+                next.jwks_uri = None;
+            }
+            next
+        });
+        r.install(record);
+        r.in_flight = None;
+        shared::release_lease(&r.shared, me);
+        let outcome = if r.record.has_keys() {
+            "keeping the last good keys"
+        } else {
+            "no keys yet: requests get 503"
+        };
+        log::warn!(
+            "oauth-filter: provider {}: key fetch failed: {why}; {outcome}; retry in {} ms",
+            r.name,
+            r.record.backoff_ms()
+        );
+        state.metrics.jwks_fetched(false);
+    }
+    wake(vm, p);
+}
+
+/// Decides again on every request paused for provider `p`.
+fn wake(vm: &Rc<RefCell<Vm>>, p: usize) {
+    let (waiting, root) = {
+        let mut state = vm.borrow_mut();
+        let (waiting, rest) = state.waiters.drain(..).partition(|w| w.provider == p);
+        state.waiters = rest;
+        (waiting, state.root_context_id)
+    };
+    let waiting: Vec<super::vm::Waiter> = waiting;
+    for w in waiting {
+        if hostcalls::set_effective_context(w.context_id).is_ok() {
+            http::process(vm, w.context_id, true);
+        }
+    }
+    let _ = hostcalls::set_effective_context(root);
+}
+
+/// Answers 503 to requests that waited longer than their fetch could take.
+fn expire_waiters(vm: &Rc<RefCell<Vm>>, now: u64) {
+    let (late, root) = {
+        let mut state = vm.borrow_mut();
+        let (late, rest) = state.waiters.drain(..).partition(|w| w.deadline <= now);
+        state.waiters = rest;
+        (late, state.root_context_id)
+    };
+    let late: Vec<super::vm::Waiter> = late;
+    if late.is_empty() {
+        return;
+    }
+    let answer = challenge::unavailable("The keys to check the token cannot be fetched");
+    for w in late {
+        if hostcalls::set_effective_context(w.context_id).is_ok() {
+            http::deny(&answer, Some(&vm.borrow()));
+        }
+    }
+    let _ = hostcalls::set_effective_context(root);
 }

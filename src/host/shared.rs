@@ -1,0 +1,85 @@
+//! Proxy-wasm shared data: one [`Record`] and one [`Lease`] per remote provider, shared by every
+//! VM with the same `vm_id` in this Envoy, updated with compare-and-swap.
+
+use crate::remote::{Lease, Record};
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::Status;
+
+/// The shared-data keys of one provider's key set. `tag` tells apart providers of the same name
+/// in different filter configurations (it hashes the URLs).
+#[derive(Debug, Clone)]
+pub struct Keys {
+    record: String,
+    lease: String,
+}
+
+impl Keys {
+    pub fn new(provider: &str, tag: u64) -> Keys {
+        Keys {
+            record: format!("oauth_filter.jwks.{provider}.{tag:016x}"),
+            lease: format!("oauth_filter.jwks.{provider}.{tag:016x}.lease"),
+        }
+    }
+}
+
+/// FNV-1a, for `tag`s: stable across VMs and builds, no dependency.
+pub fn fnv1a(parts: &[&str]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for byte in part.bytes().chain(std::iter::once(0)) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+/// The provider's record as all VMs see it now.
+pub fn read_record(keys: &Keys) -> (Record, Option<u32>) {
+    match hostcalls::get_shared_data(&keys.record) {
+        Ok((Some(bytes), cas)) => (Record::from_bytes(&bytes), cas),
+        Ok((None, cas)) => (Record::default(), cas),
+        Err(_) => (Record::default(), None),
+    }
+}
+
+/// Applies `change` to the shared record with compare-and-swap, retrying on a concurrent
+/// write; the record as written.
+pub fn update_record(keys: &Keys, change: impl Fn(&Record) -> Record) -> Record {
+    for _ in 0..8 {
+        let (current, cas) = read_record(keys);
+        let next = change(&current);
+        match hostcalls::set_shared_data(&keys.record, Some(&next.to_bytes()), cas) {
+            Ok(()) => return next,
+            Err(Status::CasMismatch) => continue,
+            Err(status) => {
+                log::warn!("oauth-filter: cannot write shared key state: {status:?}");
+                return next;
+            }
+        }
+    }
+    change(&read_record(keys).0)
+}
+
+/// Takes the fetch lease until `until` if no other VM holds a live one.
+pub fn take_lease(keys: &Keys, me: u64, now: u64, until: u64) -> bool {
+    let (current, cas) = match hostcalls::get_shared_data(&keys.lease) {
+        Ok((bytes, cas)) => (bytes.as_deref().and_then(Lease::from_bytes), cas),
+        Err(_) => return false,
+    };
+    if !Lease::takeable(current, me, now) {
+        return false;
+    }
+    let lease = Lease { owner: me, until };
+    hostcalls::set_shared_data(&keys.lease, Some(&lease.to_bytes()), cas).is_ok()
+}
+
+/// Gives the lease back early (after a fetch finished), if this VM still holds it.
+pub fn release_lease(keys: &Keys, me: u64) {
+    if let Ok((Some(bytes), cas)) = hostcalls::get_shared_data(&keys.lease) {
+        if Lease::from_bytes(&bytes).is_some_and(|l| l.owner == me) {
+            let free = Lease { owner: 0, until: 0 };
+            let _ = hostcalls::set_shared_data(&keys.lease, Some(&free.to_bytes()), cas);
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The state of one VM: the configuration, each remote provider's current keys, and the
+//! requests paused until keys arrive. Shared by the root context and the HTTP contexts of the
+//! VM (one thread: `Rc<RefCell<_>>`).
+
+use super::metrics::Metrics;
+use super::shared;
+use crate::config::{Config, KeySource, RemoteJwks};
+use crate::decision::{KeyView, KeysNow};
+use crate::jwt::keys::{parse_jwks, Jwk};
+use crate::remote::Record;
+
+/// What a remote provider's fetch is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Discovery,
+    Jwks,
+}
+
+/// One remote provider, as this VM knows it.
+pub struct Remote {
+    pub name: String,
+    pub issuer: Option<String>,
+    pub spec: RemoteJwks,
+    pub shared: shared::Keys,
+    /// The record this VM last installed.
+    pub record: Record,
+    /// The keys of `record.jwks`, parsed once.
+    pub keys: Vec<Jwk>,
+    /// A call this VM has under way: its token and step.
+    pub in_flight: Option<(u32, Step)>,
+    /// A request saw an unknown `kid` and wants a refetch.
+    pub want_refetch: bool,
+}
+
+impl Remote {
+    /// Installs `record` (from shared data or a fetch); `true` if what requests see changed.
+    pub fn install(&mut self, record: Record) -> bool {
+        if record == self.record {
+            return false;
+        }
+        let keys_changed = record.fetched_at != self.record.fetched_at;
+        let state_changed = keys_changed || record.failures != self.record.failures;
+        if keys_changed {
+            match parse_jwks(record.jwks.as_bytes()) {
+                Ok(set) => self.keys = set.keys,
+                Err(why) => log::warn!(
+                    "oauth-filter: provider {}: shared key set unreadable ({why})",
+                    self.name
+                ),
+            }
+        }
+        self.record = record;
+        state_changed
+    }
+
+    /// The longest a fetch (discovery, then the JWKS) may take.
+    pub fn fetch_budget_ms(&self) -> u64 {
+        let d = self.spec.discovery.as_ref().map_or(0, |d| d.timeout_ms);
+        let j = self.spec.jwks.as_ref().map_or(0, |j| j.timeout_ms);
+        d + j.max(d)
+    }
+}
+
+/// A request paused until its provider's keys change.
+#[derive(Debug, Clone, Copy)]
+pub struct Waiter {
+    pub context_id: u32,
+    pub provider: usize,
+    /// When to give up and answer 503 (ms since the epoch).
+    pub deadline: u64,
+}
+
+pub struct Vm {
+    pub config: std::rc::Rc<Config>,
+    pub metrics: std::rc::Rc<Metrics>,
+    /// A random id, for the fetch lease.
+    pub id: u64,
+    pub root_context_id: u32,
+    /// Indexed like `config.providers`; `None` for providers with local keys.
+    pub remotes: Vec<Option<Remote>>,
+    pub waiters: Vec<Waiter>,
+    /// The time of the request being decided (ms), for the refetch rate limit.
+    pub now_ms: u64,
+}
+
+impl Vm {
+    pub fn new(
+        config: std::rc::Rc<Config>,
+        metrics: std::rc::Rc<Metrics>,
+        id: u64,
+        root_context_id: u32,
+    ) -> Vm {
+        let remotes = config
+            .providers
+            .iter()
+            .map(|p| match &p.keys {
+                KeySource::Local(_) => None,
+                KeySource::Remote(spec) => {
+                    let uris: Vec<&str> = [&spec.jwks, &spec.discovery]
+                        .into_iter()
+                        .flatten()
+                        .map(|h| h.uri.as_str())
+                        .collect();
+                    Some(Remote {
+                        name: p.name.clone(),
+                        issuer: p.claims.issuer.clone(),
+                        spec: spec.clone(),
+                        shared: shared::Keys::new(&p.name, shared::fnv1a(&uris)),
+                        record: Record::default(),
+                        keys: Vec::new(),
+                        in_flight: None,
+                        want_refetch: false,
+                    })
+                }
+            })
+            .collect();
+        Vm {
+            config,
+            metrics,
+            id,
+            root_context_id,
+            remotes,
+            waiters: Vec::new(),
+            now_ms: 0,
+        }
+    }
+
+    pub fn has_remotes(&self) -> bool {
+        self.remotes.iter().any(Option::is_some)
+    }
+}
+
+impl KeyView for Vm {
+    fn keys_now(&self, provider: usize) -> KeysNow<'_> {
+        match self.config.providers.get(provider).map(|p| &p.keys) {
+            Some(KeySource::Local(keys)) => KeysNow::Ready {
+                keys,
+                may_refetch: false,
+            },
+            Some(KeySource::Remote(_)) => match self.remotes.get(provider).and_then(Option::as_ref)
+            {
+                Some(r) if r.record.has_keys() => KeysNow::Ready {
+                    keys: &r.keys,
+                    may_refetch: r.record.refetch_allowed(self.now_ms),
+                },
+                Some(r) if r.record.failures > 0 => KeysNow::Unavailable,
+                _ => KeysNow::Pending,
+            },
+            None => KeysNow::Unavailable,
+        }
+    }
+}
