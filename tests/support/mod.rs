@@ -67,6 +67,7 @@ pub struct Seen {
     pub method: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
+    pub body: String,
 }
 
 impl Seen {
@@ -84,21 +85,43 @@ impl Seen {
     }
 }
 
-/// An HTTP/1.1 server on loopback that records every request and answers 200 with a JSON echo
-/// of what it received.
-pub struct Upstream {
+/// What a test server answers: status, body, and how long to wait first.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn ok(body: impl Into<String>) -> Reply {
+        Reply::status(200, body)
+    }
+    pub fn status(status: u16, body: impl Into<String>) -> Reply {
+        Reply {
+            status,
+            body: body.into(),
+            delay: Duration::ZERO,
+        }
+    }
+    pub fn after(mut self, delay: Duration) -> Reply {
+        self.delay = delay;
+        self
+    }
+}
+
+type Handler = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
+
+/// An HTTP/1.1 server on loopback that records every request and answers with its handler.
+pub struct Server {
     pub port: u16,
     seen: Arc<Mutex<Vec<Seen>>>,
     stop: Arc<AtomicBool>,
 }
 
-impl Upstream {
-    pub fn start() -> Upstream {
-        Upstream::start_on(0)
-    }
-
-    pub fn start_on(port: u16) -> Upstream {
-        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind upstream");
+impl Server {
+    pub fn start(port: u16, handler: Handler) -> Server {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind test server");
         let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -109,37 +132,127 @@ impl Upstream {
                     break;
                 }
                 if let Ok(conn) = conn {
-                    let seen = seen2.clone();
-                    thread::spawn(move || serve(conn, seen));
+                    let (seen, handler) = (seen2.clone(), handler.clone());
+                    thread::spawn(move || serve(conn, seen, handler));
                 }
             }
         });
-        Upstream { port, seen, stop }
+        Server { port, seen, stop }
     }
 
-    /// The request carrying `x-test-id: id`, if the upstream received it.
-    pub fn saw(&self, id: &str) -> Option<Seen> {
+    /// Every request received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// How many requests for `path` (query excluded) arrived.
+    pub fn hits(&self, path: &str) -> usize {
         self.seen
             .lock()
             .unwrap()
             .iter()
-            .find(|s| s.header("x-test-id") == Some(id))
-            .cloned()
-    }
-
-    pub fn count(&self) -> usize {
-        self.seen.lock().unwrap().len()
+            .filter(|s| s.path.split('?').next() == Some(path))
+            .count()
     }
 }
 
-impl Drop for Upstream {
+impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
 }
 
-fn serve(conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) {
+/// The recording upstream: answers 200 with a JSON echo of what it received.
+pub struct Upstream {
+    server: Server,
+    pub port: u16,
+}
+
+impl Upstream {
+    pub fn start() -> Upstream {
+        Upstream::start_on(0)
+    }
+
+    pub fn start_on(port: u16) -> Upstream {
+        let server = Server::start(
+            port,
+            Arc::new(|seen: &Seen| {
+                let echo = json!({
+                    "method": seen.method, "path": seen.path,
+                    "headers": seen.headers.iter().map(|(n, v)| json!([n, v])).collect::<Vec<_>>()
+                });
+                Reply::ok(echo.to_string())
+            }),
+        );
+        Upstream {
+            port: server.port,
+            server,
+        }
+    }
+
+    /// The request carrying `x-test-id: id`, if the upstream received it.
+    pub fn saw(&self, id: &str) -> Option<Seen> {
+        self.server
+            .seen()
+            .into_iter()
+            .find(|s| s.header("x-test-id") == Some(id))
+    }
+
+    pub fn count(&self) -> usize {
+        self.server.seen().len()
+    }
+}
+
+/// A server whose answer for each path the test sets and changes at will (a JWKS endpoint, a
+/// discovery document); other paths get 404.
+pub struct Scripted {
+    pub server: Server,
+    pub port: u16,
+    script: Arc<Mutex<Vec<(String, Reply)>>>,
+}
+
+impl Scripted {
+    pub fn start() -> Scripted {
+        let script: Arc<Mutex<Vec<(String, Reply)>>> = Arc::new(Mutex::new(Vec::new()));
+        let lookup = script.clone();
+        let server = Server::start(
+            0,
+            Arc::new(move |seen: &Seen| {
+                let path = seen.path.split('?').next().unwrap_or("");
+                lookup
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|(p, _)| p == path)
+                    .map(|(_, r)| r.clone())
+                    .unwrap_or_else(|| Reply::status(404, "{}"))
+            }),
+        );
+        Scripted {
+            port: server.port,
+            server,
+            script,
+        }
+    }
+
+    /// From now on, `path` answers `reply`.
+    pub fn set(&self, path: &str, reply: Reply) {
+        let mut script = self.script.lock().unwrap();
+        script.retain(|(p, _)| p != path);
+        script.push((path.to_string(), reply));
+    }
+
+    pub fn hits(&self, path: &str) -> usize {
+        self.server.hits(path)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+fn serve(conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, handler: Handler) {
     let mut writer = match conn.try_clone() {
         Ok(w) => w,
         Err(_) => return,
@@ -176,21 +289,25 @@ fn serve(conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) {
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        let echo = json!({
-            "method": method, "path": path,
-            "headers": headers.iter().map(|(n, v)| json!([n, v])).collect::<Vec<_>>()
-        })
-        .to_string();
-        seen.lock().unwrap().push(Seen {
+        let request = Seen {
             method,
             path,
             headers,
-        });
-        let reply = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{echo}",
-            echo.len()
+            body: String::from_utf8_lossy(&body).into_owned(),
+        };
+        seen.lock().unwrap().push(request.clone());
+        let reply = handler(&request);
+        if !reply.delay.is_zero() {
+            thread::sleep(reply.delay);
+        }
+        let head = format!(
+            "HTTP/1.1 {} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            reply.status,
+            reply.body.len()
         );
-        if writer.write_all(reply.as_bytes()).is_err() {
+        if writer.write_all(head.as_bytes()).is_err()
+            || writer.write_all(reply.body.as_bytes()).is_err()
+        {
             return;
         }
     }
@@ -227,16 +344,33 @@ pub fn request_id() -> String {
 }
 
 /// Sends one GET with exactly these header lines (raw bytes, so any hostile shape can be sent)
-/// and reads the response to the end.
+/// and reads the response.
 pub fn get(port: u16, path: &str, headers: &[(&str, &[u8])]) -> Response {
-    let mut req = format!("GET {path} HTTP/1.1\r\nhost: api.test\r\n").into_bytes();
+    request(port, "GET", path, headers, None)
+}
+
+/// Sends one request with exactly these header lines and an optional body.
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+    body: Option<&[u8]>,
+) -> Response {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: api.test\r\n").into_bytes();
     for (name, value) in headers {
         req.extend_from_slice(name.as_bytes());
         req.extend_from_slice(b": ");
         req.extend_from_slice(value);
         req.extend_from_slice(b"\r\n");
     }
+    if let Some(body) = body {
+        req.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    }
     req.extend_from_slice(b"connection: close\r\n\r\n");
+    if let Some(body) = body {
+        req.extend_from_slice(body);
+    }
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to envoy");
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
@@ -333,6 +467,18 @@ pub fn admin_get(port: u16, path: &str) -> Option<String> {
 // ---------------------------------------------------------------------------------------------
 // Envoy.
 
+/// A STATIC cluster of one loopback endpoint.
+pub fn cluster(name: &str, port: u16) -> Value {
+    json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "2s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+        }}]}]}
+    })
+}
+
 /// An Envoy bootstrap (as JSON) with one listener that runs the filter with `filter_config` in
 /// front of `upstream_port`, normalising paths first as every deployment of the filter should.
 pub fn bootstrap(
@@ -342,6 +488,20 @@ pub fn bootstrap(
     wasm: &Path,
     filter_config: &str,
 ) -> Value {
+    bootstrap_with(listen, admin, upstream_port, wasm, filter_config, &[])
+}
+
+/// [`bootstrap`] plus clusters for the filter's calls (`name`, loopback port).
+pub fn bootstrap_with(
+    listen: u16,
+    admin: u16,
+    upstream_port: u16,
+    wasm: &Path,
+    filter_config: &str,
+    extra: &[(&str, u16)],
+) -> Value {
+    let mut clusters = vec![cluster("upstream", upstream_port)];
+    clusters.extend(extra.iter().map(|(name, port)| cluster(name, *port)));
     json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "static_resources": {
@@ -386,14 +546,7 @@ pub fn bootstrap(
                     }
                 }]}]
             }],
-            "clusters": [{
-                "name": "upstream",
-                "type": "STATIC",
-                "connect_timeout": "2s",
-                "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [{"endpoint": {
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": upstream_port}}
-                }}]}]}
-            }]
+            "clusters": clusters
         }
     })
 }
@@ -410,6 +563,16 @@ impl Envoy {
     /// Starts Envoy with this bootstrap (whose ports must be `port` and `admin`) and waits until
     /// it is ready; `Err` with its log if it exits or is not ready within 60 s.
     pub fn start(bootstrap: &Value, port: u16, admin: u16) -> Result<Envoy, String> {
+        Envoy::start_workers(bootstrap, port, admin, 1)
+    }
+
+    /// [`Envoy::start`] with `workers` worker threads (each runs its own Wasm VM).
+    pub fn start_workers(
+        bootstrap: &Value,
+        port: u16,
+        admin: u16,
+        workers: u32,
+    ) -> Result<Envoy, String> {
         let dir =
             std::env::temp_dir().join(format!("oauth-filter-test-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -421,11 +584,13 @@ impl Envoy {
             .arg(&config)
             .args([
                 "--concurrency",
-                "1",
+                &workers.to_string(),
                 "--disable-hot-restart",
                 "--log-level",
                 "info",
             ])
+            // Flush the log file often: tests read it while Envoy runs.
+            .args(["--file-flush-interval-msec", "50"])
             .arg("--log-path")
             .arg(&log)
             .stdin(Stdio::null())
@@ -500,6 +665,87 @@ pub fn envoy_refuses(bootstrap: &Value, port: u16, admin: u16) -> Result<String,
     match Envoy::start(bootstrap, port, admin) {
         Ok(_) => Err("envoy started with a configuration it should refuse".into()),
         Err(log) => Ok(log),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The authorization server: node-oidc-provider (tests/oidc/server.mjs), on a free port.
+
+pub struct Oidc {
+    child: Child,
+    pub port: u16,
+    pub issuer: String,
+}
+
+impl Oidc {
+    /// Starts tests/oidc/server.mjs (its npm packages must be installed) and waits until it
+    /// answers.
+    pub fn start() -> Result<Oidc, String> {
+        let dir = root().join("tests/oidc");
+        if !dir.join("node_modules/oidc-provider").exists() {
+            return Err("oidc-provider is not installed: run `make oidc`".into());
+        }
+        let port = free_port();
+        let issuer = format!("http://127.0.0.1:{port}");
+        let child = Command::new("node")
+            .arg("server.mjs")
+            .arg(port.to_string())
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start node: {e}"))?;
+        let mut oidc = Oidc {
+            child,
+            port,
+            issuer,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = oidc.child.try_wait() {
+                return Err(format!("oidc-provider exited: {status}"));
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && get(port, "/.well-known/openid-configuration", &[]).status == 200
+            {
+                return Ok(oidc);
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        Err("oidc-provider did not start in 30 s".into())
+    }
+
+    /// A client-credentials access token for `resource` with `scope`, as client `gateway`.
+    pub fn token(&self, resource: &str, scope: &str) -> String {
+        use base64::Engine;
+        let basic = base64::engine::general_purpose::STANDARD.encode("gateway:gateway-secret");
+        let auth = format!("Basic {basic}");
+        let form = |s: &str| s.replace(':', "%3A").replace('/', "%2F").replace(' ', "+");
+        let body = format!(
+            "grant_type=client_credentials&resource={}&scope={}",
+            form(resource),
+            form(scope)
+        );
+        let r = request(
+            self.port,
+            "POST",
+            "/token",
+            &[
+                ("authorization", auth.as_bytes()),
+                ("content-type", b"application/x-www-form-urlencoded"),
+            ],
+            Some(body.as_bytes()),
+        );
+        assert_eq!(r.status, 200, "token endpoint: {}", r.body);
+        r.json()["access_token"].as_str().unwrap().to_string()
+    }
+}
+
+impl Drop for Oidc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
