@@ -29,7 +29,7 @@ tests/oidc/node_modules/.installed: tests/oidc/package.json tests/oidc/package-l
 	@touch $@
 
 # Envoy with the filter in front of a demo upstream; prints curl commands with demo tokens.
-run: build envoy
+run: build envoy oidc
 	ENVOY_BIN=$(ENVOY_BIN) cargo run --quiet --release --example demo
 
 # Everything: unit tests of the core (native) and the integration suite in the real Envoy.

@@ -1,53 +1,26 @@
 //! `make run`: Envoy with the filter (envoy/envoy.yaml) in front of a demo upstream that echoes
-//! what it receives, plus ready-to-paste curl commands with freshly signed demo tokens.
-//!
-//! `cargo run --example demo -- token [SCOPE...]` prints one fresh demo token and exits.
+//! what it receives, a demo authorization server (node-oidc-provider) whose keys the filter finds
+//! by OIDC discovery, and ready-to-paste curl commands with real access tokens.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use rsa::pkcs8::DecodePrivateKey;
-use serde_json::json;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::tokens::{now, Private, Signer};
 
-const KEY: &str = "envoy/demo/demo-signing-key.pem";
 const CONFIG: &str = "envoy/envoy.yaml";
 const LISTEN: u16 = 10000;
 const ADMIN: u16 = 9901;
 const UPSTREAM: u16 = 8080;
-
-fn demo_signer() -> Signer {
-    let pem = std::fs::read_to_string(support::root().join(KEY)).expect("demo key");
-    let key = rsa::RsaPrivateKey::from_pkcs8_pem(&pem).expect("demo key is PKCS#8 PEM");
-    Signer {
-        alg: "RS256",
-        kid: Some("demo-rs256".into()),
-        key: Private::Rsa(key),
-    }
-}
-
-fn demo_token(signer: &Signer, sub: &str, scope: &str, exp: u64) -> String {
-    signer.token(&json!({
-        "iss": "https://demo-idp.local", "aud": "orders-api", "sub": sub,
-        "scope": scope, "iat": now(), "exp": exp
-    }))
-}
+const IDP: u16 = 9000;
 
 fn main() {
-    let signer = demo_signer();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("token") {
-        let scope = args[1..].join(" ");
-        println!("{}", demo_token(&signer, "alice", &scope, now() + 3600));
-        return;
-    }
     std::env::set_current_dir(support::root()).unwrap();
     let wasm = support::root().join("target/wasm32-wasip1/release/oauth_filter.wasm");
     assert!(wasm.exists(), "build the module first: make build");
 
+    let idp = support::Oidc::start_on(IDP).unwrap_or_else(|why| panic!("{why}"));
     let _upstream = support::Upstream::start_on(UPSTREAM);
     let mut envoy = Command::new(support::envoy_bin())
         .args(["-c", CONFIG, "--concurrency", "1", "--disable-hot-restart"])
@@ -64,19 +37,28 @@ fn main() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    let reader = demo_token(&signer, "alice", "orders:read", now() + 3600);
-    let admin = demo_token(&signer, "root", "orders:read orders:admin", now() + 3600);
-    let expired = demo_token(&signer, "alice", "orders:read", now() - 3600);
+    let reader = idp.token("https://orders.example", "orders:read");
+    let admin = idp.token("https://orders.example", "orders:read orders:admin");
+    let forged = {
+        let (head, rest) = reader.split_once('.').unwrap();
+        let (_, sig) = rest.split_once('.').unwrap();
+        let payload = serde_json::json!({"iss": idp.issuer, "aud": "orders-api", "sub": "admin",
+                                         "scope": "orders:admin", "exp": support::tokens::now() + 600});
+        format!("{head}.{}.{sig}", support::tokens::b64(payload.to_string()))
+    };
     let url = format!("http://127.0.0.1:{LISTEN}");
     println!(
         r#"
 Envoy is listening on {url} with the OAuth filter; the demo upstream echoes what it receives.
-Admin and counters: curl -s http://127.0.0.1:{ADMIN}/stats | grep oauth_filter
+The authorization server (node-oidc-provider) is {issuer}; counters: curl -s http://127.0.0.1:{ADMIN}/stats | grep oauth_filter
+
+# Get an access token yourself (client credentials, a JWT for the orders API; valid 10 minutes):
+curl -s -u gateway:gateway-secret -d grant_type=client_credentials -d resource=https://orders.example -d scope=orders:read {issuer}/token
 
 # No token: 401 with a bare challenge
 curl -i {url}/orders
 
-# A valid token: 200, the upstream sees x-user and x-scopes, and no Authorization header
+# A valid token: 200; the upstream sees x-client-id and x-scopes, and no Authorization header
 curl -i -H "Authorization: Bearer {reader}" {url}/orders
 
 # The same token on an admin route: 403 insufficient_scope
@@ -85,14 +67,15 @@ curl -i -H "Authorization: Bearer {reader}" {url}/admin/settings
 # A token with the admin scope: 200
 curl -i -H "Authorization: Bearer {admin}" {url}/admin/settings
 
-# An expired token: 401 invalid_token
-curl -i -H "Authorization: Bearer {expired}" {url}/orders
+# A forged token (claims changed, signature kept): 401 invalid_token
+curl -i -H "Authorization: Bearer {forged}" {url}/orders
 
 # A public route: no token needed
 curl -i {url}/public/status
 
 Press Ctrl-C to stop.
-"#
+"#,
+        issuer = idp.issuer
     );
     let _ = envoy.wait();
 }

@@ -128,9 +128,11 @@ fn main() {
             small.jwk(),
             json!({"kty": "XYZ", "kid": "x"}),
             mixed_good.jwk(),
+            Signer::es256("good").jwk(),
         ])),
     );
     keys.set("/garbage/jwks", Reply::ok("<html>not json</html>"));
+    keys.set("/empty/jwks", Reply::ok(jwks(&[])));
     keys.set(
         "/hang/jwks",
         Reply::ok(jwks(&[shared.jwk()])).after(Duration::from_secs(8)),
@@ -157,7 +159,11 @@ fn main() {
         ),
     );
 
-    let rules: Vec<Value> = ["shared", "rotate", "slow", "down", "flaky", "mixed", "garbage", "huge", "hang", "disco", "badisco"]
+    let names = [
+        "shared", "rotate", "slow", "down", "flaky", "mixed", "garbage", "huge", "empty", "hang",
+        "disco", "badisco",
+    ];
+    let rules: Vec<Value> = names
         .iter()
         .map(|p| json!({"match": {"prefix": format!("/{p}")}, "requires": {"provider_name": p}}))
         .chain([
@@ -175,6 +181,7 @@ fn main() {
             "mixed": remote("/mixed/jwks", "300s"),
             "garbage": remote("/garbage/jwks", "300s"),
             "huge": remote("/huge/jwks", "300s"),
+            "empty": remote("/empty/jwks", "300s"),
             "hang": {
                 "remote_jwks": {"http_uri": {"uri": "http://keys.test/hang/jwks", "cluster": "keys", "timeout": "0.5s"}}
             },
@@ -312,6 +319,9 @@ fn main() {
         env.allowed("/mixed/x", &token(&mixed_good));
         assert!(env.logged("provider mixed: JWKS key skipped: keys[0]: RSA modulus of 1024 bits"));
         assert!(env.logged("provider mixed: JWKS key skipped: keys[1]: unsupported \"kty\""));
+        // The second key with kid "good" is skipped: the first one still verifies.
+        assert!(env
+            .logged("provider mixed: JWKS key skipped: keys[3]: kid repeats an earlier key's kid"));
         env.invalid_token("/mixed/x", &token(&small));
     });
 
@@ -320,6 +330,8 @@ fn main() {
         env.unavailable("/huge/x", &token(&shared));
         assert!(env.logged("provider garbage: key fetch failed: the JWKS is not valid JSON"));
         assert!(env.logged("provider huge: key fetch failed: the answer is larger than"));
+        env.unavailable("/empty/x", &token(&shared));
+        assert!(env.logged("provider empty: key fetch failed: the JWKS has no usable signing key"));
     });
 
     run.case("key_server_timeout_is_honoured", || {

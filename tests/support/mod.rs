@@ -681,11 +681,15 @@ impl Oidc {
     /// Starts tests/oidc/server.mjs (its npm packages must be installed) and waits until it
     /// answers.
     pub fn start() -> Result<Oidc, String> {
+        Oidc::start_on(free_port())
+    }
+
+    /// [`Oidc::start`] on a chosen port.
+    pub fn start_on(port: u16) -> Result<Oidc, String> {
         let dir = root().join("tests/oidc");
         if !dir.join("node_modules/oidc-provider").exists() {
             return Err("oidc-provider is not installed: run `make oidc`".into());
         }
-        let port = free_port();
         let issuer = format!("http://127.0.0.1:{port}");
         let child = Command::new("node")
             .arg("server.mjs")
