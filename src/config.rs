@@ -76,6 +76,8 @@ pub struct Provider {
     pub name: String,
     pub claims: ClaimRules,
     pub keys: KeySource,
+    /// RFC 7662 introspection of tokens that are not JWTs (all tokens, without `keys`).
+    pub introspection: Option<Introspection>,
     pub sources: Vec<Source>,
     pub forward: bool,
     pub claim_to_headers: Vec<ClaimHeader>,
@@ -84,6 +86,8 @@ pub struct Provider {
 /// Where a provider's verification keys come from.
 #[derive(Debug)]
 pub enum KeySource {
+    /// No JWT keys: every token is introspected.
+    None,
     /// `local_jwks`: keys fixed in the configuration.
     Local(Vec<Jwk>),
     /// `remote_jwks` or `discovery`: keys fetched, cached and refreshed by the filter.
@@ -164,6 +168,36 @@ pub fn parse_duration(text: &str) -> Option<u64> {
     let millis: u64 = format!("{fraction:0<3}")[..3].parse().ok()?;
     seconds.checked_mul(1000)?.checked_add(millis)
 }
+
+/// How the filter authenticates to the introspection endpoint (RFC 6749 §2.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// `Authorization: Basic` with the form-urlencoded id and secret.
+    Basic,
+    /// `client_id` and `client_secret` in the form body.
+    Post,
+}
+
+/// `introspection`: RFC 7662 token introspection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Introspection {
+    pub endpoint: HttpUri,
+    pub client_id: String,
+    pub client_secret: String,
+    pub auth: ClientAuth,
+    pub token_type_hint: Option<String>,
+    /// Active answers are cached until the earlier of their `exp` and this (ms).
+    pub cache_duration_ms: u64,
+    /// Inactive answers are cached this long (ms); 0: not cached.
+    pub negative_cache_duration_ms: u64,
+    /// The most answers kept, per VM and in the cache shared by the VMs.
+    pub cache_entries: usize,
+}
+
+/// The default `introspection.negative_cache_duration`.
+pub const DEFAULT_NEGATIVE_CACHE_MS: u64 = 10_000;
+/// The default `introspection.cache_entries`.
+pub const DEFAULT_CACHE_ENTRIES: usize = 10_000;
 
 /// The default `cache_duration` of fetched keys, as in `jwt_authn`.
 pub const DEFAULT_CACHE_DURATION_MS: u64 = 300_000;
@@ -470,14 +504,6 @@ fn provider(name: &str, value: &Value) -> Result<Provider, ConfigError> {
         "clock_skew_seconds",
         "require_expiration",
     ])?;
-    for later in ["introspection"] {
-        if p.get(later).is_some() {
-            return err(
-                p.field(later),
-                "is not supported by this version of the filter yet",
-            );
-        }
-    }
 
     let issuer = p.string("issuer")?.map(str::to_owned);
     let audiences = p.strings("audiences", any_string)?;
@@ -488,7 +514,11 @@ fn provider(name: &str, value: &Value) -> Result<Provider, ConfigError> {
         );
     }
 
-    let keys = key_source(&p, issuer.as_deref())?;
+    let introspection = p
+        .object("introspection")?
+        .map(|i| introspection(&i))
+        .transpose()?;
+    let keys = key_source(&p, issuer.as_deref(), introspection.is_some())?;
 
     let clock_skew_seconds = match p.get("clock_skew_seconds") {
         None => DEFAULT_CLOCK_SKEW,
@@ -572,6 +602,7 @@ fn provider(name: &str, value: &Value) -> Result<Provider, ConfigError> {
             clock_skew_seconds,
         },
         keys,
+        introspection,
         sources,
         forward: p.boolean("forward", false)?,
         claim_to_headers,
@@ -579,7 +610,11 @@ fn provider(name: &str, value: &Value) -> Result<Provider, ConfigError> {
 }
 
 /// Exactly one of `local_jwks`, `remote_jwks` and `discovery`.
-fn key_source(p: &Obj<'_>, issuer: Option<&str>) -> Result<KeySource, ConfigError> {
+fn key_source(
+    p: &Obj<'_>,
+    issuer: Option<&str>,
+    introspects: bool,
+) -> Result<KeySource, ConfigError> {
     let given: Vec<&str> = ["local_jwks", "remote_jwks", "discovery"]
         .into_iter()
         .filter(|k| p.get(k).is_some())
@@ -649,15 +684,74 @@ fn key_source(p: &Obj<'_>, issuer: Option<&str>) -> Result<KeySource, ConfigErro
                 )?,
             }))
         }
+        [] if introspects => Ok(KeySource::None),
         [] => err(
             p.field("local_jwks"),
-            "the provider has no keys: give local_jwks, remote_jwks or discovery",
+            "the provider has no keys: give local_jwks, remote_jwks, discovery or introspection",
         ),
         _ => err(
             p.path.clone(),
             format!("give only one of {}", given.join(", ")),
         ),
     }
+}
+
+fn introspection(i: &Obj<'_>) -> Result<Introspection, ConfigError> {
+    i.only(&[
+        "http_uri",
+        "client_id",
+        "client_secret",
+        "auth_method",
+        "token_type_hint",
+        "cache_duration",
+        "negative_cache_duration",
+        "cache_entries",
+    ])?;
+    let Some(endpoint) = i.http_uri("http_uri", false)? else {
+        return err(i.field("http_uri"), "is required");
+    };
+    let auth = match i.string("auth_method")? {
+        None | Some("client_secret_basic") => ClientAuth::Basic,
+        Some("client_secret_post") => ClientAuth::Post,
+        Some(_) => {
+            return err(
+                i.field("auth_method"),
+                "must be client_secret_basic or client_secret_post",
+            )
+        }
+    };
+    let cache_entries = match i.get("cache_entries") {
+        None => DEFAULT_CACHE_ENTRIES,
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=1_000_000).contains(&n) => n as usize,
+            _ => {
+                return err(
+                    i.field("cache_entries"),
+                    "must be a whole number from 1 to 1000000",
+                )
+            }
+        },
+    };
+    Ok(Introspection {
+        endpoint,
+        client_id: i.required_string("client_id")?.to_string(),
+        client_secret: i.required_string("client_secret")?.to_string(),
+        auth,
+        token_type_hint: i.string("token_type_hint")?.map(str::to_owned),
+        cache_duration_ms: i.duration(
+            "cache_duration",
+            DEFAULT_CACHE_DURATION_MS,
+            0,
+            86_400_000,
+        )?,
+        negative_cache_duration_ms: i.duration(
+            "negative_cache_duration",
+            DEFAULT_NEGATIVE_CACHE_MS,
+            0,
+            3_600_000,
+        )?,
+        cache_entries,
+    })
 }
 
 /// `local_jwks`: an Envoy DataSource; only `inline_string` can be read from inside Wasm.
@@ -913,7 +1007,15 @@ mod tests {
             ),
             (
                 Box::new(|v| v["providers"]["corp"]["introspection"] = json!({})),
-                "providers.corp.introspection: is not supported",
+                "providers.corp.introspection.http_uri: is required",
+            ),
+            (
+                Box::new(|v| v["providers"]["corp"]["introspection"] = json!({"http_uri": {"uri": "http://idp/i", "cluster": "idp"}, "client_id": "gw"})),
+                "providers.corp.introspection.client_secret: is required",
+            ),
+            (
+                Box::new(|v| v["providers"]["corp"]["introspection"] = json!({"http_uri": {"uri": "http://idp/i", "cluster": "idp"}, "client_id": "gw", "client_secret": "s", "auth_method": "private_key_jwt"})),
+                "providers.corp.introspection.auth_method: must be client_secret_basic or client_secret_post",
             ),
             (
                 Box::new(|v| {

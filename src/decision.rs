@@ -4,9 +4,11 @@ use crate::challenge::{self, Challenge};
 use crate::claims;
 use crate::config::{Config, KeySource, Provider, Source};
 use crate::extract::{self, Extracted};
+use crate::introspection;
 use crate::jwt;
 use crate::jwt::keys::Jwk;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 /// What the filter saw of the request.
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +54,19 @@ pub enum Decision {
         provider: usize,
         refetch: bool,
     },
+    /// Pause the request, introspect `token` at `provider`'s endpoint, then decide again.
+    Introspect {
+        provider: usize,
+        token: String,
+    },
+}
+
+/// A cached introspection answer.
+#[derive(Debug, Clone, Copy)]
+pub enum Cached<'a> {
+    Active(&'a Map<String, Value>),
+    Inactive,
+    Miss,
 }
 
 /// A provider's keys as they are at this moment.
@@ -66,15 +81,21 @@ pub enum KeysNow<'a> {
     Unavailable,
 }
 
-/// Where the decision finds each provider's current keys.
-pub trait KeyView {
+/// What the filter knows at this moment: each provider's keys and cached introspection answers.
+pub trait Known {
     fn keys_now(&self, provider: usize) -> KeysNow<'_>;
+    /// The cached, unexpired answer for `token` at `provider`'s introspection endpoint.
+    fn introspected(&self, provider: usize, token: &str) -> Cached<'_>;
 }
 
-/// Only configured keys: remote key sets are always pending. For tests and tools.
+/// Only configured keys: remote key sets are always pending, nothing was introspected.
 pub struct LocalKeys<'a>(pub &'a Config);
 
-impl KeyView for LocalKeys<'_> {
+impl Known for LocalKeys<'_> {
+    fn introspected(&self, _provider: usize, _token: &str) -> Cached<'_> {
+        Cached::Miss
+    }
+
     fn keys_now(&self, provider: usize) -> KeysNow<'_> {
         match self.0.providers.get(provider).map(|p| &p.keys) {
             Some(KeySource::Local(keys)) => KeysNow::Ready {
@@ -87,7 +108,7 @@ impl KeyView for LocalKeys<'_> {
 }
 
 /// Decides what to do with `request`, with the keys `keys` has now.
-pub fn decide(config: &Config, keys: &dyn KeyView, request: Request<'_>) -> Decision {
+pub fn decide(config: &Config, known: &dyn Known, request: Request<'_>) -> Decision {
     let path_only = request.path.split(['?', '#']).next().unwrap_or("");
     // Headers the filter owns are removed from every request, whatever the rule says.
     let mut forward = Forward {
@@ -112,29 +133,61 @@ pub fn decide(config: &Config, keys: &dyn KeyView, request: Request<'_>) -> Deci
         Extracted::Missing => return Decision::Deny(challenge::missing_token(realm)),
         Extracted::Invalid(why) => return Decision::Deny(challenge::invalid_request(realm, why)),
     };
-    let (keys, may_refetch) = match keys.keys_now(requires.provider) {
-        KeysNow::Ready { keys, may_refetch } => (keys, may_refetch),
-        KeysNow::Pending => {
-            return Decision::Wait {
-                provider: requires.provider,
-                refetch: false,
+    let idx = requires.provider;
+    let local = !matches!(provider.keys, KeySource::None)
+        && (provider.introspection.is_none() || introspection::is_jwt_shaped(&token));
+    let claims = if local {
+        let (keys, may_refetch) = match known.keys_now(idx) {
+            KeysNow::Ready { keys, may_refetch } => (keys, may_refetch),
+            KeysNow::Pending => {
+                return Decision::Wait {
+                    provider: idx,
+                    refetch: false,
+                }
+            }
+            KeysNow::Unavailable => {
+                return Decision::Deny(challenge::unavailable(
+                    "The keys to check the token cannot be fetched",
+                ))
+            }
+        };
+        match authenticate(provider, keys, &token, request.now) {
+            Ok(claims) => Cow::Owned(claims),
+            Err(AuthError::Token(jwt::TokenError::UnknownKey)) if may_refetch => {
+                return Decision::Wait {
+                    provider: idx,
+                    refetch: true,
+                }
+            }
+            Err(why) => return Decision::Deny(challenge::invalid_token(realm, why.description())),
+        }
+    } else {
+        match known.introspected(idx, &token) {
+            Cached::Miss => {
+                return Decision::Introspect {
+                    provider: idx,
+                    token,
+                }
+            }
+            Cached::Inactive => {
+                return Decision::Deny(challenge::invalid_token(
+                    realm,
+                    "The access token is not active",
+                ))
+            }
+            Cached::Active(claims) => {
+                // The server vouches for the token; its answer need not carry `exp`, but every
+                // date, issuer and audience it does carry is checked as for a JWT.
+                let rules = claims::ClaimRules {
+                    require_expiration: false,
+                    ..provider.claims.clone()
+                };
+                if let Err(why) = claims::check(claims, &rules, request.now) {
+                    return Decision::Deny(challenge::invalid_token(realm, why.description()));
+                }
+                Cow::Borrowed(claims)
             }
         }
-        KeysNow::Unavailable => {
-            return Decision::Deny(challenge::unavailable(
-                "The keys to check the token cannot be fetched",
-            ))
-        }
-    };
-    let claims = match authenticate(provider, keys, &token, request.now) {
-        Ok(claims) => claims,
-        Err(AuthError::Token(jwt::TokenError::UnknownKey)) if may_refetch => {
-            return Decision::Wait {
-                provider: requires.provider,
-                refetch: true,
-            }
-        }
-        Err(why) => return Decision::Deny(challenge::invalid_token(realm, why.description())),
     };
     if !claims::has_scopes(&claims, &requires.scopes) {
         return Decision::Deny(challenge::insufficient_scope(realm, &requires.scopes));
@@ -313,10 +366,169 @@ mod flow {
 
     /// A key view with a remote provider in a chosen state.
     struct Fake<'a>(KeysNow<'a>);
-    impl KeyView for Fake<'_> {
+    impl Known for Fake<'_> {
         fn keys_now(&self, _: usize) -> KeysNow<'_> {
             self.0
         }
+        fn introspected(&self, _: usize, _: &str) -> Cached<'_> {
+            Cached::Miss
+        }
+    }
+
+    /// A key view with fixed keys and one cached introspection answer.
+    struct Answers<'a> {
+        keys: &'a [Jwk],
+        answer: Option<Map<String, Value>>,
+        inactive: bool,
+    }
+    impl Known for Answers<'_> {
+        fn keys_now(&self, _: usize) -> KeysNow<'_> {
+            KeysNow::Ready {
+                keys: self.keys,
+                may_refetch: false,
+            }
+        }
+        fn introspected(&self, _: usize, _: &str) -> Cached<'_> {
+            match (&self.answer, self.inactive) {
+                (Some(claims), _) => Cached::Active(claims),
+                (None, true) => Cached::Inactive,
+                (None, false) => Cached::Miss,
+            }
+        }
+    }
+
+    #[test]
+    fn introspection_answers() {
+        let intro = json!({"introspection": {
+            "http_uri": {"uri": "http://idp/introspect", "cluster": "idp"},
+            "client_id": "gw", "client_secret": "s"}});
+        let both = config(intro.clone());
+        let KeySource::Local(keys) = &both.providers[0].keys else {
+            unreachable!()
+        };
+        let now = crate::testkit::now();
+        let obj = |v: Value| match v {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        };
+        let go = |c: &Config, known: &dyn Known, token: &str, path: &str| {
+            let h = vec![(
+                "authorization".to_string(),
+                format!("Bearer {token}").into_bytes(),
+            )];
+            decide(
+                c,
+                known,
+                Request {
+                    path,
+                    headers: &h,
+                    now,
+                },
+            )
+        };
+        let miss = Answers {
+            keys,
+            answer: None,
+            inactive: false,
+        };
+        assert_eq!(
+            go(&both, &miss, "opaque-123", "/api"),
+            Decision::Introspect {
+                provider: 0,
+                token: "opaque-123".into()
+            }
+        );
+        // JWT-shaped tokens of a provider with keys are verified locally.
+        let jwt = signer().token(&good_claims("https://idp", "api"));
+        assert!(matches!(go(&both, &miss, &jwt, "/api"), Decision::Allow(_)));
+        let inactive = Answers {
+            keys,
+            answer: None,
+            inactive: true,
+        };
+        assert_eq!(
+            denied(&go(&both, &inactive, "opaque", "/api")),
+            DenyReason::InvalidToken
+        );
+        let good = obj(
+            json!({"iss": "https://idp", "aud": ["api"], "sub": "ivy", "scope": "admin write", "exp": now + 60}),
+        );
+        let active = Answers {
+            keys,
+            answer: Some(good.clone()),
+            inactive: false,
+        };
+        let Decision::Allow(f) = go(&both, &active, "opaque", "/admin") else {
+            panic!()
+        };
+        assert_eq!(f.set, vec![("x-user".to_string(), "ivy".to_string())]);
+        // An answer without exp is fine; an expired, foreign or under-scoped one is not.
+        let mut no_exp = good.clone();
+        no_exp.remove("exp");
+        assert!(matches!(
+            go(
+                &both,
+                &Answers {
+                    keys,
+                    answer: Some(no_exp),
+                    inactive: false
+                },
+                "o",
+                "/api"
+            ),
+            Decision::Allow(_)
+        ));
+        for (k, v) in [
+            ("exp", json!(now - 120)),
+            ("aud", json!("other")),
+            ("iss", json!("https://evil")),
+            ("exp", json!("soon")),
+        ] {
+            let mut bad = good.clone();
+            bad.insert(k.into(), v);
+            assert_eq!(
+                denied(&go(
+                    &both,
+                    &Answers {
+                        keys,
+                        answer: Some(bad),
+                        inactive: false
+                    },
+                    "o",
+                    "/api"
+                )),
+                DenyReason::InvalidToken,
+                "{k}"
+            );
+        }
+        let mut reader = good.clone();
+        reader.insert("scope".into(), json!("read"));
+        assert_eq!(
+            denied(&go(
+                &both,
+                &Answers {
+                    keys,
+                    answer: Some(reader),
+                    inactive: false
+                },
+                "o",
+                "/admin"
+            )),
+            DenyReason::InsufficientScope
+        );
+        // A provider with introspection only introspects JWT-shaped tokens too.
+        let mut only = intro;
+        only["local_jwks"] = Value::Null;
+        let doc = json!({"providers": {"corp": {"introspection": only["introspection"]}},
+                         "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "corp"}}]});
+        let c = Config::from_json(doc.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            go(&c, &miss, &jwt, "/x"),
+            Decision::Introspect {
+                provider: 0,
+                token: jwt.clone()
+            }
+        );
     }
 
     #[test]
@@ -327,7 +539,7 @@ mod flow {
         };
         let good = signer().token(&good_claims("https://idp", "api"));
         let stranger = Signer::es256("new-kid").token(&good_claims("https://idp", "api"));
-        let go = |view: &dyn KeyView, token: &str| {
+        let go = |view: &dyn Known, token: &str| {
             let h = vec![(
                 "authorization".to_string(),
                 format!("Bearer {token}").into_bytes(),

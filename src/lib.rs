@@ -3,11 +3,13 @@
 //! The core (every module but `host`) is plain Rust with no host calls, unit-tested natively.
 //! `host` is the thin proxy-wasm shell; it exists only in the Wasm build.
 
+pub mod cache;
 pub mod challenge;
 pub mod claims;
 pub mod config;
 pub mod decision;
 pub mod extract;
+pub mod introspection;
 pub mod json;
 pub mod jwt;
 pub mod remote;

@@ -1,0 +1,194 @@
+//! A bounded time-to-live cache keyed by a hash of the token (never the token itself).
+//!
+//! Bounded in entries and in bytes: when an insert would exceed either, expired entries go
+//! first, then the oldest. Time is passed in (milliseconds); the cache never reads a clock.
+
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, VecDeque};
+
+/// A cache key: SHA-256 of the provider name and the token.
+pub type Key = [u8; 32];
+
+/// The key of `token` for `provider`.
+pub fn key(provider: &str, token: &str) -> Key {
+    let mut h = Sha256::new();
+    h.update(provider.as_bytes());
+    h.update([0u8]);
+    h.update(token.as_bytes());
+    h.finalize().into()
+}
+
+/// Lower-case hex of a key (for shared-data entries).
+pub fn hex(key: &Key) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+struct Entry<V> {
+    value: V,
+    expires_at: u64,
+    size: usize,
+    seq: u64,
+}
+
+pub struct TtlCache<V> {
+    entries: HashMap<Key, Entry<V>>,
+    /// Insertion order, for eviction; stale rows (re-inserted keys) are skipped.
+    order: VecDeque<(Key, u64)>,
+    max_entries: usize,
+    max_bytes: usize,
+    bytes: usize,
+    seq: u64,
+}
+
+impl<V> TtlCache<V> {
+    pub fn new(max_entries: usize, max_bytes: usize) -> TtlCache<V> {
+        TtlCache {
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            max_entries: max_entries.max(1),
+            max_bytes,
+            bytes: 0,
+            seq: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The live value of `key` at `now`; an expired entry is dropped.
+    pub fn get(&mut self, key: &Key, now: u64) -> Option<&V> {
+        if self.entries.get(key).is_some_and(|e| e.expires_at <= now) {
+            self.remove(key);
+            return None;
+        }
+        self.entries.get(key).map(|e| &e.value)
+    }
+
+    fn remove(&mut self, key: &Key) {
+        if let Some(e) = self.entries.remove(key) {
+            self.bytes -= e.size;
+        }
+    }
+
+    /// Stores `value` (about `size` bytes) until `expires_at`; the number of live entries
+    /// evicted to make room. A value larger than the whole byte budget is not stored.
+    pub fn insert(&mut self, key: Key, value: V, size: usize, expires_at: u64, now: u64) -> usize {
+        if expires_at <= now || size > self.max_bytes {
+            return 0;
+        }
+        self.remove(&key);
+        let mut evicted = 0;
+        if self.entries.len() >= self.max_entries || self.bytes + size > self.max_bytes {
+            self.entries.retain(|_, e| e.expires_at > now);
+            self.bytes = self.entries.values().map(|e| e.size).sum();
+        }
+        while self.entries.len() >= self.max_entries || self.bytes + size > self.max_bytes {
+            let Some((old, seq)) = self.order.pop_front() else {
+                break;
+            };
+            if self.entries.get(&old).is_some_and(|e| e.seq == seq) {
+                self.remove(&old);
+                evicted += 1;
+            }
+        }
+        self.seq += 1;
+        self.order.push_back((key, self.seq));
+        // Keep the order queue from growing without bound under re-inserts.
+        if self.order.len() > 2 * self.max_entries + 16 {
+            let entries = &self.entries;
+            self.order
+                .retain(|(k, s)| entries.get(k).is_some_and(|e| e.seq == *s));
+        }
+        self.bytes += size;
+        self.entries.insert(
+            key,
+            Entry {
+                value,
+                expires_at,
+                size,
+                seq: self.seq,
+            },
+        );
+        evicted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(n: u8) -> Key {
+        [n; 32]
+    }
+
+    #[test]
+    fn expiry() {
+        let mut c = TtlCache::new(10, 1000);
+        c.insert(k(1), "a", 10, 100, 0);
+        assert_eq!(c.get(&k(1), 99), Some(&"a"));
+        assert_eq!(c.get(&k(1), 100), None);
+        assert!(c.is_empty());
+        assert_eq!(c.bytes(), 0);
+        assert_eq!(
+            c.insert(k(2), "b", 10, 50, 50),
+            0,
+            "already expired: not stored"
+        );
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn bounded_in_entries_and_bytes() {
+        let mut c = TtlCache::new(3, 100);
+        for i in 0..3 {
+            assert_eq!(c.insert(k(i), i, 10, 1000, 0), 0);
+        }
+        assert_eq!(c.insert(k(3), 3, 10, 1000, 0), 1, "oldest evicted");
+        assert_eq!(c.get(&k(0), 1), None);
+        assert_eq!(c.get(&k(3), 1), Some(&3));
+        assert_eq!(
+            c.insert(k(4), 4, 90, 1000, 0),
+            2,
+            "bytes bound: 30 + 90 > 100"
+        );
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.bytes(), 100);
+        assert_eq!(c.insert(k(5), 5, 101, 1000, 0), 0, "larger than the budget");
+        assert_eq!(c.get(&k(5), 1), None);
+        // Expired entries go before live ones.
+        let mut c = TtlCache::new(2, 100);
+        c.insert(k(1), 1, 10, 1000, 0);
+        c.insert(k(2), 2, 10, 10, 0);
+        assert_eq!(c.insert(k(3), 3, 10, 1000, 20), 0);
+        assert_eq!(c.get(&k(1), 21), Some(&1));
+    }
+
+    #[test]
+    fn reinserts_and_many_distinct_keys_stay_bounded() {
+        let mut c = TtlCache::new(100, 10_000);
+        for i in 0..100_000u32 {
+            let mut key = [0u8; 32];
+            key[..4].copy_from_slice(&i.to_le_bytes());
+            c.insert(key, i, 50, u64::MAX, 0);
+            c.insert(k(7), 0, 50, u64::MAX, 0);
+            assert!(c.len() <= 100 && c.bytes() <= 10_000);
+        }
+        assert!(c.order.len() <= 2 * 100 + 16);
+    }
+
+    #[test]
+    fn keys_hash_provider_and_token() {
+        assert_ne!(key("a", "tok"), key("b", "tok"));
+        assert_ne!(key("a", "tok"), key("a", "tok2"));
+        assert_eq!(hex(&key("a", "t")).len(), 64);
+    }
+}
