@@ -73,6 +73,14 @@ impl<V> TtlCache<V> {
         self.entries.get(key).map(|e| &e.value)
     }
 
+    /// The live value of `key` at `now`, leaving expired entries for the next insert to drop.
+    pub fn peek(&self, key: &Key, now: u64) -> Option<&V> {
+        self.entries
+            .get(key)
+            .filter(|e| e.expires_at > now)
+            .map(|e| &e.value)
+    }
+
     fn remove(&mut self, key: &Key) {
         if let Some(e) = self.entries.remove(key) {
             self.bytes -= e.size;
@@ -135,6 +143,8 @@ mod tests {
         let mut c = TtlCache::new(10, 1000);
         c.insert(k(1), "a", 10, 100, 0);
         assert_eq!(c.get(&k(1), 99), Some(&"a"));
+        assert_eq!(c.peek(&k(1), 99), Some(&"a"));
+        assert_eq!(c.peek(&k(1), 100), None);
         assert_eq!(c.get(&k(1), 100), None);
         assert!(c.is_empty());
         assert_eq!(c.bytes(), 0);

@@ -2,12 +2,14 @@
 //! hostcalls on the current effective context, so the root context can run it again for a
 //! request it resumes.
 
+use super::introspect;
 use super::vm::{Vm, Waiter};
 use crate::challenge::{self, Challenge};
 use crate::decision::{self, Decision, Forward, Request};
+use crate::introspection;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, MapType};
+use proxy_wasm::types::{Action, BufferType, MapType};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
@@ -26,7 +28,37 @@ impl Http {
     }
 }
 
-impl Context for Http {}
+impl Context for Http {
+    fn on_http_call_response(&mut self, call: u32, _headers: usize, body_size: usize, _: usize) {
+        let Some(vm) = &self.vm else { return };
+        let (status, body) = call_response(body_size, introspection::MAX_RESPONSE_BYTES);
+        introspect::answered(vm, call, status.as_deref(), &body, self.context_id);
+    }
+
+    fn on_done(&mut self) -> bool {
+        if let Some(vm) = &self.vm {
+            introspect::gone(vm, self.context_id);
+        }
+        true
+    }
+}
+
+/// The `:status` and body of a call's answer; a body over `limit` is read as `limit + 1` bytes
+/// at most (enough for the core to call it too large).
+pub fn call_response(body_size: usize, limit: usize) -> (Option<String>, Vec<u8>) {
+    let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+        .ok()
+        .flatten();
+    let body = hostcalls::get_buffer(
+        BufferType::HttpCallResponseBody,
+        0,
+        body_size.min(limit + 1),
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_default();
+    (status, body)
+}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
@@ -87,6 +119,11 @@ pub fn process(vm: &Rc<RefCell<Vm>>, context_id: u32, resumed: bool) -> Action {
             Action::Continue
         }
         Decision::Deny(challenge) => deny(&challenge, Some(&state)),
+        Decision::Introspect { provider, token } => {
+            drop(state);
+            introspect::start(vm, context_id, provider, token, resumed);
+            Action::Pause
+        }
         Decision::Wait { provider, refetch } => {
             drop(state);
             let mut state = vm.borrow_mut();

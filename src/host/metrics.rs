@@ -14,6 +14,12 @@ pub struct Metrics {
     denied: [Option<u32>; DenyReason::ALL.len()],
     jwks_fetch_ok: Option<u32>,
     jwks_fetch_failed: Option<u32>,
+    intro_calls: Option<u32>,
+    intro_failures: Option<u32>,
+    intro_hits: Option<u32>,
+    intro_misses: Option<u32>,
+    intro_evictions: Option<u32>,
+    intro_latency: Option<u32>,
 }
 
 fn counter(name: &str) -> Option<u32> {
@@ -41,6 +47,44 @@ impl Metrics {
             denied: DenyReason::ALL.map(|r| counter(&format!("oauth_filter.denied.{}", r.name()))),
             jwks_fetch_ok: counter("oauth_filter.jwks.fetch_success"),
             jwks_fetch_failed: counter("oauth_filter.jwks.fetch_failure"),
+            intro_calls: counter("oauth_filter.introspection.calls"),
+            intro_failures: counter("oauth_filter.introspection.failures"),
+            intro_hits: counter("oauth_filter.introspection.cache_hits"),
+            intro_misses: counter("oauth_filter.introspection.cache_misses"),
+            intro_evictions: counter("oauth_filter.introspection.cache_evictions"),
+            intro_latency: hostcalls::define_metric(
+                MetricType::Histogram,
+                "oauth_filter.introspection.latency_ms",
+            )
+            .ok(),
+        }
+    }
+
+    pub fn introspection_call(&self) {
+        bump(self.intro_calls);
+    }
+
+    pub fn introspection_failed(&self) {
+        bump(self.intro_failures);
+    }
+
+    pub fn introspection_hit(&self) {
+        bump(self.intro_hits);
+    }
+
+    pub fn introspection_miss(&self) {
+        bump(self.intro_misses);
+    }
+
+    pub fn introspection_evicted(&self, n: usize) {
+        if let (Some(id), true) = (self.intro_evictions, n > 0) {
+            let _ = hostcalls::increment_metric(id, n as i64);
+        }
+    }
+
+    pub fn introspection_latency(&self, ms: u64) {
+        if let Some(id) = self.intro_latency {
+            let _ = hostcalls::record_metric(id, ms);
         }
     }
 

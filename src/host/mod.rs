@@ -2,6 +2,7 @@
 //! and applies the answer.
 
 mod http;
+mod introspect;
 mod metrics;
 mod root;
 mod shared;

@@ -4,6 +4,7 @@
 //! to those that waited too long.
 
 use super::http::{self, now_ms, Http};
+use super::introspect;
 use super::metrics::Metrics;
 use super::shared;
 use super::vm::{Step, Vm};
@@ -13,7 +14,7 @@ use crate::jwt::keys::{parse_jwks, MAX_JWKS_BYTES};
 use crate::remote::{self, Record};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{BufferType, ContextType, MapType};
+use proxy_wasm::types::ContextType;
 use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -63,7 +64,7 @@ impl RootContext for Root {
         // A random id for the fetch lease (RandomState draws from WASI random_get).
         let id = RandomState::new().hash_one(self.context_id) | 1;
         let vm = Vm::new(Rc::new(config), self.metrics.clone(), id, self.context_id);
-        if vm.has_remotes() {
+        if vm.needs_ticks() {
             let _ = hostcalls::set_tick_period(TICK);
         }
         self.vm = Some(Rc::new(RefCell::new(vm)));
@@ -82,6 +83,7 @@ impl RootContext for Root {
             maybe_fetch(&vm, p, now);
         }
         expire_waiters(&vm, now);
+        introspect::tick(&vm, now, self.context_id);
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -96,6 +98,12 @@ impl RootContext for Root {
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
         let Some(vm) = self.vm.clone() else { return };
+        if introspect::owns_call(&vm, token) {
+            let (status, body) =
+                http::call_response(body_size, crate::introspection::MAX_RESPONSE_BYTES);
+            introspect::answered(&vm, token, status.as_deref(), &body, self.context_id);
+            return;
+        }
         let found = vm.borrow().remotes.iter().enumerate().find_map(|(p, r)| {
             r.as_ref()
                 .and_then(|r| r.in_flight)
@@ -103,28 +111,16 @@ impl Context for Root {
                 .map(|(_, step)| (p, step))
         });
         let Some((p, step)) = found else { return };
-        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
-            .flatten();
         let limit = match step {
             Step::Discovery => remote::MAX_DISCOVERY_BYTES,
             Step::Jwks => MAX_JWKS_BYTES,
         };
-        let body = if body_size > limit {
-            Err(format!("the answer is larger than {limit} bytes"))
-        } else {
-            match status.as_deref() {
-                Some("200") => {
-                    Ok(
-                        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-                            .ok()
-                            .flatten()
-                            .unwrap_or_default(),
-                    )
-                }
-                Some(code) => Err(format!("HTTP {code}")),
-                None => Err("no answer (timeout or connection failure)".to_string()),
-            }
+        let (status, body) = http::call_response(body_size, limit);
+        let body = match status.as_deref() {
+            _ if body.len() > limit => Err(format!("the answer is larger than {limit} bytes")),
+            Some("200") => Ok(body),
+            Some(code) => Err(format!("HTTP {code}")),
+            None => Err("no answer (timeout or connection failure)".to_string()),
         };
         match (step, body) {
             (_, Err(why)) => fail(&vm, p, &why),

@@ -2,10 +2,12 @@
 //! requests paused until keys arrive. Shared by the root context and the HTTP contexts of the
 //! VM (one thread: `Rc<RefCell<_>>`).
 
+use super::introspect::{Calls, Intro};
 use super::metrics::Metrics;
 use super::shared;
+use crate::cache;
 use crate::config::{Config, KeySource, RemoteJwks};
-use crate::decision::{KeyView, KeysNow};
+use crate::decision::{Cached, KeysNow, Known};
 use crate::jwt::keys::{parse_jwks, Jwk};
 use crate::remote::Record;
 
@@ -79,6 +81,10 @@ pub struct Vm {
     /// Indexed like `config.providers`; `None` for providers with local keys.
     pub remotes: Vec<Option<Remote>>,
     pub waiters: Vec<Waiter>,
+    /// Indexed like `config.providers`; `None` for providers without introspection.
+    pub intros: Vec<Option<Intro>>,
+    /// Introspection calls under way and the requests waiting for them.
+    pub calls: Calls,
     /// The time of the request being decided (ms), for the refetch rate limit.
     pub now_ms: u64,
 }
@@ -94,7 +100,7 @@ impl Vm {
             .providers
             .iter()
             .map(|p| match &p.keys {
-                KeySource::Local(_) => None,
+                KeySource::Local(_) | KeySource::None => None,
                 KeySource::Remote(spec) => {
                     let uris: Vec<&str> = [&spec.jwks, &spec.discovery]
                         .into_iter()
@@ -114,6 +120,16 @@ impl Vm {
                 }
             })
             .collect();
+        let intros = config
+            .providers
+            .iter()
+            .map(|p| {
+                p.introspection.as_ref().map(|i| {
+                    let tag = shared::fnv1a(&[&i.endpoint.uri, &i.client_id]);
+                    Intro::new(&p.name, i, tag)
+                })
+            })
+            .collect();
         Vm {
             config,
             metrics,
@@ -121,16 +137,45 @@ impl Vm {
             root_context_id,
             remotes,
             waiters: Vec::new(),
+            intros,
+            calls: Calls::default(),
             now_ms: 0,
         }
     }
 
-    pub fn has_remotes(&self) -> bool {
-        self.remotes.iter().any(Option::is_some)
+    /// Whether the root must tick: remote keys to keep fresh, or introspection calls to watch.
+    pub fn needs_ticks(&self) -> bool {
+        self.remotes.iter().any(Option::is_some) || self.intros.iter().any(Option::is_some)
     }
 }
 
-impl KeyView for Vm {
+impl Known for Vm {
+    fn introspected(&self, provider: usize, token: &str) -> Cached<'_> {
+        let Some(Some(intro)) = self.intros.get(provider) else {
+            return Cached::Miss;
+        };
+        let key = cache::key(&intro.name, token);
+        let (answer, hit) = match &self.calls.fresh {
+            Some((fresh, answer)) if *fresh == key => (Some(answer), false),
+            _ => (intro.cache.peek(&key, self.now_ms), true),
+        };
+        match answer.map(|a| a.as_ref()) {
+            Some(Some(claims)) => {
+                if hit {
+                    self.metrics.introspection_hit();
+                }
+                Cached::Active(claims)
+            }
+            Some(None) => {
+                if hit {
+                    self.metrics.introspection_hit();
+                }
+                Cached::Inactive
+            }
+            None => Cached::Miss,
+        }
+    }
+
     fn keys_now(&self, provider: usize) -> KeysNow<'_> {
         match self.config.providers.get(provider).map(|p| &p.keys) {
             Some(KeySource::Local(keys)) => KeysNow::Ready {
@@ -146,7 +191,7 @@ impl KeyView for Vm {
                 Some(r) if r.record.failures > 0 => KeysNow::Unavailable,
                 _ => KeysNow::Pending,
             },
-            None => KeysNow::Unavailable,
+            Some(KeySource::None) | None => KeysNow::Unavailable,
         }
     }
 }

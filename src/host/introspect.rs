@@ -1,0 +1,356 @@
+//! Introspection in the shell: the per-VM cache, the cache shared by the VMs, one call per
+//! token however many requests wait for it, and what happens when the answer comes.
+//!
+//! Envoy's shared data cannot delete keys, so the shared cache is a fixed set of slots (a token's
+//! hash picks its slot, a newer answer overwrites an older one): bounded by construction.
+
+use super::http::{self, now_ms};
+use super::vm::Vm;
+use crate::cache::{self, Key, TtlCache};
+use crate::challenge;
+use crate::config::Introspection;
+use crate::introspection::{self, Answer};
+use crate::json;
+use proxy_wasm::hostcalls;
+use serde_json::{json, Map, Value};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// The most bytes of claims one shared slot holds; larger answers are cached per VM only.
+const MAX_SHARED_ENTRY: usize = 8 * 1024;
+/// The most slots of the shared cache, per provider.
+const MAX_SHARED_SLOTS: usize = 65_536;
+/// The per-VM cache's byte budget, per provider.
+const MAX_LOCAL_BYTES: usize = 32 * 1024 * 1024;
+/// Slack added to the call's timeout before waiting requests give up.
+const WAIT_SLACK_MS: u64 = 2_000;
+
+/// A cached answer: the claims of an active token, or `None` for an inactive one.
+pub type Cached = Rc<Option<Map<String, Value>>>;
+
+/// One provider's introspection state in this VM.
+pub struct Intro {
+    pub name: String,
+    pub config: Introspection,
+    pub cache: TtlCache<Cached>,
+    slot_prefix: String,
+    slots: usize,
+}
+
+impl Intro {
+    pub fn new(name: &str, config: &Introspection, tag: u64) -> Intro {
+        let entries = config.cache_entries;
+        Intro {
+            name: name.to_string(),
+            config: config.clone(),
+            cache: TtlCache::new(entries, (entries * 4096).min(MAX_LOCAL_BYTES)),
+            slot_prefix: format!("oauth_filter.introspection.{name}.{tag:016x}."),
+            slots: entries.min(MAX_SHARED_SLOTS),
+        }
+    }
+
+    fn slot(&self, key: &Key) -> String {
+        let n = u32::from_le_bytes([key[0], key[1], key[2], key[3]]) as usize % self.slots;
+        format!("{}{n}", self.slot_prefix)
+    }
+
+    /// The answer another VM (or this one) left in the shared cache, if it is for this token
+    /// and still fresh: `(answer, until)`.
+    fn read_shared(&self, key: &Key, now: u64) -> Option<(Cached, u64)> {
+        let (bytes, _) = hostcalls::get_shared_data(&self.slot(key)).ok()?;
+        let entry = json::parse_object(&bytes?).ok()?;
+        if entry.get("k").and_then(Value::as_str) != Some(cache::hex(key).as_str()) {
+            return None;
+        }
+        let until = entry.get("until").and_then(Value::as_u64)?;
+        if until <= now {
+            return None;
+        }
+        let claims = match entry.get("claims") {
+            Some(Value::Object(claims)) => Some(claims.clone()),
+            _ => None,
+        };
+        Some((Rc::new(claims), until))
+    }
+
+    fn write_shared(&self, key: &Key, answer: &Cached, until: u64) {
+        let entry = json!({"k": cache::hex(key), "until": until, "claims": answer.as_ref()});
+        let text = entry.to_string();
+        if text.len() <= MAX_SHARED_ENTRY + 128 {
+            let _ = hostcalls::set_shared_data(&self.slot(key), Some(text.as_bytes()), None);
+        }
+    }
+
+    /// How long an answer may be cached: an active one until the earlier of its `exp` and
+    /// `cache_duration`, an inactive one for `negative_cache_duration`.
+    fn until(&self, answer: &Cached, now: u64) -> u64 {
+        match answer.as_ref() {
+            Some(claims) => {
+                let limit = now.saturating_add(self.config.cache_duration_ms);
+                match claims.get("exp").and_then(Value::as_f64) {
+                    Some(exp) if exp >= 0.0 => limit.min((exp * 1000.0) as u64),
+                    Some(_) => now,
+                    None => limit,
+                }
+            }
+            None => now.saturating_add(self.config.negative_cache_duration_ms),
+        }
+    }
+}
+
+/// A call under way for one token, and the requests waiting for its answer.
+pub struct Pending {
+    pub provider: usize,
+    /// Kept only while the call runs, to call again if the request that made it goes away.
+    pub token: String,
+    /// The HTTP context whose call it is; `None` once that request went away.
+    pub owner: Option<u32>,
+    pub call: Option<u32>,
+    pub waiters: Vec<u32>,
+    pub deadline: u64,
+    pub started: u64,
+}
+
+/// The introspection state of a VM.
+#[derive(Default)]
+pub struct Calls {
+    /// Calls under way, by token hash.
+    pub pending: HashMap<Key, Pending>,
+    /// Which token hash each call token is for.
+    pub by_call: HashMap<u32, Key>,
+    /// The answer being handed to waiting requests right now.
+    pub fresh: Option<(Key, Cached)>,
+}
+
+/// The shell's side of `Decision::Introspect`: answer from the shared cache, join a call under
+/// way, or make the call. The current effective context is the request's.
+pub fn start(vm: &Rc<RefCell<Vm>>, context_id: u32, provider: usize, token: String, resumed: bool) {
+    let now = now_ms();
+    let (key, from_shared) = {
+        let state = vm.borrow();
+        let Some(Some(intro)) = state.intros.get(provider) else {
+            drop(state);
+            return fail_one(vm, "introspection is not configured");
+        };
+        let key = cache::key(&intro.name, &token);
+        (key, intro.read_shared(&key, now))
+    };
+    if let Some((answer, until)) = from_shared {
+        let mut state = vm.borrow_mut();
+        if let Some(Some(intro)) = state.intros.get_mut(provider) {
+            let size = answer_size(&answer);
+            intro.cache.insert(key, answer.clone(), size, until, now);
+        }
+        state.calls.fresh = Some((key, answer));
+        drop(state);
+        http::process(vm, context_id, resumed);
+        vm.borrow_mut().calls.fresh = None;
+        return;
+    }
+    let mut state = vm.borrow_mut();
+    state.metrics.introspection_miss();
+    if let Some(pending) = state.calls.pending.get_mut(&key) {
+        pending.waiters.push(context_id);
+        return;
+    }
+    let Some(Some(intro)) = state.intros.get(provider) else {
+        return;
+    };
+    let deadline = now + intro.config.endpoint.timeout_ms + WAIT_SLACK_MS;
+    let call = dispatch(&intro.config, &token);
+    match call {
+        Ok(call) => {
+            state.metrics.introspection_call();
+            state.calls.by_call.insert(call, key);
+            state.calls.pending.insert(
+                key,
+                Pending {
+                    provider,
+                    token,
+                    owner: Some(context_id),
+                    call: Some(call),
+                    waiters: vec![context_id],
+                    deadline,
+                    started: now,
+                },
+            );
+        }
+        Err(why) => {
+            let name = intro.name.clone();
+            state.metrics.introspection_failed();
+            drop(state);
+            log::warn!("oauth-filter: provider {name}: introspection failed: {why}");
+            fail_one(vm, "The token cannot be introspected");
+        }
+    }
+}
+
+fn dispatch(config: &Introspection, token: &str) -> Result<u32, String> {
+    let call = introspection::request(config, token).ok_or("the endpoint URL is not usable")?;
+    let headers: Vec<(&str, &str)> = call
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    hostcalls::dispatch_http_call(
+        &call.cluster,
+        headers,
+        Some(call.body.as_bytes()),
+        vec![],
+        Duration::from_millis(call.timeout_ms),
+    )
+    .map_err(|status| format!("cannot call cluster {} ({status:?})", call.cluster))
+}
+
+fn fail_one(vm: &Rc<RefCell<Vm>>, why: &str) {
+    http::deny(&challenge::unavailable(why), Some(&vm.borrow()));
+}
+
+fn answer_size(answer: &Cached) -> usize {
+    64 + answer
+        .as_ref()
+        .as_ref()
+        .map_or(0, |c| Value::Object(c.clone()).to_string().len())
+}
+
+/// Whether `call` is an introspection call of this VM.
+pub fn owns_call(vm: &Rc<RefCell<Vm>>, call: u32) -> bool {
+    vm.borrow().calls.by_call.contains_key(&call)
+}
+
+/// The answer to call `call` arrived (in the context that made it, or in the root): cache it
+/// and decide every request that waited for it. `back_to` is the effective context to restore.
+pub fn answered(vm: &Rc<RefCell<Vm>>, call: u32, status: Option<&str>, body: &[u8], back_to: u32) {
+    let now = now_ms();
+    let (key, pending) = {
+        let mut state = vm.borrow_mut();
+        let Some(key) = state.calls.by_call.remove(&call) else {
+            return;
+        };
+        let Some(pending) = state.calls.pending.remove(&key) else {
+            return;
+        };
+        (key, pending)
+    };
+    let result = introspection::parse(status, body);
+    {
+        let mut state = vm.borrow_mut();
+        state
+            .metrics
+            .introspection_latency(now.saturating_sub(pending.started));
+        match &result {
+            Ok(answer) => {
+                let cached: Cached = Rc::new(match answer {
+                    Answer::Active(claims) => Some(claims.clone()),
+                    Answer::Inactive => None,
+                });
+                let mut evicted = 0;
+                if let Some(Some(intro)) = state.intros.get_mut(pending.provider) {
+                    let until = intro.until(&cached, now);
+                    if until > now {
+                        let size = answer_size(&cached);
+                        evicted = intro.cache.insert(key, cached.clone(), size, until, now);
+                        intro.write_shared(&key, &cached, until);
+                    }
+                }
+                state.metrics.introspection_evicted(evicted);
+                state.calls.fresh = Some((key, cached));
+            }
+            Err(failure) => {
+                state.metrics.introspection_failed();
+                let name = state
+                    .intros
+                    .get(pending.provider)
+                    .and_then(Option::as_ref)
+                    .map_or("?", |i| i.name.as_str());
+                log::warn!(
+                    "oauth-filter: provider {name}: introspection failed: {}",
+                    failure.describe()
+                );
+            }
+        }
+    }
+    for waiter in pending.waiters {
+        if hostcalls::set_effective_context(waiter).is_err() {
+            continue;
+        }
+        match &result {
+            Ok(_) => {
+                http::process(vm, waiter, true);
+            }
+            Err(_) => fail_one(vm, "The token cannot be introspected"),
+        }
+    }
+    vm.borrow_mut().calls.fresh = None;
+    let _ = hostcalls::set_effective_context(back_to);
+}
+
+/// A request went away: if it made a call others wait for, those wait for a new call the root
+/// makes; it no longer waits itself.
+pub fn gone(vm: &Rc<RefCell<Vm>>, context_id: u32) {
+    let mut state = vm.borrow_mut();
+    let calls = &mut state.calls;
+    let mut orphaned = Vec::new();
+    for pending in calls.pending.values_mut() {
+        pending.waiters.retain(|w| *w != context_id);
+        if pending.owner == Some(context_id) {
+            pending.owner = None;
+            if let Some(call) = pending.call.take() {
+                orphaned.push(call);
+            }
+        }
+    }
+    for call in orphaned {
+        calls.by_call.remove(&call);
+    }
+    calls.pending.retain(|_, p| !p.waiters.is_empty());
+}
+
+/// From the root's tick: call again for waiters whose caller went away, and answer 503 to
+/// requests that waited too long.
+pub fn tick(vm: &Rc<RefCell<Vm>>, now: u64, root: u32) {
+    let (late, orphans): (Vec<u32>, Vec<(Key, usize, String)>) = {
+        let mut state = vm.borrow_mut();
+        let mut late = Vec::new();
+        state.calls.pending.retain(|_, p| {
+            if p.deadline <= now {
+                late.append(&mut p.waiters);
+                false
+            } else {
+                true
+            }
+        });
+        let orphans = state
+            .calls
+            .pending
+            .iter()
+            .filter(|(_, p)| p.call.is_none())
+            .map(|(k, p)| (*k, p.provider, p.token.clone()))
+            .collect();
+        (late, orphans)
+    };
+    for (key, provider, token) in orphans {
+        let mut state = vm.borrow_mut();
+        let Some(Some(intro)) = state.intros.get(provider) else {
+            continue;
+        };
+        if let Ok(call) = dispatch(&intro.config, &token) {
+            state.metrics.introspection_call();
+            state.calls.by_call.insert(call, key);
+            if let Some(p) = state.calls.pending.get_mut(&key) {
+                p.call = Some(call);
+            }
+        }
+    }
+    if late.is_empty() {
+        return;
+    }
+    for waiter in late {
+        if hostcalls::set_effective_context(waiter).is_ok() {
+            fail_one(vm, "The token cannot be introspected");
+        }
+    }
+    let _ = hostcalls::set_effective_context(root);
+}
