@@ -40,7 +40,7 @@ unit:
 	cargo test --lib
 
 integration: build envoy oidc
-	ENVOY_BIN=$(ENVOY_BIN) OAUTH_FILTER_WASM=$(WASM) cargo test --test envoy --test remote
+	ENVOY_BIN=$(ENVOY_BIN) OAUTH_FILTER_WASM=$(WASM) cargo test --test envoy --test remote --test introspection
 
 lint:
 	cargo fmt --check

@@ -121,8 +121,7 @@ pub fn process(vm: &Rc<RefCell<Vm>>, context_id: u32, resumed: bool) -> Action {
         Decision::Deny(challenge) => deny(&challenge, Some(&state)),
         Decision::Introspect { provider, token } => {
             drop(state);
-            introspect::start(vm, context_id, provider, token, resumed);
-            Action::Pause
+            introspect::start(vm, context_id, provider, token, resumed)
         }
         Decision::Wait { provider, refetch } => {
             drop(state);

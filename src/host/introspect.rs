@@ -12,6 +12,7 @@ use crate::config::Introspection;
 use crate::introspection::{self, Answer};
 use crate::json;
 use proxy_wasm::hostcalls;
+use proxy_wasm::types::Action;
 use serde_json::{json, Map, Value};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -125,8 +126,14 @@ pub struct Calls {
 }
 
 /// The shell's side of `Decision::Introspect`: answer from the shared cache, join a call under
-/// way, or make the call. The current effective context is the request's.
-pub fn start(vm: &Rc<RefCell<Vm>>, context_id: u32, provider: usize, token: String, resumed: bool) {
+/// way, or make the call. The current effective context is the request's; the action for it.
+pub fn start(
+    vm: &Rc<RefCell<Vm>>,
+    context_id: u32,
+    provider: usize,
+    token: String,
+    resumed: bool,
+) -> Action {
     let now = now_ms();
     let (key, from_shared) = {
         let state = vm.borrow();
@@ -145,18 +152,19 @@ pub fn start(vm: &Rc<RefCell<Vm>>, context_id: u32, provider: usize, token: Stri
         }
         state.calls.fresh = Some((key, answer));
         drop(state);
-        http::process(vm, context_id, resumed);
+        let action = http::process(vm, context_id, resumed);
         vm.borrow_mut().calls.fresh = None;
-        return;
+        return action;
     }
     let mut state = vm.borrow_mut();
     state.metrics.introspection_miss();
     if let Some(pending) = state.calls.pending.get_mut(&key) {
         pending.waiters.push(context_id);
-        return;
+        return Action::Pause;
     }
     let Some(Some(intro)) = state.intros.get(provider) else {
-        return;
+        drop(state);
+        return fail_one(vm, "introspection is not configured");
     };
     let deadline = now + intro.config.endpoint.timeout_ms + WAIT_SLACK_MS;
     let call = dispatch(&intro.config, &token);
@@ -176,13 +184,14 @@ pub fn start(vm: &Rc<RefCell<Vm>>, context_id: u32, provider: usize, token: Stri
                     started: now,
                 },
             );
+            Action::Pause
         }
         Err(why) => {
             let name = intro.name.clone();
             state.metrics.introspection_failed();
             drop(state);
             log::warn!("oauth-filter: provider {name}: introspection failed: {why}");
-            fail_one(vm, "The token cannot be introspected");
+            fail_one(vm, "The token cannot be introspected")
         }
     }
 }
@@ -204,8 +213,8 @@ fn dispatch(config: &Introspection, token: &str) -> Result<u32, String> {
     .map_err(|status| format!("cannot call cluster {} ({status:?})", call.cluster))
 }
 
-fn fail_one(vm: &Rc<RefCell<Vm>>, why: &str) {
-    http::deny(&challenge::unavailable(why), Some(&vm.borrow()));
+fn fail_one(vm: &Rc<RefCell<Vm>>, why: &str) -> Action {
+    http::deny(&challenge::unavailable(why), Some(&vm.borrow()))
 }
 
 fn answer_size(answer: &Cached) -> usize {
@@ -280,7 +289,9 @@ pub fn answered(vm: &Rc<RefCell<Vm>>, call: u32, status: Option<&str>, body: &[u
             Ok(_) => {
                 http::process(vm, waiter, true);
             }
-            Err(_) => fail_one(vm, "The token cannot be introspected"),
+            Err(_) => {
+                fail_one(vm, "The token cannot be introspected");
+            }
         }
     }
     vm.borrow_mut().calls.fresh = None;

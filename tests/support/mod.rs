@@ -595,7 +595,11 @@ impl Envoy {
             .arg(&log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::File::create(dir.join("envoy.stderr"))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            )
             .spawn()
             .map_err(|e| format!("cannot start envoy: {e}"))?;
         let mut envoy = Envoy {
@@ -631,8 +635,11 @@ impl Envoy {
         None
     }
 
+    /// Envoy's log, and what it wrote to stderr (a crash report goes there).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
+        let log = std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default();
+        let stderr = std::fs::read_to_string(self.dir.join("envoy.stderr")).unwrap_or_default();
+        log + &stderr
     }
 
     /// The value of counter `name` in /stats (0 when absent).
