@@ -73,6 +73,13 @@ impl<V> TtlCache<V> {
         self.entries.get(key).map(|e| &e.value)
     }
 
+    /// Forgets everything.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.order.clear();
+        self.bytes = 0;
+    }
+
     /// The live value of `key` at `now`, leaving expired entries for the next insert to drop.
     pub fn peek(&self, key: &Key, now: u64) -> Option<&V> {
         self.entries

@@ -1,5 +1,6 @@
 //! The decision: a request (path, headers, the time) and the configuration in, what to do out.
 
+use crate::cache;
 use crate::challenge::{self, Challenge};
 use crate::claims;
 use crate::config::{Config, KeySource, Provider, Source};
@@ -33,7 +34,7 @@ pub enum Passed {
 }
 
 /// Changes to make to an allowed request before it goes upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Forward {
     pub passed: Passed,
     /// Headers to remove (all their values), before `set` is applied.
@@ -42,9 +43,38 @@ pub struct Forward {
     pub set: Vec<(String, String)>,
     /// A new `:path`, when the token came in the query and is not forwarded.
     pub path: Option<String>,
+    /// A token whose signature was just verified, for the verified-token cache.
+    pub verified: Option<Verified>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A verified token's claims, to cache under `key` until `until` (ms since the epoch).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    pub key: cache::Key,
+    pub claims: Map<String, Value>,
+    pub until: u64,
+}
+
+/// The longest a verified token is cached (its `exp` usually ends it sooner).
+pub const MAX_VERIFIED_CACHE_MS: u64 = 300_000;
+
+/// The claims a decision on a cached token can need: dates, issuer, audience, scopes, and the
+/// top-level claims `claim_to_headers` reads.
+fn needed_claims(provider: &Provider, claims: &Map<String, Value>) -> Map<String, Value> {
+    const ALWAYS: [&str; 7] = ["exp", "nbf", "iat", "iss", "aud", "scope", "scp"];
+    claims
+        .iter()
+        .filter(|(name, _)| {
+            ALWAYS.contains(&name.as_str())
+                || provider.claim_to_headers.iter().any(|ch| {
+                    ch.claim == **name || ch.claim.split('.').next() == Some(name.as_str())
+                })
+        })
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect()
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     Allow(Forward),
     Deny(Challenge),
@@ -84,6 +114,8 @@ pub enum KeysNow<'a> {
 /// What the filter knows at this moment: each provider's keys and cached introspection answers.
 pub trait Known {
     fn keys_now(&self, provider: usize) -> KeysNow<'_>;
+    /// The claims of a token verified earlier (cache key from [`cache::key`]), if still cached.
+    fn verified(&self, key: &cache::Key) -> Option<&Map<String, Value>>;
     /// The cached, unexpired answer for `token` at `provider`'s introspection endpoint.
     fn introspected(&self, provider: usize, token: &str) -> Cached<'_>;
 }
@@ -92,6 +124,10 @@ pub trait Known {
 pub struct LocalKeys<'a>(pub &'a Config);
 
 impl Known for LocalKeys<'_> {
+    fn verified(&self, _key: &cache::Key) -> Option<&Map<String, Value>> {
+        None
+    }
+
     fn introspected(&self, _provider: usize, _token: &str) -> Cached<'_> {
         Cached::Miss
     }
@@ -116,6 +152,7 @@ pub fn decide(config: &Config, known: &dyn Known, request: Request<'_>) -> Decis
         remove: config.owned_headers.clone(),
         set: Vec::new(),
         path: None,
+        verified: None,
     };
     let Some(rule) = config.rule_for(path_only) else {
         return Decision::Allow(forward);
@@ -136,6 +173,7 @@ pub fn decide(config: &Config, known: &dyn Known, request: Request<'_>) -> Decis
     let idx = requires.provider;
     let local = !matches!(provider.keys, KeySource::None)
         && (provider.introspection.is_none() || introspection::is_jwt_shaped(&token));
+    let mut verified = None;
     let claims = if local {
         let (keys, may_refetch) = match known.keys_now(idx) {
             KeysNow::Ready { keys, may_refetch } => (keys, may_refetch),
@@ -151,15 +189,38 @@ pub fn decide(config: &Config, known: &dyn Known, request: Request<'_>) -> Decis
                 ))
             }
         };
-        match authenticate(provider, keys, &token, request.now) {
-            Ok(claims) => Cow::Owned(claims),
-            Err(AuthError::Token(jwt::TokenError::UnknownKey)) if may_refetch => {
-                return Decision::Wait {
-                    provider: idx,
-                    refetch: true,
+        let key = cache::key(&provider.name, &token);
+        if let Some(claims) = known.verified(&key) {
+            // Verified before: skip parsing and crypto, re-check time and rules.
+            if let Err(why) = claims::check(claims, &provider.claims, request.now) {
+                return Decision::Deny(challenge::invalid_token(realm, why.description()));
+            }
+            Cow::Borrowed(claims)
+        } else {
+            match authenticate(provider, keys, &token, request.now) {
+                Ok(claims) => {
+                    let now_ms = request.now.saturating_mul(1000);
+                    let exp_ms = claims
+                        .get("exp")
+                        .and_then(Value::as_f64)
+                        .map_or(u64::MAX, |e| (e.max(0.0) * 1000.0) as u64);
+                    verified = Some(Verified {
+                        key,
+                        claims: needed_claims(provider, &claims),
+                        until: exp_ms.min(now_ms.saturating_add(MAX_VERIFIED_CACHE_MS)),
+                    });
+                    Cow::Owned(claims)
+                }
+                Err(AuthError::Token(jwt::TokenError::UnknownKey)) if may_refetch => {
+                    return Decision::Wait {
+                        provider: idx,
+                        refetch: true,
+                    }
+                }
+                Err(why) => {
+                    return Decision::Deny(challenge::invalid_token(realm, why.description()))
                 }
             }
-            Err(why) => return Decision::Deny(challenge::invalid_token(realm, why.description())),
         }
     } else {
         match known.introspected(idx, &token) {
@@ -193,6 +254,7 @@ pub fn decide(config: &Config, known: &dyn Known, request: Request<'_>) -> Decis
         return Decision::Deny(challenge::insufficient_scope(realm, &requires.scopes));
     }
     forward.passed = Passed::Authenticated;
+    forward.verified = verified;
     for ch in &provider.claim_to_headers {
         if let Some(value) = claim_header_value(&claims, &ch.claim) {
             forward.set.push((ch.header.clone(), value));
@@ -370,6 +432,9 @@ mod flow {
         fn keys_now(&self, _: usize) -> KeysNow<'_> {
             self.0
         }
+        fn verified(&self, _: &cache::Key) -> Option<&Map<String, Value>> {
+            None
+        }
         fn introspected(&self, _: usize, _: &str) -> Cached<'_> {
             Cached::Miss
         }
@@ -388,6 +453,9 @@ mod flow {
                 may_refetch: false,
             }
         }
+        fn verified(&self, _: &cache::Key) -> Option<&Map<String, Value>> {
+            None
+        }
         fn introspected(&self, _: usize, _: &str) -> Cached<'_> {
             match (&self.answer, self.inactive) {
                 (Some(claims), _) => Cached::Active(claims),
@@ -395,6 +463,78 @@ mod flow {
                 (None, false) => Cached::Miss,
             }
         }
+    }
+
+    /// Keys that verify nothing, and one token's claims in the verified cache.
+    struct Remembered {
+        key: cache::Key,
+        claims: Map<String, Value>,
+    }
+    impl Known for Remembered {
+        fn keys_now(&self, _: usize) -> KeysNow<'_> {
+            KeysNow::Ready {
+                keys: &[],
+                may_refetch: false,
+            }
+        }
+        fn verified(&self, key: &cache::Key) -> Option<&Map<String, Value>> {
+            (*key == self.key).then_some(&self.claims)
+        }
+        fn introspected(&self, _: usize, _: &str) -> Cached<'_> {
+            Cached::Miss
+        }
+    }
+
+    #[test]
+    fn verified_tokens_skip_crypto_but_not_time_or_rules() {
+        let c = config(json!({}));
+        let now = crate::testkit::now();
+        let claims = json!({"iss": "https://idp", "aud": "api", "sub": "alice", "exp": now + 60,
+                            "scope": "admin write", "big": "x".repeat(1000)});
+        let token = signer().token(&claims);
+        let go = |known: &dyn Known, path: &str, now: u64| {
+            let h = vec![(
+                "authorization".to_string(),
+                format!("Bearer {token}").into_bytes(),
+            )];
+            decide(
+                &c,
+                known,
+                Request {
+                    path,
+                    headers: &h,
+                    now,
+                },
+            )
+        };
+        // A fresh verification reports what to cache: only the claims a decision needs.
+        let Decision::Allow(f) = go(&LocalKeys(&c), "/api", now) else {
+            panic!()
+        };
+        let v = f.verified.expect("a verified token to cache");
+        assert_eq!(v.key, cache::key("corp", &token));
+        assert_eq!(v.until, (now + 60) * 1000);
+        assert!(v.claims.contains_key("sub") && v.claims.contains_key("scope"));
+        assert!(!v.claims.contains_key("big"));
+        // A hit needs no key at all, yet time and scopes are checked again.
+        let hit = Remembered {
+            key: v.key,
+            claims: v.claims,
+        };
+        let Decision::Allow(f) = go(&hit, "/admin", now) else {
+            panic!()
+        };
+        assert_eq!(f.verified, None);
+        assert_eq!(f.set, vec![("x-user".to_string(), "alice".to_string())]);
+        assert_eq!(
+            denied(&go(&hit, "/api", now + 120)),
+            DenyReason::InvalidToken
+        );
+        let other = Remembered {
+            key: cache::key("corp", "other"),
+            claims: hit.claims.clone(),
+        };
+        assert_eq!(denied(&go(&other, "/api", now)), DenyReason::InvalidToken);
     }
 
     #[test]

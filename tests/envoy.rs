@@ -534,6 +534,32 @@ fn main() {
         env.bearer("/lax/x", &t2).invalid_token();
     });
 
+    let t = token(&k.rs, None, with(claims(), "scope", json!("orders:read")));
+    run.case("verified_tokens_are_cached_and_still_checked", || {
+        let hits = "wasmcustom.oauth_filter.jwt.cache_hits";
+        let before = env.envoy.counter(hits);
+        for _ in 0..5 {
+            env.bearer("/api/orders", &t).allowed();
+        }
+        assert_eq!(
+            env.envoy.counter(hits),
+            before + 4,
+            "repeats skip verification"
+        );
+        // A cache hit still answers by the rule: 403 without the admin scope.
+        env.bearer("/admin/x", &t).denied(
+            403,
+            Some("Bearer realm=\"orders\", error=\"insufficient_scope\""),
+            "insufficient_scope",
+        );
+        assert_eq!(env.envoy.counter(hits), before + 5);
+        // A token that expires while cached: accepted inside the skew (30 s), refused after it.
+        let short = k.es256.token(&with(claims(), "exp", json!(now() - 28)));
+        env.bearer("/api", &short).allowed();
+        std::thread::sleep(Duration::from_millis(2100));
+        env.bearer("/api", &short).invalid_token();
+    });
+
     // ---- Metrics and logs --------------------------------------------------------------------
     let t = token(&k.es256, None, claims());
     run.case("counters_in_envoy_stats", || {

@@ -10,6 +10,7 @@ use crate::introspection;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
+use serde_json::Value;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
@@ -110,9 +111,20 @@ pub fn process(vm: &Rc<RefCell<Vm>>, context_id: u32, resumed: bool) -> Action {
     };
     let state = vm.borrow();
     match decision {
-        Decision::Allow(forward) => {
+        Decision::Allow(mut forward) => {
             apply(&forward);
             state.metrics.passed(forward.passed);
+            if let Some(v) = forward.verified.take() {
+                drop(state);
+                let size = 64 + Value::Object(v.claims.clone()).to_string().len();
+                vm.borrow_mut()
+                    .verified
+                    .insert(v.key, v.claims, size, v.until, now);
+                if resumed {
+                    let _ = hostcalls::resume_http_request();
+                }
+                return Action::Continue;
+            }
             if resumed {
                 let _ = hostcalls::resume_http_request();
             }

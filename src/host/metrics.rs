@@ -20,6 +20,7 @@ pub struct Metrics {
     intro_misses: Option<u32>,
     intro_evictions: Option<u32>,
     intro_latency: Option<u32>,
+    jwt_cache_hits: Option<u32>,
 }
 
 fn counter(name: &str) -> Option<u32> {
@@ -52,12 +53,17 @@ impl Metrics {
             intro_hits: counter("oauth_filter.introspection.cache_hits"),
             intro_misses: counter("oauth_filter.introspection.cache_misses"),
             intro_evictions: counter("oauth_filter.introspection.cache_evictions"),
+            jwt_cache_hits: counter("oauth_filter.jwt.cache_hits"),
             intro_latency: hostcalls::define_metric(
                 MetricType::Histogram,
                 "oauth_filter.introspection.latency_ms",
             )
             .ok(),
         }
+    }
+
+    pub fn jwt_cache_hit(&self) {
+        bump(self.jwt_cache_hits);
     }
 
     pub fn introspection_call(&self) {

@@ -142,6 +142,8 @@ fn sync(vm: &Rc<RefCell<Vm>>, p: usize) {
         if changed {
             let (name, count) = (r.name.clone(), r.keys.len());
             state.metrics.keys_in_use(&name, count);
+            // A key set changed: tokens verified with a key that is gone must not stay valid.
+            state.verified.clear();
         }
         changed
     };
@@ -293,6 +295,7 @@ fn fetched(vm: &Rc<RefCell<Vm>>, p: usize, body: Vec<u8>) {
         r.in_flight = None;
         shared::release_lease(&r.shared, me);
         let count = r.keys.len();
+        state.verified.clear();
         log::info!("oauth-filter: provider {name}: {count} key(s) loaded");
         state.metrics.jwks_fetched(true);
         state.metrics.keys_in_use(&name, count);

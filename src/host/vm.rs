@@ -5,7 +5,12 @@
 use super::introspect::{Calls, Intro};
 use super::metrics::Metrics;
 use super::shared;
-use crate::cache;
+use crate::cache::{self, TtlCache};
+use serde_json::{Map, Value};
+
+/// The most verified tokens a VM remembers, and their bytes.
+const VERIFIED_ENTRIES: usize = 10_000;
+const VERIFIED_BYTES: usize = 16 * 1024 * 1024;
 use crate::config::{Config, KeySource, RemoteJwks};
 use crate::decision::{Cached, KeysNow, Known};
 use crate::jwt::keys::{parse_jwks, Jwk};
@@ -85,6 +90,8 @@ pub struct Vm {
     pub intros: Vec<Option<Intro>>,
     /// Introspection calls under way and the requests waiting for them.
     pub calls: Calls,
+    /// Claims of tokens whose signature this VM verified, by token hash, until their `exp`.
+    pub verified: TtlCache<Map<String, Value>>,
     /// The time of the request being decided (ms), for the refetch rate limit.
     pub now_ms: u64,
 }
@@ -139,6 +146,7 @@ impl Vm {
             waiters: Vec::new(),
             intros,
             calls: Calls::default(),
+            verified: TtlCache::new(VERIFIED_ENTRIES, VERIFIED_BYTES),
             now_ms: 0,
         }
     }
@@ -150,6 +158,14 @@ impl Vm {
 }
 
 impl Known for Vm {
+    fn verified(&self, key: &cache::Key) -> Option<&Map<String, Value>> {
+        let hit = self.verified.peek(key, self.now_ms);
+        if hit.is_some() {
+            self.metrics.jwt_cache_hit();
+        }
+        hit
+    }
+
     fn introspected(&self, provider: usize, token: &str) -> Cached<'_> {
         let Some(Some(intro)) = self.intros.get(provider) else {
             return Cached::Miss;
