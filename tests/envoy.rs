@@ -560,6 +560,87 @@ fn main() {
         env.bearer("/api", &short).invalid_token();
     });
 
+    // ---- Host (BoringSSL) and Wasm verification agree ------------------------------------------
+    let mut corpus: Vec<(String, String)> = Vec::new();
+    for (signer, alg) in [
+        (&k.rs, "RS256"),
+        (&k.rs, "RS384"),
+        (&k.rs, "RS512"),
+        (&k.es256, "ES256"),
+        (&k.es384, "ES384"),
+        (&k.es512, "ES512"),
+    ] {
+        let mut header = signer.header();
+        header["alg"] = json!(alg);
+        let good = signer.token_with(
+            &header,
+            &with(claims(), "jti", json!(format!("{alg}-good"))),
+        );
+        let (input, sig64) = good.rsplit_once('.').unwrap();
+        let sig = support::tokens::unb64(sig64);
+        let resign = |sig: &[u8]| format!("{input}.{}", b64(sig));
+        let mut flipped = sig.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 0x01;
+        let mut longer = vec![0u8];
+        longer.extend_from_slice(&sig);
+        let (head, _) = input.split_once('.').unwrap();
+        let forged = b64(with(claims(), "sub", json!("admin")).to_string());
+        corpus.push((format!("{alg} good"), good.clone()));
+        corpus.push((
+            format!("{alg} tampered payload"),
+            format!("{head}.{forged}.{sig64}"),
+        ));
+        corpus.push((format!("{alg} flipped signature"), resign(&flipped)));
+        corpus.push((
+            format!("{alg} truncated signature"),
+            resign(&sig[..sig.len() - 1]),
+        ));
+        corpus.push((format!("{alg} leading zero byte"), resign(&longer)));
+        corpus.push((
+            format!("{alg} zero signature"),
+            resign(&vec![0u8; sig.len()]),
+        ));
+        corpus.push((format!("{alg} all ones"), resign(&vec![0xffu8; sig.len()])));
+    }
+    let wrong = k
+        .rs_same_kid
+        .token(&with(claims(), "jti", json!("wrong-key")));
+    corpus.push(("RS256 wrong key, known kid".into(), wrong));
+    let es_good = k.es256.token(&with(claims(), "jti", json!("malleable")));
+    corpus.push((
+        "ES256 high-S twin".into(),
+        support::tokens::high_s_twin(&es_good),
+    ));
+    let set = oauth_filter::jwt::keys::parse_jwks(
+        jwks(&[k.rs.jwk(), k.es256.jwk(), k.es384.jwk(), k.es512.jwk()]).as_bytes(),
+    )
+    .unwrap();
+    run.case("host_and_wasm_verification_give_identical_verdicts", || {
+        let host = "wasmcustom.oauth_filter.jwt.host_verifications";
+        let before = env.envoy.counter(host);
+        let mut goods = 0;
+        for (name, t) in &corpus {
+            let wasm_ok = oauth_filter::jwt::parse(t)
+                .and_then(|jws| oauth_filter::jwt::verify_signature(&jws, &set.keys))
+                .is_ok();
+            let status = env.bearer("/api/orders", t).response.status;
+            assert_eq!(
+                status == 200,
+                wasm_ok,
+                "{name}: Envoy said {status}, Wasm said {wasm_ok}"
+            );
+            assert!(status == 200 || status == 401, "{name}: {status}");
+            goods += usize::from(wasm_ok);
+        }
+        assert_eq!(
+            goods, 7,
+            "the six good tokens and the high-S twin (ECDSA accepts both s values)"
+        );
+        let used = env.envoy.counter(host) - before;
+        assert!(used >= 30, "the host verified only {used} signatures");
+    });
+
     // ---- Metrics and logs --------------------------------------------------------------------
     let t = token(&k.es256, None, claims());
     run.case("counters_in_envoy_stats", || {

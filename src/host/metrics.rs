@@ -21,6 +21,7 @@ pub struct Metrics {
     intro_evictions: Option<u32>,
     intro_latency: Option<u32>,
     jwt_cache_hits: Option<u32>,
+    host_verifications: Option<u32>,
 }
 
 fn counter(name: &str) -> Option<u32> {
@@ -54,12 +55,17 @@ impl Metrics {
             intro_misses: counter("oauth_filter.introspection.cache_misses"),
             intro_evictions: counter("oauth_filter.introspection.cache_evictions"),
             jwt_cache_hits: counter("oauth_filter.jwt.cache_hits"),
+            host_verifications: counter("oauth_filter.jwt.host_verifications"),
             intro_latency: hostcalls::define_metric(
                 MetricType::Histogram,
                 "oauth_filter.introspection.latency_ms",
             )
             .ok(),
         }
+    }
+
+    pub fn host_verification(&self) {
+        bump(self.host_verifications);
     }
 
     pub fn jwt_cache_hit(&self) {

@@ -13,8 +13,12 @@ const VERIFIED_ENTRIES: usize = 10_000;
 const VERIFIED_BYTES: usize = 16 * 1024 * 1024;
 use crate::config::{Config, KeySource, RemoteJwks};
 use crate::decision::{Cached, KeysNow, Known};
-use crate::jwt::keys::{parse_jwks, Jwk};
+use crate::jwt::keys::{parse_jwks, Alg, Jwk};
+use crate::jwt::{host, verify};
 use crate::remote::Record;
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::Status;
+use std::cell::Cell;
 
 /// What a remote provider's fetch is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +94,8 @@ pub struct Vm {
     pub intros: Vec<Option<Intro>>,
     /// Introspection calls under way and the requests waiting for them.
     pub calls: Calls,
+    /// Whether the host's `verify_signature` is usable (until it says it does not exist).
+    pub host_crypto: Cell<bool>,
     /// Claims of tokens whose signature this VM verified, by token hash, until their `exp`.
     pub verified: TtlCache<Map<String, Value>>,
     /// The time of the request being decided (ms), for the refetch rate limit.
@@ -146,6 +152,7 @@ impl Vm {
             waiters: Vec::new(),
             intros,
             calls: Calls::default(),
+            host_crypto: Cell::new(true),
             verified: TtlCache::new(VERIFIED_ENTRIES, VERIFIED_BYTES),
             now_ms: 0,
         }
@@ -158,6 +165,36 @@ impl Vm {
 }
 
 impl Known for Vm {
+    fn check_signature(&self, alg: Alg, key: &Jwk, input: &[u8], signature: &[u8]) -> bool {
+        if let (Some(hash), Some(spki), true) =
+            (host::host_hash(alg), &key.spki, self.host_crypto.get())
+        {
+            let signature = match alg {
+                Alg::ES256 | Alg::ES384 | Alg::ES512 => match host::ecdsa_der(alg, signature) {
+                    Some(der) => der,
+                    // Not twice the field size: no valid signature (Wasm says the same).
+                    None => return false,
+                },
+                _ => signature.to_vec(),
+            };
+            let args = host::verify_arguments(hash, spki, &signature, input);
+            match hostcalls::call_foreign_function("verify_signature", Some(&args)) {
+                Ok(Some(answer)) => {
+                    if let Some(valid) = host::verify_result(&answer) {
+                        self.metrics.host_verification();
+                        return valid;
+                    }
+                }
+                Err(Status::NotFound) => {
+                    log::info!("oauth-filter: the host has no verify_signature; verifying in Wasm");
+                    self.host_crypto.set(false);
+                }
+                _ => {}
+            }
+        }
+        verify::verify(alg, &key.material, input, signature)
+    }
+
     fn verified(&self, key: &cache::Key) -> Option<&Map<String, Value>> {
         let hit = self.verified.peek(key, self.now_ms);
         if hit.is_some() {

@@ -96,6 +96,9 @@ pub struct Jwk {
     /// The key's own `alg`, when the JWKS pins one: the token's `alg` must then equal it.
     pub alg: Option<Alg>,
     pub material: KeyMaterial,
+    /// The key as DER SubjectPublicKeyInfo, for the host's verifier (RSA and EC keys), made
+    /// once when the key is loaded.
+    pub spki: Option<Vec<u8>>,
 }
 
 impl Jwk {
@@ -220,7 +223,13 @@ fn parse_jwk(jwk: &Map<String, Value>) -> Result<Option<Jwk>, String> {
         Some(_) => return Err("unsupported \"kty\"".to_string()),
         None => return Err("\"kty\" is missing".to_string()),
     };
-    let key = Jwk { kid, alg, material };
+    let spki = super::host::spki_der(&material);
+    let key = Jwk {
+        kid,
+        alg,
+        material,
+        spki,
+    };
     if let Some(alg) = alg {
         if !alg.fits(&key.material) {
             return Err("\"alg\" does not fit the key type".to_string());

@@ -17,6 +17,20 @@ pub fn b64(bytes: impl AsRef<[u8]>) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+pub fn unb64(text: &str) -> Vec<u8> {
+    URL_SAFE_NO_PAD.decode(text).unwrap()
+}
+
+/// The same ES256 token with its signature's `s` replaced by `n - s`: the other valid ECDSA
+/// signature of the same message (signature malleability).
+pub fn high_s_twin(token: &str) -> String {
+    let (input, sig) = token.rsplit_once('.').unwrap();
+    let sig = p256::ecdsa::Signature::from_slice(&unb64(sig)).unwrap();
+    let (r, s) = sig.split_scalars();
+    let twin = p256::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s).to_bytes()).unwrap();
+    format!("{input}.{}", b64(twin.to_bytes()))
+}
+
 pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
