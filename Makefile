@@ -6,7 +6,7 @@ WASM  := target/wasm32-wasip1/release/oauth_filter.wasm
 ENVOY_BIN = $(shell ls $(VENV)/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -n1)
 ENVOY_CONFIGS := $(shell find envoy -name '*.yaml' -exec grep -l 'static_resources' {} +)
 
-.PHONY: all build envoy oidc run test unit integration lint validate clean
+.PHONY: all build envoy oidc run test unit integration lint validate bench clean
 
 all: build
 
@@ -41,6 +41,11 @@ unit:
 
 integration: build envoy oidc
 	ENVOY_BIN=$(ENVOY_BIN) OAUTH_FILTER_WASM=$(WASM) cargo test --test envoy --test remote --test introspection
+
+# Requests per second and latency against Envoy alone and Envoy's jwt_authn (see README).
+bench: build envoy
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	ENVOY_BIN=$(ENVOY_BIN) cargo run --quiet --release --example bench
 
 lint:
 	cargo fmt --check

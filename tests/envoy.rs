@@ -602,6 +602,8 @@ fn main() {
             resign(&vec![0u8; sig.len()]),
         ));
         corpus.push((format!("{alg} all ones"), resign(&vec![0xffu8; sig.len()])));
+        corpus.push((format!("{alg} three zero bytes"), resign(&[0, 0, 0])));
+        corpus.push((format!("{alg} one byte"), resign(&[1])));
     }
     let wrong = k
         .rs_same_kid

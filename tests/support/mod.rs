@@ -635,6 +635,11 @@ impl Envoy {
         None
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Envoy's log, and what it wrote to stderr (a crash report goes there).
     pub fn log(&self) -> String {
         let log = std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default();
