@@ -30,7 +30,7 @@ tests/oidc/node_modules/.installed: tests/oidc/package.json tests/oidc/package-l
 
 # Envoy with the filter in front of a demo upstream; prints curl commands with demo tokens.
 run: build envoy oidc
-	ENVOY_BIN=$(ENVOY_BIN) cargo run --quiet --release --example demo
+	ENVOY_BIN=$(ENVOY_BIN) cargo run --quiet --profile tools --example demo
 
 # Everything: unit tests of the core (native) and the integration suite in the real Envoy.
 test: build envoy oidc
@@ -45,7 +45,7 @@ integration: build envoy oidc
 # Requests per second and latency against Envoy alone and Envoy's jwt_authn (see README).
 bench: build envoy
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
-	ENVOY_BIN=$(ENVOY_BIN) cargo run --quiet --release --example bench
+	ENVOY_BIN=$(ENVOY_BIN) cargo run --quiet --profile tools --example bench
 
 lint:
 	cargo fmt --check

@@ -38,7 +38,12 @@ pub struct TtlCache<V> {
     max_bytes: usize,
     bytes: usize,
     seq: u64,
+    /// When expired entries may next be swept out (ms).
+    next_sweep: u64,
 }
+
+/// The least time between two sweeps of expired entries.
+const SWEEP_INTERVAL_MS: u64 = 1_000;
 
 impl<V> TtlCache<V> {
     pub fn new(max_entries: usize, max_bytes: usize) -> TtlCache<V> {
@@ -49,6 +54,7 @@ impl<V> TtlCache<V> {
             max_bytes,
             bytes: 0,
             seq: 0,
+            next_sweep: 0,
         }
     }
 
@@ -94,17 +100,22 @@ impl<V> TtlCache<V> {
         }
     }
 
-    /// Stores `value` (about `size` bytes) until `expires_at`; the number of live entries
-    /// evicted to make room. A value larger than the whole byte budget is not stored.
+    /// Stores `value` (about `size` bytes) until `expires_at`; the number of entries evicted to
+    /// make room (oldest first, after expired ones when a sweep is due). A value larger than the
+    /// whole byte budget is not stored.
     pub fn insert(&mut self, key: Key, value: V, size: usize, expires_at: u64, now: u64) -> usize {
         if expires_at <= now || size > self.max_bytes {
             return 0;
         }
         self.remove(&key);
         let mut evicted = 0;
-        if self.entries.len() >= self.max_entries || self.bytes + size > self.max_bytes {
+        let full = self.entries.len() >= self.max_entries || self.bytes + size > self.max_bytes;
+        // Dropping expired entries walks the whole cache: at most once a second, not on every
+        // insert into a full cache (a stream of new tokens would pay for it every time).
+        if full && now >= self.next_sweep {
             self.entries.retain(|_, e| e.expires_at > now);
             self.bytes = self.entries.values().map(|e| e.size).sum();
+            self.next_sweep = now.saturating_add(SWEEP_INTERVAL_MS);
         }
         while self.entries.len() >= self.max_entries || self.bytes + size > self.max_bytes {
             let Some((old, seq)) = self.order.pop_front() else {
@@ -187,6 +198,26 @@ mod tests {
         c.insert(k(2), 2, 10, 10, 0);
         assert_eq!(c.insert(k(3), 3, 10, 1000, 20), 0);
         assert_eq!(c.get(&k(1), 21), Some(&1));
+    }
+
+    #[test]
+    fn expired_entries_are_swept_at_most_once_a_second() {
+        let mut c = TtlCache::new(2, 1000);
+        c.insert(k(1), 1, 10, 10_000, 0);
+        c.insert(k(2), 2, 10, 50, 0);
+        // Full at 100: the first sweep drops the expired k(2), so the live k(1) stays.
+        assert_eq!(c.insert(k(3), 3, 10, 10_000, 100), 0);
+        assert_eq!(c.peek(&k(1), 100), Some(&1));
+        // Full again within the second: no sweep, the oldest (k(1)) goes.
+        assert_eq!(c.insert(k(4), 4, 10, 150, 100), 1);
+        assert_eq!(c.peek(&k(1), 100), None);
+        // At 200 k(4) has expired but no sweep is due yet: the oldest live entry, k(3), goes.
+        assert_eq!(c.insert(k(5), 5, 10, 10_000, 200), 1);
+        assert_eq!(c.peek(&k(3), 200), None);
+        // After the interval, the expired k(4) is swept instead of the live k(5).
+        assert_eq!(c.insert(k(6), 6, 10, 10_000, 1_200), 0);
+        assert_eq!(c.peek(&k(5), 1_200), Some(&5));
+        assert_eq!(c.len(), 2);
     }
 
     #[test]

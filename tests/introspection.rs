@@ -390,6 +390,14 @@ fn main() {
                 Some("opaque-user")
             );
             assert_eq!(env.server.hits("/both"), 1);
+            // A forged JWT is refused locally, never handed to the (all-accepting) introspection.
+            for sig in ["AAAA", "AA", "A"] {
+                let forged = format!("{}.{sig}", jwt.rsplit_once('.').unwrap().0);
+                let (r, seen) = env.call("/both/x", &forged);
+                assert_eq!(r.status, 401, "signature {sig:?}: {}", r.body);
+                assert!(seen.is_none());
+            }
+            assert_eq!(env.server.hits("/both"), 1);
         },
     );
 
