@@ -181,13 +181,7 @@ fn main() {
         ),
         no_kid: Signer::es256(""),
     };
-    let upstream = Upstream::start();
-    let (port, admin) = (free_port(), free_port());
-    let boot = bootstrap(port, admin, upstream.port, &wasm, &filter_config(&keys));
-    let envoy = match Envoy::start(&boot, port, admin) {
-        Ok(envoy) => envoy,
-        Err(log) => panic!("Envoy did not start:\n{log}"),
-    };
+    let (envoy, upstream) = support::launch(&wasm, &filter_config(&keys), &[], 1);
     let env = Env {
         envoy,
         upstream,

@@ -9,9 +9,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use support::tokens::{good_claims, jwks, now, Signer};
-use support::{
-    bootstrap_with, free_port, request_id, Envoy, Oidc, Reply, Response, Scripted, Upstream,
-};
+use support::{request_id, Envoy, Oidc, Reply, Response, Scripted, Upstream};
 
 struct Env {
     envoy: Envoy,
@@ -184,18 +182,12 @@ fn main() {
             {"match": {"prefix": "/both"}, "requires": {"provider_name": "both"}}
         ]
     });
-    let upstream = Upstream::start();
-    let (port, admin) = (free_port(), free_port());
-    let boot = bootstrap_with(
-        port,
-        admin,
-        upstream.port,
+    let (envoy, upstream) = support::launch(
         &wasm,
         &config.to_string(),
         &[("server", server.port), ("oidc", oidc.port)],
+        2,
     );
-    let envoy = Envoy::start_workers(&boot, port, admin, 2)
-        .unwrap_or_else(|log| panic!("Envoy did not start:\n{log}"));
     let env = Env {
         envoy,
         upstream,
@@ -291,14 +283,7 @@ fn main() {
     // ---- Client authentication ------------------------------------------------------------------
     run.case("client_secret_basic_form_encodes_before_base64", || {
         env.allowed("/basic/x", "tok-basic");
-        let seen = env
-            .server
-            .server
-            .seen()
-            .into_iter()
-            .rev()
-            .find(|s| s.path == "/basic")
-            .unwrap();
+        let seen = env.server.last("/basic").unwrap();
         assert_eq!(seen.method, "POST");
         assert_eq!(
             seen.header("content-type"),
@@ -318,14 +303,7 @@ fn main() {
     });
     run.case("client_secret_post_puts_credentials_in_the_body", || {
         env.allowed("/post/x", "tok-post");
-        let seen = env
-            .server
-            .server
-            .seen()
-            .into_iter()
-            .rev()
-            .find(|s| s.path == "/post")
-            .unwrap();
+        let seen = env.server.last("/post").unwrap();
         assert_eq!(seen.header("authorization"), None);
         assert_eq!(
             seen.body,

@@ -8,9 +8,7 @@ mod support;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use support::tokens::{good_claims, jwks, Signer};
-use support::{
-    bootstrap_with, free_port, request_id, Envoy, Oidc, Reply, Response, Scripted, Upstream,
-};
+use support::{request_id, Envoy, Oidc, Reply, Response, Scripted, Upstream};
 
 const AUD: &str = "orders-api";
 
@@ -196,21 +194,13 @@ fn main() {
         "rules": rules
     });
 
-    let upstream = Upstream::start();
-    let (port, admin) = (free_port(), free_port());
-    let boot = bootstrap_with(
-        port,
-        admin,
-        upstream.port,
+    // Two workers: three VMs (main thread and two workers) share the fetched keys.
+    let (envoy, upstream) = support::launch(
         &wasm,
         &config.to_string(),
         &[("keys", keys.port), ("oidc", oidc.port)],
+        2,
     );
-    // Two workers: three VMs (main thread and two workers) share the fetched keys.
-    let envoy = match Envoy::start_workers(&boot, port, admin, 2) {
-        Ok(envoy) => envoy,
-        Err(log) => panic!("Envoy did not start:\n{log}"),
-    };
     let env = Env {
         envoy,
         upstream,

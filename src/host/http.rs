@@ -4,7 +4,7 @@
 
 use super::introspect;
 use super::vm::{Vm, Waiter};
-use crate::challenge::{self, Challenge};
+use crate::challenge::{self, Challenge, DenyReason};
 use crate::decision::{self, Decision, Forward, Request};
 use crate::introspection;
 use proxy_wasm::hostcalls;
@@ -98,7 +98,7 @@ pub fn process(vm: &Rc<RefCell<Vm>>, context_id: u32, resumed: bool) -> Action {
         .unwrap_or("/")
         .to_string();
     let now = now_ms();
-    let decision = {
+    let decide = || {
         let mut state = vm.borrow_mut();
         state.now_ms = now;
         let state = &*state;
@@ -109,6 +109,21 @@ pub fn process(vm: &Rc<RefCell<Vm>>, context_id: u32, resumed: bool) -> Action {
         };
         decision::decide(&state.config, state, request)
     };
+    let mut decision = decide();
+    if matches!(&decision, Decision::Deny(c) if c.reason == DenyReason::Unavailable) {
+        // Keys this VM never saw may be in shared data already (another VM fetched them since
+        // this VM's last tick): look before answering 503.
+        let mut changed = false;
+        {
+            let mut state = vm.borrow_mut();
+            for p in 0..state.remotes.len() {
+                changed |= state.sync(p);
+            }
+        }
+        if changed {
+            decision = decide();
+        }
+    }
     let state = vm.borrow();
     match decision {
         Decision::Allow(mut forward) => {

@@ -132,21 +132,7 @@ impl Context for Root {
 
 /// Installs the shared record if another VM changed it, and wakes the provider's waiters.
 fn sync(vm: &Rc<RefCell<Vm>>, p: usize) {
-    let changed = {
-        let mut state = vm.borrow_mut();
-        let Some(Some(r)) = state.remotes.get_mut(p) else {
-            return;
-        };
-        let (record, _) = shared::read_record(&r.shared);
-        let changed = r.install(record);
-        if changed {
-            let (name, count) = (r.name.clone(), r.keys.len());
-            state.metrics.keys_in_use(&name, count);
-            // A key set changed: tokens verified with a key that is gone must not stay valid.
-            state.verified.clear();
-        }
-        changed
-    };
+    let changed = vm.borrow_mut().sync(p);
     if changed {
         wake(vm, p);
     }

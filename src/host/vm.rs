@@ -158,6 +158,23 @@ impl Vm {
         }
     }
 
+    /// Installs provider `p`'s shared record if another VM changed it; whether requests would
+    /// now see something different.
+    pub fn sync(&mut self, p: usize) -> bool {
+        let Some(Some(r)) = self.remotes.get_mut(p) else {
+            return false;
+        };
+        let (record, _) = shared::read_record(&r.shared);
+        let changed = r.install(record);
+        if changed {
+            let (name, count) = (r.name.clone(), r.keys.len());
+            self.metrics.keys_in_use(&name, count);
+            // A key set changed: tokens verified with a key that is gone must not stay valid.
+            self.verified.clear();
+        }
+        changed
+    }
+
     /// Whether the root must tick: remote keys to keep fresh, or introspection calls to watch.
     pub fn needs_ticks(&self) -> bool {
         self.remotes.iter().any(Option::is_some) || self.intros.iter().any(Option::is_some)

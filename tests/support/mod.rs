@@ -247,6 +247,15 @@ impl Scripted {
         self.server.hits(path)
     }
 
+    /// The last request received for `path` (query excluded).
+    pub fn last(&self, path: &str) -> Option<Seen> {
+        self.server
+            .seen()
+            .into_iter()
+            .rev()
+            .find(|s| s.path.split('?').next() == Some(path))
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
@@ -668,6 +677,23 @@ impl Drop for Envoy {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts a recording upstream and Envoy with `workers` workers, the module, `filter_config`
+/// and clusters for the filter's calls; panics with Envoy's log if it does not come up.
+pub fn launch(
+    wasm: &Path,
+    filter_config: &str,
+    clusters: &[(&str, u16)],
+    workers: u32,
+) -> (Envoy, Upstream) {
+    let upstream = Upstream::start();
+    let (port, admin) = (free_port(), free_port());
+    let boot = bootstrap_with(port, admin, upstream.port, wasm, filter_config, clusters);
+    match Envoy::start_workers(&boot, port, admin, workers) {
+        Ok(envoy) => (envoy, upstream),
+        Err(log) => panic!("Envoy did not start:\n{log}"),
     }
 }
 
