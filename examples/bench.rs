@@ -118,6 +118,22 @@ struct Sample {
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Envoy's CPU time per request, in microseconds (steadier than req/s on a busy machine).
+    cpu_us: f64,
+}
+
+/// A process's CPU time so far (user + system), in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<f64> = rest
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    let ticks = fields.get(11).copied().unwrap_or(0.0) + fields.get(12).copied().unwrap_or(0.0);
+    ticks / 100.0 // USER_HZ: 100 ticks a second on Linux
 }
 
 fn ms(text: &str) -> f64 {
@@ -134,7 +150,9 @@ fn ms(text: &str) -> f64 {
     n.parse::<f64>().unwrap_or(f64::NAN) * factor
 }
 
-fn run_wrk(port: u16, tokens: &Path, script: &Path, seconds: u64) -> Sample {
+fn run_wrk(envoy: &Envoy, tokens: &Path, script: &Path, seconds: u64) -> Sample {
+    let port = envoy.port;
+    let cpu_before = cpu_seconds(envoy.pid());
     let out = Command::new("taskset")
         .args([
             "-c",
@@ -151,10 +169,21 @@ fn run_wrk(port: u16, tokens: &Path, script: &Path, seconds: u64) -> Sample {
         .env("BENCH_TOKENS", tokens)
         .output()
         .expect("run wrk (apt-get install wrk)");
+    let cpu = cpu_seconds(envoy.pid()) - cpu_before;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut sample = Sample::default();
     for line in text.lines() {
         let l = line.trim();
+        if l.contains(" requests in ") {
+            let requests: f64 = l
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0.0);
+            if requests > 0.0 {
+                sample.cpu_us = cpu / requests * 1e6;
+            }
+        }
         if let Some(v) = l.strip_prefix("Requests/sec:") {
             sample.rps = v.trim().parse().unwrap_or(0.0);
         } else if let Some(v) = l.strip_prefix("50%") {
@@ -375,8 +404,8 @@ end
             let envoy = start(setup, &clusters);
             check(&envoy, setup);
             // A short warm-up (JIT, connections), then the measured run.
-            run_wrk(envoy.port, &setup.tokens, &script, 1);
-            let s = run_wrk(envoy.port, &setup.tokens, &script, seconds);
+            run_wrk(&envoy, &setup.tokens, &script, 1);
+            let s = run_wrk(&envoy, &setup.tokens, &script, seconds);
             eprintln!(
                 "round {}: {:<32} {:>9.0} req/s",
                 round + 1,
@@ -392,17 +421,20 @@ end
             rps: median(v.iter().map(|s| s.rps).collect()),
             p50_ms: median(v.iter().map(|s| s.p50_ms).collect()),
             p99_ms: median(v.iter().map(|s| s.p99_ms).collect()),
+            cpu_us: median(v.iter().map(|s| s.cpu_us).collect()),
         })
         .collect();
     let mut report = String::new();
     report.push_str(&format!(
         "{rounds} rounds of {seconds} s, medians; Envoy 1 worker on CPU 0, wrk -t1 -c32 on CPU 1\n\n"
     ));
-    report.push_str("| setup | req/s | p50 ms | p99 ms |\n|---|---:|---:|---:|\n");
+    report.push_str(
+        "| setup | req/s | p50 ms | p99 ms | Envoy CPU µs/request |\n|---|---:|---:|---:|---:|\n",
+    );
     for (setup, s) in setups.iter().zip(&m) {
         report.push_str(&format!(
-            "| {} | {:.0} | {:.3} | {:.3} |\n",
-            setup.name, s.rps, s.p50_ms, s.p99_ms
+            "| {} | {:.0} | {:.3} | {:.3} | {:.1} |\n",
+            setup.name, s.rps, s.p50_ms, s.p99_ms, s.cpu_us
         ));
     }
     let ratio = |a: usize, b: usize| m[a].rps / m[b].rps;
@@ -458,7 +490,7 @@ end
         let mut sent = 0.0;
         let mut rounds = 0;
         while sent < memory_tokens as f64 && rounds < 20 {
-            let s = run_wrk(envoy.port, &many, &script, 10);
+            let s = run_wrk(&envoy, &many, &script, 10);
             sent += s.rps * 10.0;
             rounds += 1;
         }
