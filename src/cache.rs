@@ -18,6 +18,11 @@ pub fn key(provider: &str, token: &str) -> Key {
     h.finalize().into()
 }
 
+/// The bytes a cached set of claims accounts for: its JSON text plus a fixed overhead.
+pub fn json_size(claims: &serde_json::Map<String, serde_json::Value>) -> usize {
+    64 + serde_json::to_vec(claims).map_or(0, |text| text.len())
+}
+
 /// Lower-case hex of a key (for shared-data entries).
 pub fn hex(key: &Key) -> String {
     key.iter().map(|b| format!("{b:02x}")).collect()

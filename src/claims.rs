@@ -51,6 +51,25 @@ fn date(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, ClaimErr
 
 /// Checks the claims at `now` (seconds since the Unix epoch).
 pub fn check(claims: &Map<String, Value>, rules: &ClaimRules, now: u64) -> Result<(), ClaimError> {
+    check_dates_and_parties(claims, rules, now, rules.require_expiration)
+}
+
+/// [`check`] for claims an authorization server vouched for (an introspection answer): `exp`
+/// need not be there, but every date, issuer and audience that is there is checked.
+pub fn check_vouched(
+    claims: &Map<String, Value>,
+    rules: &ClaimRules,
+    now: u64,
+) -> Result<(), ClaimError> {
+    check_dates_and_parties(claims, rules, now, false)
+}
+
+fn check_dates_and_parties(
+    claims: &Map<String, Value>,
+    rules: &ClaimRules,
+    now: u64,
+    require_expiration: bool,
+) -> Result<(), ClaimError> {
     let exp = date(claims, "exp")?;
     let nbf = date(claims, "nbf")?;
     // `iat` is not checked against the clock (as in jwt_authn), but it must still be a date.
@@ -60,7 +79,7 @@ pub fn check(claims: &Map<String, Value>, rules: &ClaimRules, now: u64) -> Resul
     match exp {
         // RFC 7519 §4.1.4: the token must not be accepted "on or after" exp.
         Some(exp) if now >= exp + skew => return Err(ClaimError::Expired),
-        None if rules.require_expiration => return Err(ClaimError::MissingExpiration),
+        None if require_expiration => return Err(ClaimError::MissingExpiration),
         _ => {}
     }
     if let Some(nbf) = nbf {
@@ -186,6 +205,12 @@ mod tests {
             ..rules()
         };
         assert_eq!(check(&c, &lax, NOW), Ok(()));
+        assert_eq!(check_vouched(&c, &rules(), NOW), Ok(()));
+        let expired = obj(json!({"iss":"https://idp","aud":"api","exp":NOW - 61}));
+        assert_eq!(
+            check_vouched(&expired, &rules(), NOW),
+            Err(ClaimError::Expired)
+        );
     }
 
     #[test]

@@ -246,11 +246,7 @@ pub fn decide(config: &Config, known: &dyn Known, request: Request<'_>) -> Decis
             Cached::Active(claims) => {
                 // The server vouches for the token; its answer need not carry `exp`, but every
                 // date, issuer and audience it does carry is checked as for a JWT.
-                let rules = claims::ClaimRules {
-                    require_expiration: false,
-                    ..provider.claims.clone()
-                };
-                if let Err(why) = claims::check(claims, &rules, request.now) {
+                if let Err(why) = claims::check_vouched(claims, &provider.claims, request.now) {
                     return Decision::Deny(challenge::invalid_token(realm, why.description()));
                 }
                 Cow::Borrowed(claims)

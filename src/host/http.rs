@@ -4,19 +4,19 @@
 
 use super::introspect;
 use super::vm::{Vm, Waiter};
+use crate::cache;
 use crate::challenge::{self, Challenge, DenyReason};
 use crate::decision::{self, Decision, Forward, Request};
 use crate::introspection;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
-use serde_json::Value;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
-/// Slack added to a fetch's own timeouts before a paused request gives up.
-const WAIT_SLACK_MS: u64 = 2_000;
+/// Slack added to a call's own timeouts before a request paused for it gives up.
+pub const WAIT_SLACK_MS: u64 = 2_000;
 
 pub struct Http {
     context_id: u32,
@@ -126,19 +126,15 @@ pub fn process(vm: &Rc<RefCell<Vm>>, context_id: u32, resumed: bool) -> Action {
     }
     let state = vm.borrow();
     match decision {
-        Decision::Allow(mut forward) => {
+        Decision::Allow(forward) => {
             apply(&forward);
             state.metrics.passed(forward.passed);
-            if let Some(v) = forward.verified.take() {
-                drop(state);
-                let size = 64 + Value::Object(v.claims.clone()).to_string().len();
+            drop(state);
+            if let Some(v) = forward.verified {
+                let size = cache::json_size(&v.claims);
                 vm.borrow_mut()
                     .verified
                     .insert(v.key, v.claims, size, v.until, now);
-                if resumed {
-                    let _ = hostcalls::resume_http_request();
-                }
-                return Action::Continue;
             }
             if resumed {
                 let _ = hostcalls::resume_http_request();
@@ -168,6 +164,25 @@ pub fn process(vm: &Rc<RefCell<Vm>>, context_id: u32, resumed: bool) -> Action {
             });
             Action::Pause
         }
+    }
+}
+
+/// Runs `each` in the context of every request in `contexts` (those that went away are
+/// skipped), then makes `back_to` the effective context again.
+pub fn in_contexts(
+    contexts: impl IntoIterator<Item = u32>,
+    back_to: u32,
+    mut each: impl FnMut(u32),
+) {
+    let mut switched = false;
+    for id in contexts {
+        switched = true;
+        if hostcalls::set_effective_context(id).is_ok() {
+            each(id);
+        }
+    }
+    if switched {
+        let _ = hostcalls::set_effective_context(back_to);
     }
 }
 

@@ -25,8 +25,8 @@ const MAX_SHARED_ENTRY: usize = 8 * 1024;
 const MAX_SHARED_SLOTS: usize = 65_536;
 /// The per-VM cache's byte budget, per provider.
 const MAX_LOCAL_BYTES: usize = 32 * 1024 * 1024;
-/// Slack added to the call's timeout before waiting requests give up.
-const WAIT_SLACK_MS: u64 = 2_000;
+/// The description of the 503 answered when introspection gives no usable answer.
+const FAILED: &str = "The token cannot be introspected";
 
 /// A cached answer: the claims of an active token, or `None` for an inactive one.
 pub type Cached = Rc<Option<Map<String, Value>>>;
@@ -166,7 +166,7 @@ pub fn start(
         drop(state);
         return fail_one(vm, "introspection is not configured");
     };
-    let deadline = now + intro.config.endpoint.timeout_ms + WAIT_SLACK_MS;
+    let deadline = now + intro.config.endpoint.timeout_ms + http::WAIT_SLACK_MS;
     let call = dispatch(&intro.config, &token);
     match call {
         Ok(call) => {
@@ -191,7 +191,7 @@ pub fn start(
             state.metrics.introspection_failed();
             drop(state);
             log::warn!("oauth-filter: provider {name}: introspection failed: {why}");
-            fail_one(vm, "The token cannot be introspected")
+            fail_one(vm, FAILED)
         }
     }
 }
@@ -218,10 +218,7 @@ fn fail_one(vm: &Rc<RefCell<Vm>>, why: &str) -> Action {
 }
 
 fn answer_size(answer: &Cached) -> usize {
-    64 + answer
-        .as_ref()
-        .as_ref()
-        .map_or(0, |c| Value::Object(c.clone()).to_string().len())
+    answer.as_ref().as_ref().map_or(64, cache::json_size)
 }
 
 /// Whether `call` is an introspection call of this VM.
@@ -281,21 +278,14 @@ pub fn answered(vm: &Rc<RefCell<Vm>>, call: u32, status: Option<&str>, body: &[u
             }
         }
     }
-    for waiter in pending.waiters {
-        if hostcalls::set_effective_context(waiter).is_err() {
-            continue;
+    http::in_contexts(pending.waiters, back_to, |waiter| {
+        if result.is_ok() {
+            http::process(vm, waiter, true);
+        } else {
+            fail_one(vm, FAILED);
         }
-        match &result {
-            Ok(_) => {
-                http::process(vm, waiter, true);
-            }
-            Err(_) => {
-                fail_one(vm, "The token cannot be introspected");
-            }
-        }
-    }
+    });
     vm.borrow_mut().calls.fresh = None;
-    let _ = hostcalls::set_effective_context(back_to);
 }
 
 /// A request went away: if it made a call others wait for, those wait for a new call the root
@@ -355,13 +345,7 @@ pub fn tick(vm: &Rc<RefCell<Vm>>, now: u64, root: u32) {
             }
         }
     }
-    if late.is_empty() {
-        return;
-    }
-    for waiter in late {
-        if hostcalls::set_effective_context(waiter).is_ok() {
-            fail_one(vm, "The token cannot be introspected");
-        }
-    }
-    let _ = hostcalls::set_effective_context(root);
+    http::in_contexts(late, root, |_| {
+        fail_one(vm, FAILED);
+    });
 }

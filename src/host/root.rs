@@ -334,12 +334,9 @@ fn wake(vm: &Rc<RefCell<Vm>>, p: usize) {
         (waiting, state.root_context_id)
     };
     let waiting: Vec<super::vm::Waiter> = waiting;
-    for w in waiting {
-        if hostcalls::set_effective_context(w.context_id).is_ok() {
-            http::process(vm, w.context_id, true);
-        }
-    }
-    let _ = hostcalls::set_effective_context(root);
+    http::in_contexts(waiting.iter().map(|w| w.context_id), root, |id| {
+        http::process(vm, id, true);
+    });
 }
 
 /// Answers 503 to requests that waited longer than their fetch could take.
@@ -351,14 +348,8 @@ fn expire_waiters(vm: &Rc<RefCell<Vm>>, now: u64) {
         (late, state.root_context_id)
     };
     let late: Vec<super::vm::Waiter> = late;
-    if late.is_empty() {
-        return;
-    }
     let answer = challenge::unavailable("The keys to check the token cannot be fetched");
-    for w in late {
-        if hostcalls::set_effective_context(w.context_id).is_ok() {
-            http::deny(&answer, Some(&vm.borrow()));
-        }
-    }
-    let _ = hostcalls::set_effective_context(root);
+    http::in_contexts(late.iter().map(|w| w.context_id), root, |_| {
+        http::deny(&answer, Some(&vm.borrow()));
+    });
 }
