@@ -331,6 +331,9 @@ end
         }},
         "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}]
     });
+    // The configuration, for measuring a setup by hand with the same keys and tokens.
+    std::fs::write(dir.join("filter.json"), filter.to_string()).unwrap();
+    std::fs::write(dir.join("jwks.json"), &keys).unwrap();
     let ours = wasm_filter(&wasm, &filter);
     let mut public = filter.clone();
     public["rules"] = json!([{"match": {"prefix": "/"}}]);
