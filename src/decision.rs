@@ -16,8 +16,8 @@ use std::borrow::Cow;
 pub struct Request<'a> {
     /// The `:path` pseudo-header, query included.
     pub path: &'a str,
-    /// Every request header, lower-case names, every value.
-    pub headers: &'a [(String, Vec<u8>)],
+    /// Every request header (names as the host gives them: lower case), every value.
+    pub headers: &'a [(&'a str, &'a [u8])],
     /// Seconds since the Unix epoch.
     pub now: u64,
 }
@@ -50,7 +50,7 @@ pub struct Forward {
 /// A verified token's claims, to cache under `key` until `until` (ms since the epoch).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verified {
-    pub key: cache::Key,
+    pub key: cache::TokenKey,
     pub claims: Map<String, Value>,
     pub until: u64,
 }
@@ -114,8 +114,13 @@ pub enum KeysNow<'a> {
 /// What the filter knows at this moment: each provider's keys and cached introspection answers.
 pub trait Known {
     fn keys_now(&self, provider: usize) -> KeysNow<'_>;
-    /// The claims of a token verified earlier (cache key from [`cache::key`]), if still cached.
-    fn verified(&self, key: &cache::Key) -> Option<&Map<String, Value>>;
+    /// The verified-token cache key of `token` at provider `provider`.
+    fn token_key(&self, provider: &str, token: &str) -> cache::TokenKey {
+        cache::Secret(0, 0).key(provider, token)
+    }
+    /// The claims of a token verified earlier (cache key from [`Known::token_key`]), if still
+    /// cached.
+    fn verified(&self, key: &cache::TokenKey) -> Option<&Map<String, Value>>;
     /// The cached, unexpired answer for `token` at `provider`'s introspection endpoint.
     fn introspected(&self, provider: usize, token: &str) -> Cached<'_>;
     /// Checks one signature; the host may do it faster than Wasm, with the same verdicts.
@@ -128,7 +133,7 @@ pub trait Known {
 pub struct LocalKeys<'a>(pub &'a Config);
 
 impl Known for LocalKeys<'_> {
-    fn verified(&self, _key: &cache::Key) -> Option<&Map<String, Value>> {
+    fn verified(&self, _key: &cache::TokenKey) -> Option<&Map<String, Value>> {
         None
     }
 
@@ -193,7 +198,7 @@ pub fn decide(config: &Config, known: &dyn Known, request: Request<'_>) -> Decis
                 ))
             }
         };
-        let key = cache::key(&provider.name, &token);
+        let key = known.token_key(&provider.name, &token);
         if let Some(claims) = known.verified(&key) {
             // Verified before: skip parsing and crypto, re-check time and rules.
             if let Err(why) = claims::check(claims, &provider.claims, request.now) {
@@ -420,10 +425,7 @@ mod flow {
     }
 
     fn run(config: &Config, path: &str, headers: &[(&str, &str)]) -> Decision {
-        let headers: Vec<(String, Vec<u8>)> = headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-            .collect();
+        let headers: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
         decide(
             config,
             &LocalKeys(config),
@@ -448,7 +450,7 @@ mod flow {
         fn keys_now(&self, _: usize) -> KeysNow<'_> {
             self.0
         }
-        fn verified(&self, _: &cache::Key) -> Option<&Map<String, Value>> {
+        fn verified(&self, _: &cache::TokenKey) -> Option<&Map<String, Value>> {
             None
         }
         fn introspected(&self, _: usize, _: &str) -> Cached<'_> {
@@ -469,7 +471,7 @@ mod flow {
                 may_refetch: false,
             }
         }
-        fn verified(&self, _: &cache::Key) -> Option<&Map<String, Value>> {
+        fn verified(&self, _: &cache::TokenKey) -> Option<&Map<String, Value>> {
             None
         }
         fn introspected(&self, _: usize, _: &str) -> Cached<'_> {
@@ -483,7 +485,7 @@ mod flow {
 
     /// Keys that verify nothing, and one token's claims in the verified cache.
     struct Remembered {
-        key: cache::Key,
+        key: cache::TokenKey,
         claims: Map<String, Value>,
     }
     impl Known for Remembered {
@@ -493,7 +495,7 @@ mod flow {
                 may_refetch: false,
             }
         }
-        fn verified(&self, key: &cache::Key) -> Option<&Map<String, Value>> {
+        fn verified(&self, key: &cache::TokenKey) -> Option<&Map<String, Value>> {
             (*key == self.key).then_some(&self.claims)
         }
         fn introspected(&self, _: usize, _: &str) -> Cached<'_> {
@@ -509,10 +511,8 @@ mod flow {
                             "scope": "admin write", "big": "x".repeat(1000)});
         let token = signer().token(&claims);
         let go = |known: &dyn Known, path: &str, now: u64| {
-            let h = vec![(
-                "authorization".to_string(),
-                format!("Bearer {token}").into_bytes(),
-            )];
+            let value = format!("Bearer {token}");
+            let h = vec![("authorization", value.as_bytes())];
             decide(
                 &c,
                 known,
@@ -528,7 +528,7 @@ mod flow {
             panic!()
         };
         let v = f.verified.expect("a verified token to cache");
-        assert_eq!(v.key, cache::key("corp", &token));
+        assert_eq!(v.key, LocalKeys(&c).token_key("corp", &token));
         assert_eq!(v.until, (now + 60) * 1000);
         assert!(v.claims.contains_key("sub") && v.claims.contains_key("scope"));
         assert!(!v.claims.contains_key("big"));
@@ -547,7 +547,7 @@ mod flow {
             DenyReason::InvalidToken
         );
         let other = Remembered {
-            key: cache::key("corp", "other"),
+            key: LocalKeys(&c).token_key("corp", "other"),
             claims: hit.claims.clone(),
         };
         assert_eq!(denied(&go(&other, "/api", now)), DenyReason::InvalidToken);
@@ -568,10 +568,8 @@ mod flow {
             _ => unreachable!(),
         };
         let go = |c: &Config, known: &dyn Known, token: &str, path: &str| {
-            let h = vec![(
-                "authorization".to_string(),
-                format!("Bearer {token}").into_bytes(),
-            )];
+            let value = format!("Bearer {token}");
+            let h = vec![("authorization", value.as_bytes())];
             decide(
                 c,
                 known,
@@ -696,10 +694,8 @@ mod flow {
         let good = signer().token(&good_claims("https://idp", "api"));
         let stranger = Signer::es256("new-kid").token(&good_claims("https://idp", "api"));
         let go = |view: &dyn Known, token: &str| {
-            let h = vec![(
-                "authorization".to_string(),
-                format!("Bearer {token}").into_bytes(),
-            )];
+            let value = format!("Bearer {token}");
+            let h = vec![("authorization", value.as_bytes())];
             decide(
                 &c,
                 view,
@@ -739,7 +735,7 @@ mod flow {
         });
         assert_eq!(denied(&go(&may_not, &stranger)), DenyReason::InvalidToken);
         // Requests without a token never wait for keys.
-        let h: Vec<(String, Vec<u8>)> = vec![];
+        let h: Vec<(&str, &[u8])> = vec![];
         let d = decide(
             &c,
             &Fake(KeysNow::Pending),

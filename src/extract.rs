@@ -138,7 +138,7 @@ pub fn form_decode(text: &str) -> Option<String> {
 
 /// Looks for the token of a provider with `sources` in the request's headers (lower-case names,
 /// every value) and its `:path`.
-pub fn extract(sources: &[Source], headers: &[(String, Vec<u8>)], path: &str) -> Extracted {
+pub fn extract(sources: &[Source], headers: &[(&str, &[u8])], path: &str) -> Extracted {
     let mut found: Option<(String, Source)> = None;
     let mut count = 0usize;
     for source in sources {
@@ -147,7 +147,7 @@ pub fn extract(sources: &[Source], headers: &[(String, Vec<u8>)], path: &str) ->
                 let values: Vec<&[u8]> = headers
                     .iter()
                     .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-                    .map(|(_, v)| v.as_slice())
+                    .map(|(_, v)| *v)
                     .collect();
                 if values.len() > 1 && name == "authorization" {
                     return Extracted::Invalid(
@@ -230,11 +230,8 @@ mod tests {
         s
     }
 
-    fn h(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
-        pairs
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-            .collect()
+    fn h<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a [u8])> {
+        pairs.iter().map(|(n, v)| (*n, v.as_bytes())).collect()
     }
 
     fn token(t: &str, s: &Source) -> Extracted {
@@ -274,7 +271,7 @@ mod tests {
         assert!(matches!(one("Bearer ===="), Extracted::Invalid(_)));
         assert!(matches!(one("Bearer a=b"), Extracted::Invalid(_)));
         assert_eq!(extract(&s, &h(&[]), "/"), Extracted::Missing);
-        let bad_utf8 = vec![("authorization".to_string(), b"Bearer \xff".to_vec())];
+        let bad_utf8 = vec![("authorization", &b"Bearer \xff"[..])];
         assert!(matches!(extract(&s, &bad_utf8, "/"), Extracted::Invalid(_)));
     }
 

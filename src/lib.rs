@@ -1,7 +1,8 @@
 //! OAuth 2.0 bearer-token filter for Envoy, as a proxy-wasm module.
 //!
 //! The core (every module but `host`) is plain Rust with no host calls, unit-tested natively.
-//! `host` is the thin proxy-wasm shell; it exists only in the Wasm build.
+//! `host` is the thin proxy-wasm shell (its own ABI bindings and exports); it exists only in the
+//! Wasm build.
 
 pub mod cache;
 pub mod challenge;
@@ -9,6 +10,7 @@ pub mod claims;
 pub mod config;
 pub mod decision;
 pub mod extract;
+pub mod headers;
 pub mod introspection;
 pub mod json;
 pub mod jwt;
@@ -20,8 +22,3 @@ mod testkit;
 
 #[cfg(target_arch = "wasm32")]
 mod host;
-
-#[cfg(target_arch = "wasm32")]
-proxy_wasm::main! {{
-    host::start();
-}}

@@ -1,109 +1,67 @@
 //! One request: gather headers, ask the core, apply the answer. [`process`] works through
-//! hostcalls on the current effective context, so the root context can run it again for a
+//! host calls on the current effective context, so the root context can run it again for a
 //! request it resumes.
 
+use super::abi::{self, Action, BufferType, MapType};
 use super::introspect;
 use super::vm::{Vm, Waiter};
 use crate::cache;
 use crate::challenge::{self, Challenge, DenyReason};
 use crate::decision::{self, Decision, Forward, Request};
-use crate::introspection;
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, BufferType, MapType};
+use crate::headers;
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
 
 /// Slack added to a call's own timeouts before a request paused for it gives up.
 pub const WAIT_SLACK_MS: u64 = 2_000;
 
-pub struct Http {
-    context_id: u32,
-    vm: Option<Rc<RefCell<Vm>>>,
-}
-
-impl Http {
-    pub fn new(context_id: u32, vm: Option<Rc<RefCell<Vm>>>) -> Http {
-        Http { context_id, vm }
-    }
-}
-
-impl Context for Http {
-    fn on_http_call_response(&mut self, call: u32, _headers: usize, body_size: usize, _: usize) {
-        let Some(vm) = &self.vm else { return };
-        let (status, body) = call_response(body_size, introspection::MAX_RESPONSE_BYTES);
-        introspect::answered(vm, call, status.as_deref(), &body, self.context_id);
-    }
-
-    fn on_done(&mut self) -> bool {
-        if let Some(vm) = &self.vm {
-            introspect::gone(vm, self.context_id);
-        }
-        true
+/// A request's headers arrived (the current effective context is the request's). `vm`: the
+/// configured state of its root, if the root has a configuration.
+pub fn on_request_headers(vm: Option<&Rc<RefCell<Vm>>>, context_id: u32) -> Action {
+    match vm {
+        Some(vm) => process(vm, context_id, false),
+        // Fail closed: a filter without a configuration lets nothing through.
+        None => deny(
+            &challenge::unavailable("The filter is not configured"),
+            None,
+        ),
     }
 }
 
 /// The `:status` and body of a call's answer; a body over `limit` is read as `limit + 1` bytes
 /// at most (enough for the core to call it too large).
 pub fn call_response(body_size: usize, limit: usize) -> (Option<String>, Vec<u8>) {
-    let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-        .ok()
-        .flatten();
-    let body = hostcalls::get_buffer(
+    let status = abi::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+        .and_then(|s| String::from_utf8(s).ok());
+    let body = abi::get_buffer(
         BufferType::HttpCallResponseBody,
         0,
         body_size.min(limit + 1),
     )
-    .ok()
-    .flatten()
     .unwrap_or_default();
     (status, body)
-}
-
-impl HttpContext for Http {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        match &self.vm {
-            Some(vm) => process(vm, self.context_id, false),
-            // Fail closed: a filter without a configuration lets nothing through.
-            None => deny(
-                &challenge::unavailable("The filter is not configured"),
-                None,
-            ),
-        }
-    }
-}
-
-/// The time now, in milliseconds since the epoch.
-pub fn now_ms() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Decides on the request of the current effective context and applies the decision.
 /// `resumed`: the request was paused and is being woken up, so an allowed request must be
 /// resumed explicitly.
 pub fn process(vm: &Rc<RefCell<Vm>>, context_id: u32, resumed: bool) -> Action {
-    let headers: Vec<(String, Vec<u8>)> = hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(name, value)| (name.to_ascii_lowercase(), value))
-        .collect();
+    // One host call for every header: each call that returns data costs a second entry into the
+    // VM (the host allocates through it), so the request is read once and parsed in place.
+    let raw = abi::get_map_pairs(MapType::HttpRequestHeaders).unwrap_or_default();
+    let headers = headers::parse_pairs(&raw);
     let path = headers
         .iter()
-        .find(|(name, _)| name == ":path")
+        .find(|(name, _)| *name == ":path")
         .and_then(|(_, value)| std::str::from_utf8(value).ok())
-        .unwrap_or("/")
-        .to_string();
-    let now = now_ms();
+        .unwrap_or("/");
+    let now = abi::now_ms();
     let decide = || {
         let mut state = vm.borrow_mut();
         state.now_ms = now;
         let state = &*state;
         let request = Request {
-            path: &path,
+            path,
             headers: &headers,
             now: now / 1000,
         };
@@ -137,7 +95,7 @@ pub fn process(vm: &Rc<RefCell<Vm>>, context_id: u32, resumed: bool) -> Action {
                     .insert(v.key, v.claims, size, v.until, now);
             }
             if resumed {
-                let _ = hostcalls::resume_http_request();
+                abi::resume_http_request();
             }
             Action::Continue
         }
@@ -177,12 +135,12 @@ pub fn in_contexts(
     let mut switched = false;
     for id in contexts {
         switched = true;
-        if hostcalls::set_effective_context(id).is_ok() {
+        if abi::set_effective_context(id).is_ok() {
             each(id);
         }
     }
     if switched {
-        let _ = hostcalls::set_effective_context(back_to);
+        let _ = abi::set_effective_context(back_to);
     }
 }
 
@@ -192,22 +150,27 @@ pub fn deny(challenge: &Challenge, vm: Option<&Vm>) -> Action {
         vm.metrics.denied(challenge.reason);
     }
     log::debug!("oauth-filter: denied: {}", challenge.reason.name());
-    let _ = hostcalls::send_http_response(
+    abi::send_http_response(
         challenge.status,
-        challenge.headers(),
-        Some(challenge.body.as_bytes()),
+        &challenge.headers(),
+        challenge.body.as_bytes(),
     );
     Action::Pause
 }
 
 fn apply(forward: &Forward) {
+    const REQUEST: MapType = MapType::HttpRequestHeaders;
+    // Setting a header replaces all its values, so a header about to be set needs no removal
+    // (each host call costs: the host also clears its route cache on every change).
     for name in &forward.remove {
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+        if !forward.set.iter().any(|(set, _)| set == name) {
+            let _ = abi::set_map_value(REQUEST, name, None);
+        }
     }
     for (name, value) in &forward.set {
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+        let _ = abi::set_map_value(REQUEST, name, Some(value.as_bytes()));
     }
     if let Some(path) = &forward.path {
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(path));
+        let _ = abi::set_map_value(REQUEST, ":path", Some(path.as_bytes()));
     }
 }

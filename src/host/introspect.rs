@@ -4,15 +4,14 @@
 //! Envoy's shared data cannot delete keys, so the shared cache is a fixed set of slots (a token's
 //! hash picks its slot, a newer answer overwrites an older one): bounded by construction.
 
-use super::http::{self, now_ms};
+use super::abi::{self, Action};
+use super::http;
 use super::vm::Vm;
 use crate::cache::{self, Key, TtlCache};
 use crate::challenge;
 use crate::config::Introspection;
 use crate::introspection::{self, Answer};
 use crate::json;
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::Action;
 use serde_json::{json, Map, Value};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -60,7 +59,7 @@ impl Intro {
     /// The answer another VM (or this one) left in the shared cache, if it is for this token
     /// and still fresh: `(answer, until)`.
     fn read_shared(&self, key: &Key, now: u64) -> Option<(Cached, u64)> {
-        let (bytes, _) = hostcalls::get_shared_data(&self.slot(key)).ok()?;
+        let (bytes, _) = abi::get_shared_data(&self.slot(key)).ok()?;
         let entry = json::parse_object(&bytes?).ok()?;
         if entry.get("k").and_then(Value::as_str) != Some(cache::hex(key).as_str()) {
             return None;
@@ -80,7 +79,7 @@ impl Intro {
         let entry = json!({"k": cache::hex(key), "until": until, "claims": answer.as_ref()});
         let text = entry.to_string();
         if text.len() <= MAX_SHARED_ENTRY + 128 {
-            let _ = hostcalls::set_shared_data(&self.slot(key), Some(text.as_bytes()), None);
+            let _ = abi::set_shared_data(&self.slot(key), text.as_bytes(), None);
         }
     }
 
@@ -101,14 +100,10 @@ impl Intro {
     }
 }
 
-/// A call under way for one token, and the requests waiting for its answer.
+/// A call under way for one token, and the requests waiting for its answer. The call is made
+/// from the root context, so its answer arrives even if the request that caused it went away.
 pub struct Pending {
     pub provider: usize,
-    /// Kept only while the call runs, to call again if the request that made it goes away.
-    pub token: String,
-    /// The HTTP context whose call it is; `None` once that request went away.
-    pub owner: Option<u32>,
-    pub call: Option<u32>,
     pub waiters: Vec<u32>,
     pub deadline: u64,
     pub started: u64,
@@ -134,7 +129,7 @@ pub fn start(
     token: String,
     resumed: bool,
 ) -> Action {
-    let now = now_ms();
+    let now = abi::now_ms();
     let (key, from_shared) = {
         let state = vm.borrow();
         let Some(Some(intro)) = state.intros.get(provider) else {
@@ -167,7 +162,10 @@ pub fn start(
         return fail_one(vm, "introspection is not configured");
     };
     let deadline = now + intro.config.endpoint.timeout_ms + http::WAIT_SLACK_MS;
+    // From the root context: the answer must reach every waiter, whatever becomes of this one.
+    let _ = abi::set_effective_context(state.root_context_id);
     let call = dispatch(&intro.config, &token);
+    let _ = abi::set_effective_context(context_id);
     match call {
         Ok(call) => {
             state.metrics.introspection_call();
@@ -176,9 +174,6 @@ pub fn start(
                 key,
                 Pending {
                     provider,
-                    token,
-                    owner: Some(context_id),
-                    call: Some(call),
                     waiters: vec![context_id],
                     deadline,
                     started: now,
@@ -203,11 +198,10 @@ fn dispatch(config: &Introspection, token: &str) -> Result<u32, String> {
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_str()))
         .collect();
-    hostcalls::dispatch_http_call(
+    abi::dispatch_http_call(
         &call.cluster,
-        headers,
+        &headers,
         Some(call.body.as_bytes()),
-        vec![],
         Duration::from_millis(call.timeout_ms),
     )
     .map_err(|status| format!("cannot call cluster {} ({status:?})", call.cluster))
@@ -229,7 +223,7 @@ pub fn owns_call(vm: &Rc<RefCell<Vm>>, call: u32) -> bool {
 /// The answer to call `call` arrived (in the context that made it, or in the root): cache it
 /// and decide every request that waited for it. `back_to` is the effective context to restore.
 pub fn answered(vm: &Rc<RefCell<Vm>>, call: u32, status: Option<&str>, body: &[u8], back_to: u32) {
-    let now = now_ms();
+    let now = abi::now_ms();
     let (key, pending) = {
         let mut state = vm.borrow_mut();
         let Some(key) = state.calls.by_call.remove(&call) else {
@@ -288,31 +282,9 @@ pub fn answered(vm: &Rc<RefCell<Vm>>, call: u32, status: Option<&str>, body: &[u
     vm.borrow_mut().calls.fresh = None;
 }
 
-/// A request went away: if it made a call others wait for, those wait for a new call the root
-/// makes; it no longer waits itself.
-pub fn gone(vm: &Rc<RefCell<Vm>>, context_id: u32) {
-    let mut state = vm.borrow_mut();
-    let calls = &mut state.calls;
-    let mut orphaned = Vec::new();
-    for pending in calls.pending.values_mut() {
-        pending.waiters.retain(|w| *w != context_id);
-        if pending.owner == Some(context_id) {
-            pending.owner = None;
-            if let Some(call) = pending.call.take() {
-                orphaned.push(call);
-            }
-        }
-    }
-    for call in orphaned {
-        calls.by_call.remove(&call);
-    }
-    calls.pending.retain(|_, p| !p.waiters.is_empty());
-}
-
-/// From the root's tick: call again for waiters whose caller went away, and answer 503 to
-/// requests that waited too long.
+/// From the root's tick: answer 503 to requests that waited too long.
 pub fn tick(vm: &Rc<RefCell<Vm>>, now: u64, root: u32) {
-    let (late, orphans): (Vec<u32>, Vec<(Key, usize, String)>) = {
+    let late: Vec<u32> = {
         let mut state = vm.borrow_mut();
         let mut late = Vec::new();
         state.calls.pending.retain(|_, p| {
@@ -323,28 +295,8 @@ pub fn tick(vm: &Rc<RefCell<Vm>>, now: u64, root: u32) {
                 true
             }
         });
-        let orphans = state
-            .calls
-            .pending
-            .iter()
-            .filter(|(_, p)| p.call.is_none())
-            .map(|(k, p)| (*k, p.provider, p.token.clone()))
-            .collect();
-        (late, orphans)
+        late
     };
-    for (key, provider, token) in orphans {
-        let mut state = vm.borrow_mut();
-        let Some(Some(intro)) = state.intros.get(provider) else {
-            continue;
-        };
-        if let Ok(call) = dispatch(&intro.config, &token) {
-            state.metrics.introspection_call();
-            state.calls.by_call.insert(call, key);
-            if let Some(p) = state.calls.pending.get_mut(&key) {
-                p.call = Some(call);
-            }
-        }
-    }
     http::in_contexts(late, root, |_| {
         fail_one(vm, FAILED);
     });

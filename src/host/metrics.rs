@@ -1,9 +1,8 @@
 //! Envoy counters. Envoy shows them in /stats with its `wasmcustom.` prefix.
 
+use super::abi::{self, MetricType};
 use crate::challenge::DenyReason;
 use crate::decision::Passed;
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::MetricType;
 
 /// Counter ids, defined once per VM (Envoy shares counters of the same name across VMs).
 #[derive(Debug, Default, Clone)]
@@ -25,7 +24,7 @@ pub struct Metrics {
 }
 
 fn counter(name: &str) -> Option<u32> {
-    match hostcalls::define_metric(MetricType::Counter, name) {
+    match abi::define_metric(MetricType::Counter, name) {
         Ok(id) => Some(id),
         Err(status) => {
             log::warn!("oauth-filter: cannot define metric {name}: {status:?}");
@@ -36,7 +35,7 @@ fn counter(name: &str) -> Option<u32> {
 
 fn bump(id: Option<u32>) {
     if let Some(id) = id {
-        let _ = hostcalls::increment_metric(id, 1);
+        abi::increment_metric(id, 1);
     }
 }
 
@@ -56,7 +55,7 @@ impl Metrics {
             intro_evictions: counter("oauth_filter.introspection.cache_evictions"),
             jwt_cache_hits: counter("oauth_filter.jwt.cache_hits"),
             host_verifications: counter("oauth_filter.jwt.host_verifications"),
-            intro_latency: hostcalls::define_metric(
+            intro_latency: abi::define_metric(
                 MetricType::Histogram,
                 "oauth_filter.introspection.latency_ms",
             )
@@ -90,13 +89,13 @@ impl Metrics {
 
     pub fn introspection_evicted(&self, n: usize) {
         if let (Some(id), true) = (self.intro_evictions, n > 0) {
-            let _ = hostcalls::increment_metric(id, n as i64);
+            abi::increment_metric(id, n as i64);
         }
     }
 
     pub fn introspection_latency(&self, ms: u64) {
         if let Some(id) = self.intro_latency {
-            let _ = hostcalls::record_metric(id, ms);
+            abi::record_metric(id, ms);
         }
     }
 
@@ -111,8 +110,8 @@ impl Metrics {
     /// Sets gauge `oauth_filter.jwks.<provider>.keys`: the keys in use.
     pub fn keys_in_use(&self, provider: &str, count: usize) {
         let name = format!("oauth_filter.jwks.{provider}.keys");
-        if let Ok(id) = hostcalls::define_metric(MetricType::Gauge, &name) {
-            let _ = hostcalls::record_metric(id, count as u64);
+        if let Ok(id) = abi::define_metric(MetricType::Gauge, &name) {
+            abi::record_metric(id, count as u64);
         }
     }
 

@@ -1,9 +1,10 @@
-//! The root context: loads the configuration, creates one HTTP context a request, and keeps
-//! remote key sets fresh: on every tick it installs what other VMs fetched, fetches when a fetch
+//! A root context: loads the configuration, makes the outgoing calls, and keeps remote key sets
+//! fresh: on every tick it installs what other VMs fetched, fetches when a fetch
 //! is due and this VM holds the lease, wakes paused requests when keys change, and answers 503
 //! to those that waited too long.
 
-use super::http::{self, now_ms, Http};
+use super::abi;
+use super::http;
 use super::introspect;
 use super::metrics::Metrics;
 use super::shared;
@@ -12,9 +13,6 @@ use crate::challenge;
 use crate::config::{split_url, Config, HttpUri};
 use crate::jwt::keys::{parse_jwks, MAX_JWKS_BYTES};
 use crate::remote::{self, Record};
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::ContextType;
 use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -24,109 +22,103 @@ use std::time::Duration;
 /// How often the root looks at shared key state and paused requests.
 const TICK: Duration = Duration::from_millis(100);
 
+/// A root context: one per filter configuration in this VM.
+#[derive(Clone)]
 pub struct Root {
-    context_id: u32,
-    metrics: Rc<Metrics>,
-    vm: Option<Rc<RefCell<Vm>>>,
+    pub id: u32,
+    pub metrics: Rc<Metrics>,
+    /// The configured state; `None` until a configuration is accepted.
+    pub vm: Option<Rc<RefCell<Vm>>>,
 }
 
 impl Root {
-    pub fn new(context_id: u32) -> Root {
+    pub fn new(id: u32) -> Root {
         Root {
-            context_id,
+            id,
             metrics: Rc::new(Metrics::default()),
             vm: None,
         }
     }
-}
 
-impl RootContext for Root {
-    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
+    pub fn define_metrics(&mut self) {
         self.metrics = Rc::new(Metrics::define());
-        true
-    }
-
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        let config = match Config::from_json(&bytes) {
-            Ok(config) => config,
-            Err(e) => {
-                // One line naming the field; Envoy then refuses the configuration.
-                log::error!("oauth-filter: configuration refused: {e}");
-                return false;
-            }
-        };
-        log::info!(
-            "oauth-filter: configured {} provider(s), {} rule(s)",
-            config.providers.len(),
-            config.rules.len()
-        );
-        // A random id for the fetch lease (RandomState draws from WASI random_get).
-        let id = RandomState::new().hash_one(self.context_id) | 1;
-        let vm = Vm::new(Rc::new(config), self.metrics.clone(), id, self.context_id);
-        if vm.needs_ticks() {
-            let _ = hostcalls::set_tick_period(TICK);
-        }
-        self.vm = Some(Rc::new(RefCell::new(vm)));
-        true
-    }
-
-    fn on_tick(&mut self) {
-        let Some(vm) = self.vm.clone() else { return };
-        let now = now_ms();
-        let count = vm.borrow().remotes.len();
-        for p in 0..count {
-            if vm.borrow().remotes[p].is_none() {
-                continue;
-            }
-            sync(&vm, p);
-            maybe_fetch(&vm, p, now);
-        }
-        expire_waiters(&vm, now);
-        introspect::tick(&vm, now, self.context_id);
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Http::new(context_id, self.vm.clone())))
     }
 }
 
-impl Context for Root {
-    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
-        let Some(vm) = self.vm.clone() else { return };
-        if introspect::owns_call(&vm, token) {
-            let (status, body) =
-                http::call_response(body_size, crate::introspection::MAX_RESPONSE_BYTES);
-            introspect::answered(&vm, token, status.as_deref(), &body, self.context_id);
-            return;
+/// Loads a configuration for root `root_id`; `None` (and one log line naming the field) if it
+/// is refused.
+pub fn configure(root_id: u32, bytes: &[u8], metrics: Rc<Metrics>) -> Option<Rc<RefCell<Vm>>> {
+    let config = match Config::from_json(bytes) {
+        Ok(config) => config,
+        Err(e) => {
+            // One line naming the field; Envoy then refuses the configuration.
+            log::error!("oauth-filter: configuration refused: {e}");
+            return None;
         }
-        let found = vm.borrow().remotes.iter().enumerate().find_map(|(p, r)| {
-            r.as_ref()
-                .and_then(|r| r.in_flight)
-                .filter(|(t, _)| *t == token)
-                .map(|(_, step)| (p, step))
-        });
-        let Some((p, step)) = found else { return };
-        let limit = match step {
-            Step::Discovery => remote::MAX_DISCOVERY_BYTES,
-            Step::Jwks => MAX_JWKS_BYTES,
-        };
-        let (status, body) = http::call_response(body_size, limit);
-        let body = match status.as_deref() {
-            _ if body.len() > limit => Err(format!("the answer is larger than {limit} bytes")),
-            Some("200") => Ok(body),
-            Some(code) => Err(format!("HTTP {code}")),
-            None => Err("no answer (timeout or connection failure)".to_string()),
-        };
-        match (step, body) {
-            (_, Err(why)) => fail(&vm, p, &why),
-            (Step::Discovery, Ok(body)) => discovered(&vm, p, &body),
-            (Step::Jwks, Ok(body)) => fetched(&vm, p, body),
+    };
+    log::info!(
+        "oauth-filter: configured {} provider(s), {} rule(s)",
+        config.providers.len(),
+        config.rules.len()
+    );
+    // A random id for the fetch lease, and a random key for the verified-token cache
+    // (RandomState draws from WASI random_get).
+    let random = RandomState::new();
+    let id = random.hash_one(root_id) | 1;
+    let secret = (random.hash_one(1u8), random.hash_one(2u8));
+    let vm = Vm::new(Rc::new(config), metrics, id, root_id, secret);
+    if vm.needs_ticks() {
+        abi::set_tick_period(TICK);
+    }
+    Some(Rc::new(RefCell::new(vm)))
+}
+
+pub fn tick(root: &Root) {
+    let Some(vm) = root.vm.clone() else { return };
+    let now = abi::now_ms();
+    let count = vm.borrow().remotes.len();
+    for p in 0..count {
+        if vm.borrow().remotes[p].is_none() {
+            continue;
         }
+        sync(&vm, p);
+        maybe_fetch(&vm, p, now);
+    }
+    expire_waiters(&vm, now);
+    introspect::tick(&vm, now, root.id);
+}
+
+/// The answer to an outgoing call made from root context `root`.
+pub fn call_response(root: &Root, token: u32, body_size: usize) {
+    let Some(vm) = root.vm.clone() else { return };
+    if introspect::owns_call(&vm, token) {
+        let (status, body) =
+            http::call_response(body_size, crate::introspection::MAX_RESPONSE_BYTES);
+        introspect::answered(&vm, token, status.as_deref(), &body, root.id);
+        return;
+    }
+    let found = vm.borrow().remotes.iter().enumerate().find_map(|(p, r)| {
+        r.as_ref()
+            .and_then(|r| r.in_flight)
+            .filter(|(t, _)| *t == token)
+            .map(|(_, step)| (p, step))
+    });
+    let Some((p, step)) = found else { return };
+    let limit = match step {
+        Step::Discovery => remote::MAX_DISCOVERY_BYTES,
+        Step::Jwks => MAX_JWKS_BYTES,
+    };
+    let (status, body) = http::call_response(body_size, limit);
+    let body = match status.as_deref() {
+        _ if body.len() > limit => Err(format!("the answer is larger than {limit} bytes")),
+        Some("200") => Ok(body),
+        Some(code) => Err(format!("HTTP {code}")),
+        None => Err("no answer (timeout or connection failure)".to_string()),
+    };
+    match (step, body) {
+        (_, Err(why)) => fail(&vm, p, &why),
+        (Step::Discovery, Ok(body)) => discovered(&vm, p, &body),
+        (Step::Jwks, Ok(body)) => fetched(&vm, p, body),
     }
 }
 
@@ -205,7 +197,7 @@ fn dispatch(vm: &Rc<RefCell<Vm>>, p: usize, step: Step, target: &HttpUri) {
         ("user-agent", "envoy-oauth-filter"),
     ];
     let timeout = Duration::from_millis(target.timeout_ms);
-    match hostcalls::dispatch_http_call(&target.cluster, headers, None, vec![], timeout) {
+    match abi::dispatch_http_call(&target.cluster, &headers, None, timeout) {
         Ok(token) => {
             if let Some(Some(r)) = vm.borrow_mut().remotes.get_mut(p) {
                 r.in_flight = Some((token, step));
@@ -275,7 +267,7 @@ fn fetched(vm: &Rc<RefCell<Vm>>, p: usize, body: Vec<u8>) {
         let Some(Some(r)) = state.remotes.get_mut(p) else {
             return;
         };
-        let now = now_ms();
+        let now = abi::now_ms();
         let record = shared::update_record(&r.shared, |rec| rec.succeeded(text.clone(), now));
         r.install(record);
         r.in_flight = None;
@@ -298,7 +290,7 @@ fn fail(vm: &Rc<RefCell<Vm>>, p: usize, why: &str) {
         let Some(Some(r)) = state.remotes.get_mut(p) else {
             return;
         };
-        let now = now_ms();
+        let now = abi::now_ms();
         let rediscover = r.spec.jwks.is_none();
         let record = shared::update_record(&r.shared, |rec| {
             let mut next = rec.failed(now);

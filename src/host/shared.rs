@@ -1,9 +1,8 @@
 //! Proxy-wasm shared data: one [`Record`] and one [`Lease`] per remote provider, shared by every
 //! VM with the same `vm_id` in this Envoy, updated with compare-and-swap.
 
+use super::abi::{self, Status};
 use crate::remote::{Lease, Record};
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::Status;
 
 /// The shared-data keys of one provider's key set. `tag` tells apart providers of the same name
 /// in different filter configurations (it hashes the URLs).
@@ -36,7 +35,7 @@ pub fn fnv1a(parts: &[&str]) -> u64 {
 
 /// The provider's record as all VMs see it now.
 pub fn read_record(keys: &Keys) -> (Record, Option<u32>) {
-    match hostcalls::get_shared_data(&keys.record) {
+    match abi::get_shared_data(&keys.record) {
         Ok((Some(bytes), cas)) => (Record::from_bytes(&bytes), cas),
         Ok((None, cas)) => (Record::default(), cas),
         Err(_) => (Record::default(), None),
@@ -49,7 +48,7 @@ pub fn update_record(keys: &Keys, change: impl Fn(&Record) -> Record) -> Record 
     for _ in 0..8 {
         let (current, cas) = read_record(keys);
         let next = change(&current);
-        match hostcalls::set_shared_data(&keys.record, Some(&next.to_bytes()), cas) {
+        match abi::set_shared_data(&keys.record, &next.to_bytes(), cas) {
             Ok(()) => return next,
             Err(Status::CasMismatch) => continue,
             Err(status) => {
@@ -63,7 +62,7 @@ pub fn update_record(keys: &Keys, change: impl Fn(&Record) -> Record) -> Record 
 
 /// Takes the fetch lease until `until` if no other VM holds a live one.
 pub fn take_lease(keys: &Keys, me: u64, now: u64, until: u64) -> bool {
-    let (current, cas) = match hostcalls::get_shared_data(&keys.lease) {
+    let (current, cas) = match abi::get_shared_data(&keys.lease) {
         Ok((bytes, cas)) => (bytes.as_deref().and_then(Lease::from_bytes), cas),
         Err(_) => return false,
     };
@@ -71,15 +70,15 @@ pub fn take_lease(keys: &Keys, me: u64, now: u64, until: u64) -> bool {
         return false;
     }
     let lease = Lease { owner: me, until };
-    hostcalls::set_shared_data(&keys.lease, Some(&lease.to_bytes()), cas).is_ok()
+    abi::set_shared_data(&keys.lease, &lease.to_bytes(), cas).is_ok()
 }
 
 /// Gives the lease back early (after a fetch finished), if this VM still holds it.
 pub fn release_lease(keys: &Keys, me: u64) {
-    if let Ok((Some(bytes), cas)) = hostcalls::get_shared_data(&keys.lease) {
+    if let Ok((Some(bytes), cas)) = abi::get_shared_data(&keys.lease) {
         if Lease::from_bytes(&bytes).is_some_and(|l| l.owner == me) {
             let free = Lease { owner: 0, until: 0 };
-            let _ = hostcalls::set_shared_data(&keys.lease, Some(&free.to_bytes()), cas);
+            let _ = abi::set_shared_data(&keys.lease, &free.to_bytes(), cas);
         }
     }
 }

@@ -11,13 +11,12 @@ use serde_json::{Map, Value};
 /// The most verified tokens a VM remembers, and their bytes.
 const VERIFIED_ENTRIES: usize = 10_000;
 const VERIFIED_BYTES: usize = 16 * 1024 * 1024;
+use super::abi::{self, Status};
 use crate::config::{Config, KeySource, RemoteJwks};
 use crate::decision::{Cached, KeysNow, Known};
 use crate::jwt::keys::{parse_jwks, Alg, Jwk};
 use crate::jwt::{host, verify};
 use crate::remote::Record;
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::Status;
 use std::cell::Cell;
 
 /// What a remote provider's fetch is doing.
@@ -97,7 +96,9 @@ pub struct Vm {
     /// Whether the host's `verify_signature` is usable (until it says it does not exist).
     pub host_crypto: Cell<bool>,
     /// Claims of tokens whose signature this VM verified, by token hash, until their `exp`.
-    pub verified: TtlCache<Map<String, Value>>,
+    pub verified: TtlCache<Map<String, Value>, cache::TokenKey>,
+    /// The secret of this VM's verified-token cache keys.
+    pub secret: cache::Secret,
     /// The time of the request being decided (ms), for the refetch rate limit.
     pub now_ms: u64,
 }
@@ -108,6 +109,7 @@ impl Vm {
         metrics: std::rc::Rc<Metrics>,
         id: u64,
         root_context_id: u32,
+        secret: (u64, u64),
     ) -> Vm {
         let remotes = config
             .providers
@@ -154,6 +156,7 @@ impl Vm {
             calls: Calls::default(),
             host_crypto: Cell::new(true),
             verified: TtlCache::new(VERIFIED_ENTRIES, VERIFIED_BYTES),
+            secret: cache::Secret(secret.0, secret.1),
             now_ms: 0,
         }
     }
@@ -195,7 +198,7 @@ impl Known for Vm {
                 _ => signature.to_vec(),
             };
             let args = host::verify_arguments(hash, spki, &signature, input);
-            match hostcalls::call_foreign_function("verify_signature", Some(&args)) {
+            match abi::call_foreign_function("verify_signature", &args) {
                 Ok(Some(answer)) => {
                     if let Some(valid) = host::verify_result(&answer) {
                         self.metrics.host_verification();
@@ -212,7 +215,11 @@ impl Known for Vm {
         verify::verify(alg, &key.material, input, signature)
     }
 
-    fn verified(&self, key: &cache::Key) -> Option<&Map<String, Value>> {
+    fn token_key(&self, provider: &str, token: &str) -> cache::TokenKey {
+        self.secret.key(provider, token)
+    }
+
+    fn verified(&self, key: &cache::TokenKey) -> Option<&Map<String, Value>> {
         let hit = self.verified.peek(key, self.now_ms);
         if hit.is_some() {
             self.metrics.jwt_cache_hit();
