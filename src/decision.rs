@@ -180,10 +180,20 @@ pub fn decide(config: &Config, known: &dyn Known, request: Request<'_>) -> Decis
         Extracted::Invalid(why) => return Decision::Deny(challenge::invalid_request(realm, why)),
     };
     let idx = requires.provider;
-    let local = !matches!(provider.keys, KeySource::None)
-        && (provider.introspection.is_none() || introspection::is_jwt_shaped(&token));
+    let has_keys = !matches!(provider.keys, KeySource::None);
+    // A token this VM verified before needs no parsing and no cryptography, whatever else the
+    // provider does (only locally verified JWTs are in that cache); time and rules still apply.
+    let key = has_keys.then(|| known.token_key(&provider.name, &token));
+    let remembered = key.as_ref().and_then(|key| known.verified(key));
     let mut verified = None;
-    let claims = if local {
+    let claims = if let Some(claims) = remembered {
+        if let Err(why) = claims::check(claims, &provider.claims, request.now) {
+            return Decision::Deny(challenge::invalid_token(realm, why.description()));
+        }
+        Cow::Borrowed(claims)
+    } else if has_keys && (provider.introspection.is_none() || introspection::is_jwt_shaped(&token))
+    {
+        let key = key.unwrap_or_else(|| known.token_key(&provider.name, &token));
         let (keys, may_refetch) = match known.keys_now(idx) {
             KeysNow::Ready { keys, may_refetch } => (keys, may_refetch),
             KeysNow::Pending => {
@@ -198,41 +208,30 @@ pub fn decide(config: &Config, known: &dyn Known, request: Request<'_>) -> Decis
                 ))
             }
         };
-        let key = known.token_key(&provider.name, &token);
-        if let Some(claims) = known.verified(&key) {
-            // Verified before: skip parsing and crypto, re-check time and rules.
-            if let Err(why) = claims::check(claims, &provider.claims, request.now) {
-                return Decision::Deny(challenge::invalid_token(realm, why.description()));
+        let check = |alg: Alg, key: &Jwk, input: &[u8], sig: &[u8]| {
+            known.check_signature(alg, key, input, sig)
+        };
+        match authenticate_with(provider, keys, &token, request.now, &check) {
+            Ok(claims) => {
+                let now_ms = request.now.saturating_mul(1000);
+                let exp_ms = claims
+                    .get("exp")
+                    .and_then(Value::as_f64)
+                    .map_or(u64::MAX, |e| (e.max(0.0) * 1000.0) as u64);
+                verified = Some(Verified {
+                    key,
+                    claims: needed_claims(provider, &claims),
+                    until: exp_ms.min(now_ms.saturating_add(MAX_VERIFIED_CACHE_MS)),
+                });
+                Cow::Owned(claims)
             }
-            Cow::Borrowed(claims)
-        } else {
-            let check = |alg: Alg, key: &Jwk, input: &[u8], sig: &[u8]| {
-                known.check_signature(alg, key, input, sig)
-            };
-            match authenticate_with(provider, keys, &token, request.now, &check) {
-                Ok(claims) => {
-                    let now_ms = request.now.saturating_mul(1000);
-                    let exp_ms = claims
-                        .get("exp")
-                        .and_then(Value::as_f64)
-                        .map_or(u64::MAX, |e| (e.max(0.0) * 1000.0) as u64);
-                    verified = Some(Verified {
-                        key,
-                        claims: needed_claims(provider, &claims),
-                        until: exp_ms.min(now_ms.saturating_add(MAX_VERIFIED_CACHE_MS)),
-                    });
-                    Cow::Owned(claims)
-                }
-                Err(AuthError::Token(jwt::TokenError::UnknownKey)) if may_refetch => {
-                    return Decision::Wait {
-                        provider: idx,
-                        refetch: true,
-                    }
-                }
-                Err(why) => {
-                    return Decision::Deny(challenge::invalid_token(realm, why.description()))
+            Err(AuthError::Token(jwt::TokenError::UnknownKey)) if may_refetch => {
+                return Decision::Wait {
+                    provider: idx,
+                    refetch: true,
                 }
             }
+            Err(why) => return Decision::Deny(challenge::invalid_token(realm, why.description())),
         }
     } else {
         match known.introspected(idx, &token) {
