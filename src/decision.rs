@@ -37,7 +37,9 @@ pub enum Passed {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Forward {
     pub passed: Passed,
-    /// Headers to remove (all their values), before `set` is applied.
+    /// Headers to remove (all their values), before `set` is applied: only headers the request
+    /// has (each change of the request's headers costs a host call, and makes Envoy clear its
+    /// route cache).
     pub remove: Vec<String>,
     /// Headers to set, replacing any value.
     pub set: Vec<(String, String)>,
@@ -158,7 +160,17 @@ pub fn decide(config: &Config, known: &dyn Known, request: Request<'_>) -> Decis
     // Headers the filter owns are removed from every request, whatever the rule says.
     let mut forward = Forward {
         passed: Passed::NoRule,
-        remove: config.owned_headers.clone(),
+        remove: config
+            .owned_headers
+            .iter()
+            .filter(|owned| {
+                request
+                    .headers
+                    .iter()
+                    .any(|(n, _)| n.eq_ignore_ascii_case(owned))
+            })
+            .cloned()
+            .collect(),
         set: Vec::new(),
         path: None,
         verified: None,
@@ -777,6 +789,11 @@ mod flow {
                 (f.passed, f.remove, f.set),
                 (passed, vec!["x-user".to_string()], vec![])
             );
+            // Headers the request does not have are not touched.
+            let Decision::Allow(f) = run(&c, path, &[("x-other", "1")]) else {
+                panic!()
+            };
+            assert_eq!((f.remove, f.set), (vec![], vec![]));
         }
     }
 
@@ -788,7 +805,9 @@ mod flow {
         else {
             panic!()
         };
-        assert_eq!(f.remove, vec!["x-user".to_string()]);
+        // Nothing to remove: the token stays, and the request has no x-user of its own.
+        assert_eq!(f.remove, Vec::<String>::new());
+        assert_eq!(f.set, vec![("x-user".to_string(), "alice".to_string())]);
         let c = config(json!({"from_params": ["access_token"]}));
         let Decision::Allow(f) = run(&c, &format!("/api/x?a=1&access_token={token}"), &[]) else {
             panic!()
