@@ -5,7 +5,6 @@ use crate::challenge::{self, Challenge};
 use crate::claims;
 use crate::config::{Config, KeySource, Provider, Source};
 use crate::extract::{self, Extracted};
-use crate::introspection;
 use crate::jwt;
 use crate::jwt::keys::{Alg, Jwk};
 use serde_json::{Map, Value};
@@ -60,20 +59,15 @@ pub struct Verified {
 /// The longest a verified token is cached (its `exp` usually ends it sooner).
 pub const MAX_VERIFIED_CACHE_MS: u64 = 300_000;
 
-/// The claims a decision on a cached token can need: dates, issuer, audience, scopes, and the
-/// top-level claims `claim_to_headers` reads.
-fn needed_claims(provider: &Provider, claims: &Map<String, Value>) -> Map<String, Value> {
+/// Whether a decision on a cached token can need claim `name`: dates, issuer, audience,
+/// scopes, and the top-level claims `claim_to_headers` reads.
+fn is_needed(provider: &Provider, name: &str) -> bool {
     const ALWAYS: [&str; 7] = ["exp", "nbf", "iat", "iss", "aud", "scope", "scp"];
-    claims
-        .iter()
-        .filter(|(name, _)| {
-            ALWAYS.contains(&name.as_str())
-                || provider.claim_to_headers.iter().any(|ch| {
-                    ch.claim == **name || ch.claim.split('.').next() == Some(name.as_str())
-                })
-        })
-        .map(|(n, v)| (n.clone(), v.clone()))
-        .collect()
+    ALWAYS.contains(&name)
+        || provider
+            .claim_to_headers
+            .iter()
+            .any(|ch| ch.claim == name || ch.claim.split('.').next() == Some(name))
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -197,15 +191,21 @@ pub fn decide(config: &Config, known: &dyn Known, request: Request<'_>) -> Decis
     // provider does (only locally verified JWTs are in that cache); time and rules still apply.
     let key = has_keys.then(|| known.token_key(&provider.name, &token));
     let remembered = key.as_ref().and_then(|key| known.verified(key));
-    let mut verified = None;
+    // Otherwise a provider with keys reads the token as a JWT; one that also introspects sends
+    // tokens that are not JWT-shaped to introspection instead.
+    let parsed = match (remembered, has_keys, &provider.introspection) {
+        (None, true, None) => Some(jwt::parse(&token)),
+        (None, true, Some(_)) => jwt::parse_if_jwt(&token),
+        _ => None,
+    };
+    // The verified-token cache key and expiry (ms) of a token verified just now.
+    let mut fresh = None;
     let claims = if let Some(claims) = remembered {
         if let Err(why) = claims::check(claims, &provider.claims, request.now) {
             return Decision::Deny(challenge::invalid_token(realm, why.description()));
         }
         Cow::Borrowed(claims)
-    } else if has_keys && (provider.introspection.is_none() || introspection::is_jwt_shaped(&token))
-    {
-        let key = key.unwrap_or_else(|| known.token_key(&provider.name, &token));
+    } else if let Some(parsed) = parsed {
         let (keys, may_refetch) = match known.keys_now(idx) {
             KeysNow::Ready { keys, may_refetch } => (keys, may_refetch),
             KeysNow::Pending => {
@@ -223,18 +223,19 @@ pub fn decide(config: &Config, known: &dyn Known, request: Request<'_>) -> Decis
         let check = |alg: Alg, key: &Jwk, input: &[u8], sig: &[u8]| {
             known.check_signature(alg, key, input, sig)
         };
-        match authenticate_with(provider, keys, &token, request.now, &check) {
+        let verdict = parsed
+            .map_err(AuthError::from)
+            .and_then(|jws| authenticate_parsed(provider, keys, jws, request.now, &check));
+        match verdict {
             Ok(claims) => {
                 let now_ms = request.now.saturating_mul(1000);
                 let exp_ms = claims
                     .get("exp")
                     .and_then(Value::as_f64)
                     .map_or(u64::MAX, |e| (e.max(0.0) * 1000.0) as u64);
-                verified = Some(Verified {
-                    key,
-                    claims: needed_claims(provider, &claims),
-                    until: exp_ms.min(now_ms.saturating_add(MAX_VERIFIED_CACHE_MS)),
-                });
+                let until = exp_ms.min(now_ms.saturating_add(MAX_VERIFIED_CACHE_MS));
+                let key = key.unwrap_or_else(|| known.token_key(&provider.name, &token));
+                fresh = Some((key, until));
                 Cow::Owned(claims)
             }
             Err(AuthError::Token(jwt::TokenError::UnknownKey)) if may_refetch => {
@@ -273,7 +274,6 @@ pub fn decide(config: &Config, known: &dyn Known, request: Request<'_>) -> Decis
         return Decision::Deny(challenge::insufficient_scope(realm, &requires.scopes));
     }
     forward.passed = Passed::Authenticated;
-    forward.verified = verified;
     for ch in &provider.claim_to_headers {
         if let Some(value) = claim_header_value(&claims, &ch.claim) {
             forward.set.push((ch.header.clone(), value));
@@ -284,6 +284,11 @@ pub fn decide(config: &Config, known: &dyn Known, request: Request<'_>) -> Decis
             Source::Header { name, .. } => forward.remove.push(name),
             Source::Param(param) => forward.path = Some(extract::strip_param(request.path, &param)),
         }
+    }
+    // What a decision on the cached token will need, moved out of the claims just verified.
+    if let (Some((key, until)), Cow::Owned(mut claims)) = (fresh, claims) {
+        claims.retain(|name, _| is_needed(provider, name));
+        forward.verified = Some(Verified { key, claims, until });
     }
     Decision::Allow(forward)
 }
@@ -337,7 +342,17 @@ pub fn authenticate_with(
     now: u64,
     check: jwt::Check<'_>,
 ) -> Result<Map<String, Value>, AuthError> {
-    let jws = jwt::parse(token)?;
+    authenticate_parsed(provider, keys, jwt::parse(token)?, now, check)
+}
+
+/// [`authenticate_with`] for a token already parsed.
+fn authenticate_parsed(
+    provider: &Provider,
+    keys: &[Jwk],
+    jws: jwt::Jws<'_>,
+    now: u64,
+    check: jwt::Check<'_>,
+) -> Result<Map<String, Value>, AuthError> {
     jwt::verify_signature_with(&jws, keys, check)?;
     claims::check(&jws.claims, &provider.claims, now)?;
     Ok(jws.claims)

@@ -58,6 +58,20 @@ pub struct Jws<'a> {
     pub claims: Map<String, Value>,
 }
 
+/// The three segments of a compact serialization, if it has exactly three.
+fn segments(token: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = token.split('.');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(h), Some(p), Some(s), None) => Some((h, p, s)),
+        _ => None,
+    }
+}
+
+/// A header segment decoded and parsed as a JSON object.
+fn header_object(h64: &str) -> Option<Map<String, Value>> {
+    b64url(h64).and_then(|bytes| json::parse_object(&bytes).ok())
+}
+
 /// Parses a compact JWS: exactly three non-empty base64url segments, a header that is a JSON
 /// object with a supported `alg` and no `crit`, and a payload that is a JSON object. Header
 /// members such as `jku`, `x5u`, `jwk` and `x5c` are ignored: keys come only from configuration.
@@ -65,18 +79,41 @@ pub fn parse(token: &str) -> Result<Jws<'_>, TokenError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(TokenError::TooLarge);
     }
-    let mut parts = token.split('.');
-    let (Some(h64), Some(p64), Some(s64), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(TokenError::Malformed);
-    };
+    let (h64, p64, s64) = segments(token).ok_or(TokenError::Malformed)?;
     if h64.is_empty() || p64.is_empty() || s64.is_empty() {
         return Err(TokenError::Malformed);
     }
-    let header = b64url(h64)
-        .and_then(|bytes| json::parse_object(&bytes).ok())
-        .ok_or(TokenError::Malformed)?;
+    let header = header_object(h64).ok_or(TokenError::Malformed)?;
+    finish(token, header, p64, s64)
+}
+
+/// Whether a token looks like a JWT: three segments, the first a JSON object.
+pub fn is_jwt_shaped(token: &str) -> bool {
+    segments(token).is_some_and(|(h64, _, _)| header_object(h64).is_some())
+}
+
+/// For a provider that both verifies JWTs and introspects: `None` if `token` is not
+/// [JWT-shaped](is_jwt_shaped) (it goes to introspection), else what [`parse`] says of it; the
+/// header is decoded and parsed once for both questions.
+pub fn parse_if_jwt(token: &str) -> Option<Result<Jws<'_>, TokenError>> {
+    let (h64, p64, s64) = segments(token)?;
+    let header = header_object(h64)?;
+    Some(if token.len() > MAX_TOKEN_BYTES {
+        Err(TokenError::TooLarge)
+    } else if p64.is_empty() || s64.is_empty() {
+        Err(TokenError::Malformed)
+    } else {
+        finish(token, header, p64, s64)
+    })
+}
+
+/// The rest of [`parse`], once the header is an object.
+fn finish<'a>(
+    token: &'a str,
+    header: Map<String, Value>,
+    p64: &str,
+    s64: &str,
+) -> Result<Jws<'a>, TokenError> {
     let alg = match header.get("alg") {
         Some(Value::String(name)) if name.eq_ignore_ascii_case("none") => {
             return Err(TokenError::AlgNone)
@@ -99,7 +136,7 @@ pub fn parse(token: &str) -> Result<Jws<'_>, TokenError> {
         .ok_or(TokenError::Malformed)?;
     let signature = b64url(s64).ok_or(TokenError::Malformed)?;
     Ok(Jws {
-        signing_input: &token[..h64.len() + 1 + p64.len()],
+        signing_input: &token[..token.len() - s64.len() - 1],
         alg,
         kid,
         signature,
