@@ -47,9 +47,23 @@ pub fn key(provider: &str, token: &str) -> Key {
     h.finalize().into()
 }
 
-/// The bytes a cached set of claims accounts for: its JSON text plus a fixed overhead.
+/// The bytes a cached set of claims accounts for: a fixed overhead plus, for every value, its
+/// strings and a fixed cost (what it holds in memory, roughly; never less than its JSON text
+/// without escapes). Computed without serializing: it runs for every token verified.
 pub fn json_size(claims: &serde_json::Map<String, serde_json::Value>) -> usize {
-    64 + serde_json::to_vec(claims).map_or(0, |text| text.len())
+    fn value(v: &serde_json::Value) -> usize {
+        use serde_json::Value::{Array, Object, String};
+        16 + match v {
+            String(s) => s.len(),
+            Array(items) => items.iter().map(value).sum(),
+            Object(members) => members.iter().map(|(k, v)| 16 + k.len() + value(v)).sum(),
+            _ => 8,
+        }
+    }
+    64 + claims
+        .iter()
+        .map(|(k, v)| 16 + k.len() + value(v))
+        .sum::<usize>()
 }
 
 /// Lower-case hex of a key (for shared-data entries).
@@ -265,6 +279,23 @@ mod tests {
             assert!(c.len() <= 100 && c.bytes() <= 10_000);
         }
         assert!(c.order.len() <= 2 * 100 + 16);
+    }
+
+    #[test]
+    fn json_size_covers_the_text() {
+        let serde_json::Value::Object(claims) = serde_json::json!({
+            "sub": "alice", "n": 12345678901234567u64, "roles": ["a", "b"],
+            "nested": {"k": [1, 2, {"deep": "x".repeat(100)}]}, "t": true, "z": null
+        }) else {
+            unreachable!()
+        };
+        let text = serde_json::to_vec(&claims).unwrap().len();
+        assert!(
+            json_size(&claims) >= text,
+            "{} < {text}",
+            json_size(&claims)
+        );
+        assert!(json_size(&serde_json::Map::new()) > 0);
     }
 
     #[test]
