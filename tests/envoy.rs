@@ -688,6 +688,108 @@ fn main() {
         assert!(!log.contains("panic"), "{log}");
     });
 
+    // ---- The module's shape and its VM sharing ------------------------------------------------
+    run.case("module_exports_only_the_callbacks_it_uses", || {
+        // Envoy enters the VM for every callback a module exports; per request this module
+        // must cost `on_context_create` and `on_request_headers` only.
+        let mut exports = wasm_exports(&std::fs::read(&wasm).unwrap());
+        exports.sort();
+        assert_eq!(
+            exports,
+            [
+                "_initialize",
+                "memory",
+                "proxy_abi_version_0_2_1",
+                "proxy_on_configure",
+                "proxy_on_context_create",
+                "proxy_on_http_call_response",
+                "proxy_on_memory_allocate",
+                "proxy_on_request_headers",
+                "proxy_on_tick",
+                "proxy_on_vm_start",
+            ]
+        );
+    });
+
+    run.case(
+        "two_configurations_sharing_a_vm_decide_their_own_requests",
+        || {
+            // Two listeners load the same code with the same vm_id and different configurations:
+            // one VM per worker, two root contexts in it. Each request must be decided by its own.
+            let guarded = filter_config(k);
+            let mut open: Value = serde_json::from_str(&guarded).unwrap();
+            open["rules"] = json!([{"match": {"prefix": "/"}}]);
+            let (port, admin, other) = (free_port(), free_port(), free_port());
+            let mut boot = bootstrap(port, admin, env.upstream.port, &wasm, &guarded);
+            let mut second = boot["static_resources"]["listeners"][0].clone();
+            second["name"] = json!("second");
+            second["address"]["socket_address"]["port_value"] = json!(other);
+            let wasm_config = &mut second["filter_chains"][0]["filters"][0]["typed_config"]
+                ["http_filters"][0]["typed_config"]["config"];
+            wasm_config["name"] = json!("oauth_filter_open");
+            wasm_config["configuration"]["value"] = json!(open.to_string());
+            boot["static_resources"]["listeners"]
+                .as_array_mut()
+                .unwrap()
+                .push(second);
+            let envoy = Envoy::start(&boot, port, admin).unwrap();
+            let bearer = format!("Bearer {}", k.es256.token(&claims()));
+            for round in 0..20 {
+                let (refused, passed) = (request_id(), request_id());
+                let r = support::get(port, "/api/orders", &[("x-test-id", refused.as_bytes())]);
+                assert_eq!(
+                    r.status, 401,
+                    "round {round}: the guarded listener let a request in"
+                );
+                assert!(env.upstream.saw(&refused).is_none());
+                let r = support::get(other, "/api/orders", &[("x-test-id", passed.as_bytes())]);
+                assert_eq!(
+                    r.status, 200,
+                    "round {round}: the open listener refused a request"
+                );
+                assert!(env.upstream.saw(&passed).is_some());
+                let r = envoy.get("/api/orders", &[("authorization", bearer.as_bytes())]);
+                assert_eq!(r.status, 200, "round {round}: a valid token was refused");
+            }
+            assert!(!envoy.log().contains("panic"), "{}", envoy.log());
+        },
+    );
+
     drop(env);
     std::process::exit(run.finish());
+}
+
+/// The names a Wasm module exports (its export section).
+fn wasm_exports(module: &[u8]) -> Vec<String> {
+    fn leb(bytes: &[u8], at: &mut usize) -> usize {
+        let (mut value, mut shift) = (0usize, 0);
+        loop {
+            let byte = bytes[*at];
+            *at += 1;
+            value |= usize::from(byte & 0x7f) << shift;
+            shift += 7;
+            if byte < 0x80 {
+                return value;
+            }
+        }
+    }
+    let mut at = 8; // magic and version
+    let mut names = Vec::new();
+    while at < module.len() {
+        let id = module[at];
+        at += 1;
+        let size = leb(module, &mut at);
+        let end = at + size;
+        if id == 7 {
+            let count = leb(module, &mut at);
+            for _ in 0..count {
+                let len = leb(module, &mut at);
+                names.push(String::from_utf8(module[at..at + len].to_vec()).unwrap());
+                at += len + 1; // the name, then the kind
+                leb(module, &mut at); // the index
+            }
+        }
+        at = end;
+    }
+    names
 }
