@@ -6,7 +6,7 @@ WASM  := target/wasm32-wasip1/release/oauth_filter.wasm
 ENVOY_BIN = $(shell ls $(VENV)/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -n1)
 ENVOY_CONFIGS := $(shell find envoy -name '*.yaml' -exec grep -l 'static_resources' {} +)
 
-.PHONY: all build envoy oidc run test unit integration lint validate bench clean
+.PHONY: all build envoy oidc run test unit integration lint validate bench bench-instructions clean
 
 all: build
 
@@ -46,6 +46,12 @@ integration: build envoy oidc
 bench: build envoy
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	ENVOY_BIN=$(ENVOY_BIN) cargo run --quiet --profile tools --example bench
+
+# The same setups, counted in instructions per request under callgrind (repeatable; see README).
+bench-instructions: build envoy
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	@command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind)
+	BENCH_INSTRUCTIONS=1 ENVOY_BIN=$(ENVOY_BIN) cargo run --quiet --profile tools --example bench
 
 lint:
 	cargo fmt --check

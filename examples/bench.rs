@@ -8,6 +8,12 @@
 //!
 //! Environment: BENCH_SECONDS (default 5), BENCH_ROUNDS (default 3), BENCH_MEMORY_TOKENS
 //! (default 1000000; 0 skips that part), BENCH_ONLY (run only setups whose name contains it).
+//!
+//! With BENCH_INSTRUCTIONS=1 (`make bench-instructions`) it counts instead of timing: each setup
+//! runs under callgrind, and the table gives the instructions Envoy (with the module) executes per
+//! request. Those counts repeat to within a fraction of a percent whatever else the machine is
+//! doing, where requests per second on a shared machine vary by 15% or more; they do not see
+//! cache misses, branch mispredictions or system calls, so they complement the timing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../tests/support/mod.rs"]
@@ -106,6 +112,17 @@ fn jwt_authn(jwks_text: &str, cache: bool) -> Value {
         "providers": {"idp": provider},
         "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}]}})
 }
+
+/// The ratios reported: label, setup, baseline setup (indexes into the setups), target.
+const RATIOS: [(&str, usize, usize, f64); 7] = [
+    ("RS256 cold / jwt_authn without cache", 3, 1, 1.0),
+    ("RS256 hot / jwt_authn with cache", 4, 2, 0.85),
+    ("RS256 hot / no filter", 4, 0, 0.80),
+    ("introspection hit / no filter", 8, 0, 0.80),
+    ("filter on a public route / no filter", 7, 0, f64::NAN),
+    ("ES256 cold / jwt_authn RS256 without cache", 5, 1, f64::NAN),
+    ("EdDSA cold / jwt_authn RS256 without cache", 6, 1, f64::NAN),
+];
 
 struct Setup {
     name: &'static str,
@@ -258,6 +275,85 @@ fn check(envoy: &Envoy, setup: &Setup) {
     );
 }
 
+/// Instructions per request of `setup` under callgrind: Envoy starts with instrumentation off,
+/// is warmed up, then counted over a fixed run of wrk (4 connections).
+fn instructions(setup: &Setup, clusters: &[Value], script: &Path) -> f64 {
+    let (port, admin) = (free_port(), free_port());
+    let boot = bootstrap(port, admin, setup.filters.clone(), clusters.to_vec());
+    let out = std::env::temp_dir().join(format!("oauth-filter-callgrind-{port}"));
+    std::fs::create_dir_all(&out).unwrap();
+    let wrapper: Vec<String> = [
+        "valgrind",
+        "--tool=callgrind",
+        "--smc-check=all-non-file",
+        "--instr-atstart=no",
+    ]
+    .into_iter()
+    .map(String::from)
+    .chain([format!(
+        "--callgrind-out-file={}",
+        out.join("callgrind.out").display()
+    )])
+    .collect();
+    let envoy = Envoy::start_under(
+        &boot,
+        port,
+        admin,
+        1,
+        &wrapper,
+        std::time::Duration::from_secs(300),
+    )
+    .unwrap_or_else(|log| panic!("{}: {log}", setup.name));
+    check(&envoy, setup);
+    let control = |what: &str| {
+        Command::new("callgrind_control")
+            .args([what, &envoy.pid().to_string()])
+            .output()
+            .expect("callgrind_control (apt-get install valgrind)");
+    };
+    let wrk = |seconds: u32| -> f64 {
+        let out = Command::new("wrk")
+            .args(["-t1", "-c4", &format!("-d{seconds}s"), "-s"])
+            .arg(script)
+            .arg(format!("http://127.0.0.1:{port}/api/orders"))
+            .env("BENCH_TOKENS", &setup.tokens)
+            .output()
+            .expect("run wrk");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(!text.contains("Non-2xx"), "{}: non-2xx answers", setup.name);
+        text.lines()
+            .find(|l| l.contains(" requests in "))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0.0)
+    };
+    control("-i");
+    wrk(3);
+    control("-z");
+    let requests = wrk(8);
+    control("-d");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    drop(envoy);
+    let mut total = 0.0;
+    for entry in std::fs::read_dir(&out).unwrap().flatten() {
+        // Only the dump asked for (`callgrind.out.1`), not what Envoy did while stopping.
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("callgrind.out.")
+        {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            total += text
+                .lines()
+                .find_map(|l| l.strip_prefix("summary: "))
+                .and_then(|n| n.trim().parse::<f64>().ok())
+                .unwrap_or(0.0);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    total / requests.max(1.0)
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -401,6 +497,42 @@ end
 
     // BENCH_ONLY=text runs only the setups whose name contains it (the ratios need them all).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if env_number("BENCH_INSTRUCTIONS", 0) == 1 {
+        let counts: Vec<f64> = setups
+            .iter()
+            .map(|setup| {
+                if !setup.name.contains(only.as_str()) {
+                    return f64::NAN;
+                }
+                let n = instructions(setup, &clusters, &script);
+                eprintln!("{:<44} {n:>9.0} instructions/request", setup.name);
+                n
+            })
+            .collect();
+        let mut report = String::from(
+            "Instructions per request (callgrind; Envoy, 1 worker, and the module together)\n\n| setup | instructions/request |\n|---|---:|\n",
+        );
+        for (setup, n) in setups.iter().zip(&counts) {
+            report.push_str(&format!("| {} | {n:.0} |\n", setup.name));
+        }
+        report.push_str(
+            "\n| ratio (fewer instructions = higher) | value | target |\n|---|---:|---:|\n",
+        );
+        for (label, a, b, target) in RATIOS {
+            let target = if target.is_nan() {
+                "-".to_string()
+            } else {
+                format!("{target:.2}")
+            };
+            report.push_str(&format!(
+                "| {label} | {:.2} | {target} |\n",
+                counts[b] / counts[a]
+            ));
+        }
+        println!("\n{report}");
+        std::fs::write(dir.join("instructions.md"), &report).unwrap();
+        return;
+    }
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); setups.len()];
     for round in 0..rounds {
         for (i, setup) in setups.iter().enumerate() {
@@ -444,34 +576,14 @@ end
             setup.name, s.rps, s.p50_ms, s.p99_ms, s.cpu_us
         ));
     }
-    let ratio = |a: usize, b: usize| m[a].rps / m[b].rps;
     report.push_str("\n| ratio | value | target |\n|---|---:|---:|\n");
-    for (label, value, target) in [
-        ("RS256 cold / jwt_authn without cache", ratio(3, 1), 1.0),
-        ("RS256 hot / jwt_authn with cache", ratio(4, 2), 0.85),
-        ("RS256 hot / no filter", ratio(4, 0), 0.80),
-        ("introspection hit / no filter", ratio(8, 0), 0.80),
-        (
-            "filter on a public route / no filter",
-            ratio(7, 0),
-            f64::NAN,
-        ),
-        (
-            "ES256 cold / jwt_authn RS256 without cache",
-            ratio(5, 1),
-            f64::NAN,
-        ),
-        (
-            "EdDSA cold / jwt_authn RS256 without cache",
-            ratio(6, 1),
-            f64::NAN,
-        ),
-    ] {
+    for (label, a, b, target) in RATIOS {
         let target = if target.is_nan() {
             "-".to_string()
         } else {
             format!("{target:.2}")
         };
+        let value = m[a].rps / m[b].rps;
         report.push_str(&format!("| {label} | {value:.2} | {target} |\n"));
     }
 

@@ -582,13 +582,46 @@ impl Envoy {
         admin: u16,
         workers: u32,
     ) -> Result<Envoy, String> {
+        Envoy::start_under(
+            bootstrap,
+            port,
+            admin,
+            workers,
+            &[],
+            Duration::from_secs(60),
+        )
+    }
+
+    /// The directory of this Envoy's configuration and logs (removed when it stops).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// [`Envoy::start_workers`] run by `wrapper` (a command and its arguments, such as
+    /// valgrind), waiting up to `ready_in` for it to be ready.
+    pub fn start_under(
+        bootstrap: &Value,
+        port: u16,
+        admin: u16,
+        workers: u32,
+        wrapper: &[String],
+        ready_in: Duration,
+    ) -> Result<Envoy, String> {
         let dir =
             std::env::temp_dir().join(format!("oauth-filter-test-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("envoy.json");
         std::fs::write(&config, bootstrap.to_string()).unwrap();
         let log = dir.join("envoy.log");
-        let child = Command::new(envoy_bin())
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(envoy_bin());
+                c
+            }
+            None => Command::new(envoy_bin()),
+        };
+        let child = command
             .arg("-c")
             .arg(&config)
             .args([
@@ -617,7 +650,7 @@ impl Envoy {
             admin,
             dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + ready_in;
         loop {
             if let Ok(Some(status)) = envoy.child.try_wait() {
                 return Err(format!("envoy exited ({status}):\n{}", envoy.log()));
@@ -626,7 +659,11 @@ impl Envoy {
                 return Ok(envoy);
             }
             if Instant::now() > deadline {
-                return Err(format!("envoy not ready in 60 s:\n{}", envoy.log()));
+                return Err(format!(
+                    "envoy not ready in {} s:\n{}",
+                    ready_in.as_secs(),
+                    envoy.log()
+                ));
             }
             thread::sleep(Duration::from_millis(100));
         }
