@@ -305,9 +305,10 @@ fn instructions(setup: &Setup, clusters: &[Value], script: &Path) -> f64 {
     )
     .unwrap_or_else(|log| panic!("{}: {log}", setup.name));
     check(&envoy, setup);
-    let control = |what: &str| {
+    let control = |what: &[&str]| {
         Command::new("callgrind_control")
-            .args([what, &envoy.pid().to_string()])
+            .args(what)
+            .arg(envoy.pid().to_string())
             .output()
             .expect("callgrind_control (apt-get install valgrind)");
     };
@@ -327,11 +328,11 @@ fn instructions(setup: &Setup, clusters: &[Value], script: &Path) -> f64 {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0.0)
     };
-    control("-i");
+    control(&["-i", "on"]);
     wrk(3);
-    control("-z");
+    control(&["-z"]);
     let requests = wrk(8);
-    control("-d");
+    control(&["-d"]);
     std::thread::sleep(std::time::Duration::from_secs(1));
     drop(envoy);
     let mut total = 0.0;
