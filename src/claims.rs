@@ -14,6 +14,10 @@ pub struct ClaimRules {
     pub require_expiration: bool,
     /// Tolerance for `exp` and `nbf`, in seconds.
     pub clock_skew_seconds: u64,
+    /// When set, the longest lifetime a token may have, in seconds: `exp` must be there, no
+    /// later than this after now (plus the skew), and no later than this after `iat` when the
+    /// token has one.
+    pub max_lifetime_seconds: Option<u64>,
 }
 
 /// Why a token's claims were refused. Descriptions never echo claim values.
@@ -25,6 +29,7 @@ pub enum ClaimError {
     BadDate,
     WrongIssuer,
     WrongAudience,
+    TooLong,
 }
 
 impl ClaimError {
@@ -36,6 +41,7 @@ impl ClaimError {
             ClaimError::BadDate => "The access token's exp, nbf or iat is not a number",
             ClaimError::WrongIssuer => "The access token's issuer is not accepted",
             ClaimError::WrongAudience => "The access token's audience is not accepted",
+            ClaimError::TooLong => "The access token's lifetime is longer than this API accepts",
         }
     }
 }
@@ -51,11 +57,14 @@ fn date(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, ClaimErr
 
 /// Checks the claims at `now` (seconds since the Unix epoch).
 pub fn check(claims: &Map<String, Value>, rules: &ClaimRules, now: u64) -> Result<(), ClaimError> {
-    check_dates_and_parties(claims, rules, now, rules.require_expiration)
+    // A maximum lifetime cannot be checked on a token without exp.
+    let require_expiration = rules.require_expiration || rules.max_lifetime_seconds.is_some();
+    check_dates_and_parties(claims, rules, now, require_expiration)
 }
 
 /// [`check`] for claims an authorization server vouched for (an introspection answer): `exp`
-/// need not be there, but every date, issuer and audience that is there is checked.
+/// need not be there (not even with a maximum lifetime), but every date, issuer and audience
+/// that is there is checked.
 pub fn check_vouched(
     claims: &Map<String, Value>,
     rules: &ClaimRules,
@@ -73,7 +82,7 @@ fn check_dates_and_parties(
     let exp = date(claims, "exp")?;
     let nbf = date(claims, "nbf")?;
     // `iat` is not checked against the clock (as in jwt_authn), but it must still be a date.
-    date(claims, "iat")?;
+    let iat = date(claims, "iat")?;
     let now = now as f64;
     let skew = rules.clock_skew_seconds as f64;
     match exp {
@@ -81,6 +90,14 @@ fn check_dates_and_parties(
         Some(exp) if now >= exp + skew => return Err(ClaimError::Expired),
         None if require_expiration => return Err(ClaimError::MissingExpiration),
         _ => {}
+    }
+    if let (Some(max), Some(exp)) = (rules.max_lifetime_seconds, exp) {
+        // A token minted to live for years is refused on every day of its life: against `iat`
+        // when it has one, and against the clock in any case.
+        let max = max as f64;
+        if exp - now > max + skew || iat.is_some_and(|iat| exp - iat > max) {
+            return Err(ClaimError::TooLong);
+        }
     }
     if let Some(nbf) = nbf {
         if now + skew < nbf {
@@ -142,6 +159,7 @@ mod tests {
             audiences: vec!["api".into(), "other".into()],
             require_expiration: true,
             clock_skew_seconds: 60,
+            max_lifetime_seconds: None,
         }
     }
 
@@ -210,6 +228,65 @@ mod tests {
         assert_eq!(
             check_vouched(&expired, &rules(), NOW),
             Err(ClaimError::Expired)
+        );
+    }
+
+    #[test]
+    fn max_lifetime() {
+        let day = ClaimRules {
+            max_lifetime_seconds: Some(86_400),
+            require_expiration: false,
+            ..rules()
+        };
+        let c = |v: Value| {
+            let mut m = obj(json!({"iss":"https://idp","aud":"api"}));
+            if let Value::Object(extra) = v {
+                m.extend(extra);
+            }
+            m
+        };
+        // Unset: any lifetime.
+        assert_eq!(check(&c(json!({"exp": 1e15})), &rules(), NOW), Ok(()));
+        // exp against the clock, with the skew.
+        assert_eq!(
+            check(&c(json!({"exp": NOW + 86_400 + 60})), &day, NOW),
+            Ok(())
+        );
+        assert_eq!(
+            check(&c(json!({"exp": NOW + 86_400 + 61})), &day, NOW),
+            Err(ClaimError::TooLong)
+        );
+        assert_eq!(
+            check(&c(json!({"exp": 1e300})), &day, NOW),
+            Err(ClaimError::TooLong)
+        );
+        // exp against iat: a ten-year token is refused even on its last day.
+        assert_eq!(
+            check(
+                &c(json!({"iat": NOW as f64 - 315_360_000.0, "exp": NOW + 10})),
+                &day,
+                NOW
+            ),
+            Err(ClaimError::TooLong)
+        );
+        assert_eq!(
+            check(
+                &c(json!({"iat": NOW - 100, "exp": NOW + 86_300})),
+                &day,
+                NOW
+            ),
+            Ok(())
+        );
+        // A maximum lifetime needs exp, even where require_expiration is false.
+        assert_eq!(
+            check(&c(json!({})), &day, NOW),
+            Err(ClaimError::MissingExpiration)
+        );
+        // Introspection answers: checked when they carry exp.
+        assert_eq!(check_vouched(&c(json!({})), &day, NOW), Ok(()));
+        assert_eq!(
+            check_vouched(&c(json!({"exp": NOW + 90_000})), &day, NOW),
+            Err(ClaimError::TooLong)
         );
     }
 

@@ -503,6 +503,7 @@ fn provider(name: &str, value: &Value) -> Result<Provider, ConfigError> {
         "claim_to_headers",
         "clock_skew_seconds",
         "require_expiration",
+        "max_lifetime",
     ])?;
 
     let issuer = p.string("issuer")?.map(str::to_owned);
@@ -528,6 +529,19 @@ fn provider(name: &str, value: &Value) -> Result<Provider, ConfigError> {
                 return err(
                     p.field("clock_skew_seconds"),
                     format!("must be a whole number of seconds from 0 to {MAX_CLOCK_SKEW}"),
+                )
+            }
+        },
+    };
+
+    let max_lifetime_seconds = match p.get("max_lifetime") {
+        None => None,
+        Some(v) => match v.as_str().and_then(parse_duration) {
+            Some(ms) if ms >= 1000 && ms % 1000 == 0 => Some(ms / 1000),
+            _ => {
+                return err(
+                    p.field("max_lifetime"),
+                    "must be a whole number of seconds of at least 1, such as \"86400s\"",
                 )
             }
         },
@@ -600,6 +614,7 @@ fn provider(name: &str, value: &Value) -> Result<Provider, ConfigError> {
             audiences: audiences.unwrap_or_default(),
             require_expiration: p.boolean("require_expiration", true)?,
             clock_skew_seconds,
+            max_lifetime_seconds,
         },
         keys,
         introspection,
@@ -861,6 +876,7 @@ mod tests {
         let p = &c.providers[0];
         assert_eq!(p.claims.clock_skew_seconds, 60);
         assert!(p.claims.require_expiration);
+        assert_eq!(p.claims.max_lifetime_seconds, None);
         assert!(!p.forward);
         assert_eq!(
             p.sources,
@@ -928,8 +944,24 @@ mod tests {
                 "providers.corp.require_expiration",
             ),
             (
+                Box::new(|v| v["providers"]["corp"]["max_lifetime"] = json!(86400)),
+                "providers.corp.max_lifetime: must be a whole number of seconds",
+            ),
+            (
+                Box::new(|v| v["providers"]["corp"]["max_lifetime"] = json!("1d")),
+                "providers.corp.max_lifetime",
+            ),
+            (
+                Box::new(|v| v["providers"]["corp"]["max_lifetime"] = json!("0s")),
+                "providers.corp.max_lifetime",
+            ),
+            (
+                Box::new(|v| v["providers"]["corp"]["max_lifetime"] = json!("1.5s")),
+                "providers.corp.max_lifetime",
+            ),
+            (
                 Box::new(|v| v["providers"]["corp"]["local_jwks"]["inline_string"] = json!("{}")),
-                "providers.corp.local_jwks.inline_string: the JWKS is has no",
+                "providers.corp.local_jwks.inline_string: the JWKS is without a \"keys\" array",
             ),
             (
                 Box::new(|v| {

@@ -45,7 +45,8 @@ fn filter_config(keys: &Keys) -> String {
                     {"header_name": "x-user", "claim_name": "sub"},
                     {"header_name": "x-tenant", "claim_name": "org.tenant"}
                 ],
-                "clock_skew_seconds": 30
+                "clock_skew_seconds": 30,
+                "max_lifetime": "86400s"
             },
             "query": {
                 "issuer": ISS,
@@ -395,6 +396,8 @@ fn main() {
     run.case("bearer_without_token_is_invalid_request", || {
         env.send("/api", &[("authorization", b"Bearer")])
             .invalid_request();
+        env.send("/api", &[("authorization", b"Bearer    ")])
+            .invalid_request();
     });
     run.case(
         "bearer_with_tab_or_bad_characters_is_invalid_request",
@@ -430,6 +433,37 @@ fn main() {
             now() + 600
         ),
     );
+    // Signed with the right key, so the only thing wrong is what the row is about.
+    let signed_raw = |header: &[u8], payload: &[u8]| {
+        let input = format!("{}.{}", b64(header), b64(payload));
+        let sig = k.rs.sign_as("RS256", input.as_bytes());
+        format!("{input}.{}", b64(sig))
+    };
+    let rs_header = k.rs.header().to_string();
+    let exp = now() + 600;
+    let payload_with =
+        |extra: &str| format!("{{\"iss\":\"{ISS}\",\"aud\":\"{AUD}\",\"sub\":\"alice\"{extra}}}");
+    let mut bad_utf8_payload = payload_with(&format!(",\"exp\":{exp},\"name\":\"X\"")).into_bytes();
+    let at = bad_utf8_payload.len() - 3;
+    bad_utf8_payload[at] = 0xff;
+    let bad_utf8_header = [
+        &br#"{"alg":"RS256","kid":"rsa-1","x":""#[..],
+        &[0xff],
+        br#""}"#,
+    ]
+    .concat();
+    let mut nested_header = k.rs.header();
+    nested_header["cty"] = json!("JWT");
+    let inner = k.es256.token(&claims());
+    // P-256's group order n: r = s = n is as invalid as r = s = 0.
+    let p256_n = support::tokens::unb64("_____wAAAAD__________7zm-q2nF56E87nKwvxjJVE");
+    let mut r_s_n = p256_n.clone();
+    r_s_n.extend_from_slice(&p256_n);
+    let attacker = Signer::rsa("RS256", "rsa-1", 2048);
+    let mut jku_header = attacker.header();
+    jku_header["jku"] = json!("http://127.0.0.1:1/jwks.json");
+    jku_header["x5u"] = json!("http://127.0.0.1:1/cert.pem");
+    jku_header["jwk"] = attacker.jwk();
     let crit = token(
         &k.rs,
         Some(json!({"alg":"RS256","kid":"rsa-1","crit":["exp"],"exp":1})),
@@ -508,12 +542,237 @@ fn main() {
         ),
         ("garbage", "not-a-jwt".to_string()),
         ("huge_token", "a".repeat(17 * 1024)),
+        // JWT structure.
+        (
+            "invalid_utf8_in_payload",
+            signed_raw(rs_header.as_bytes(), &bad_utf8_payload),
+        ),
+        (
+            "invalid_utf8_in_header",
+            signed_raw(
+                &bad_utf8_header,
+                payload_with(&format!(",\"exp\":{exp}")).as_bytes(),
+            ),
+        ),
+        (
+            "header_not_an_object",
+            signed_raw(
+                b"\"RS256\"",
+                payload_with(&format!(",\"exp\":{exp}")).as_bytes(),
+            ),
+        ),
+        (
+            "payload_with_trailing_garbage",
+            signed_raw(
+                rs_header.as_bytes(),
+                format!("{} x", payload_with(&format!(",\"exp\":{exp}"))).as_bytes(),
+            ),
+        ),
+        (
+            "payload_nested_too_deep",
+            signed_raw(
+                rs_header.as_bytes(),
+                payload_with(&format!(
+                    ",\"exp\":{exp},\"deep\":{}{}",
+                    "[".repeat(5000),
+                    "]".repeat(5000)
+                ))
+                .as_bytes(),
+            ),
+        ),
+        (
+            "nested_jwt",
+            token(&k.rs, Some(nested_header.clone()), claims()),
+        ),
+        (
+            "nested_jwt_payload_is_a_token",
+            signed_raw(nested_header.to_string().as_bytes(), inner.as_bytes()),
+        ),
+        (
+            "exp_too_large_for_a_double",
+            signed_raw(
+                rs_header.as_bytes(),
+                payload_with(",\"exp\":1e400").as_bytes(),
+            ),
+        ),
+        (
+            "exp_huge_integer",
+            signed_raw(
+                rs_header.as_bytes(),
+                payload_with(",\"exp\":99999999999999999999999999").as_bytes(),
+            ),
+        ),
+        (
+            "exp_negative",
+            token(&k.rs, None, with(claims(), "exp", json!(-1))),
+        ),
+        (
+            "exp_fractional_past",
+            token(
+                &k.rs,
+                None,
+                with(claims(), "exp", json!(now() as f64 - 30.5)),
+            ),
+        ),
+        (
+            "nbf_fractional_future",
+            token(
+                &k.rs,
+                None,
+                with(claims(), "nbf", json!(now() as f64 + 30.5)),
+            ),
+        ),
+        (
+            "iat_as_string",
+            token(&k.rs, None, with(claims(), "iat", json!("now"))),
+        ),
+        // Algorithm attacks.
+        (
+            "alg_None",
+            format!(
+                "{}.{p}.",
+                b64(json!({"alg": "None", "kid": "rsa-1"}).to_string())
+            ),
+        ),
+        (
+            "alg_missing",
+            signed_raw(
+                br#"{"kid":"rsa-1"}"#,
+                payload_with(&format!(",\"exp\":{exp}")).as_bytes(),
+            ),
+        ),
+        (
+            "alg_not_a_string",
+            signed_raw(
+                br#"{"alg":["RS256"],"kid":"rsa-1"}"#,
+                payload_with(&format!(",\"exp\":{exp}")).as_bytes(),
+            ),
+        ),
+        (
+            "kid_path_traversal",
+            token(
+                &Signer::rsa("RS256", "../../../../etc/passwd", 2048),
+                None,
+                claims(),
+            ),
+        ),
+        (
+            "kid_of_10_KB",
+            token(&Signer::es256(&"k".repeat(10 * 1024)), None, claims()),
+        ),
+        (
+            "kid_not_a_string",
+            signed_raw(
+                br#"{"alg":"RS256","kid":1}"#,
+                payload_with(&format!(",\"exp\":{exp}")).as_bytes(),
+            ),
+        ),
+        (
+            "jku_x5u_jwk_point_at_the_attackers_key",
+            attacker.token_with(&jku_header, &claims()),
+        ),
+        (
+            "ecdsa_r_s_equal_the_group_order",
+            format!("{ec_input}.{}", b64(&r_s_n)),
+        ),
+        (
+            "ecdsa_signature_too_long",
+            format!("{ec_input}.{}", b64([1u8; 65])),
+        ),
+        // Claims.
+        (
+            "audience_as_number",
+            token(&k.rs, None, with(claims(), "aud", json!(1))),
+        ),
+        (
+            "audience_as_object",
+            token(&k.rs, None, with(claims(), "aud", json!({AUD: true}))),
+        ),
+        (
+            "audience_nested_array",
+            token(&k.rs, None, with(claims(), "aud", json!([[AUD]]))),
+        ),
+        (
+            "issuer_as_object",
+            token(&k.rs, None, with(claims(), "iss", json!({"url": ISS}))),
+        ),
+        (
+            "exp_ten_years_ahead",
+            token(
+                &k.rs,
+                None,
+                with(claims(), "exp", json!(now() + 10 * 365 * 86_400)),
+            ),
+        ),
+        (
+            "lifetime_over_max_since_iat",
+            token(
+                &k.rs,
+                None,
+                with(
+                    with(claims(), "iat", json!(now() - 2 * 86_400)),
+                    "exp",
+                    json!(now() + 60),
+                ),
+            ),
+        ),
+        (
+            "signed_token_over_16_KiB",
+            token(
+                &k.rs,
+                None,
+                with(claims(), "pad", json!("p".repeat(13 * 1024))),
+            ),
+        ),
     ];
     for (name, bad) in &hostile {
         run.case(&format!("hostile_{name}_is_invalid_token"), || {
-            env.bearer("/api/orders", bad).invalid_token();
+            let out = env.bearer("/api/orders", bad);
+            out.invalid_token();
+            // Nothing of the request comes back: no segment of the token, no kid.
+            let answer = format!(
+                "{} {}",
+                out.response.body,
+                out.response.header("www-authenticate").unwrap_or("")
+            );
+            for piece in bad.split('.').filter(|s| s.len() >= 8) {
+                assert!(!answer.contains(piece), "the answer echoes the token");
+            }
+            for echo in ["passwd", "kkkkkkkk", "127.0.0.1", "\u{fffd}"] {
+                assert!(!answer.contains(echo), "the answer echoes {echo:?}");
+            }
         });
     }
+
+    // What must still pass next to those rows.
+    let mut jku_on_good_key = k.rs.header();
+    jku_on_good_key["jku"] = json!("http://127.0.0.1:1/jwks.json");
+    jku_on_good_key["x5u"] = json!("http://127.0.0.1:1/cert.pem");
+    let near_limit = (
+        token(
+            &k.rs,
+            None,
+            with(claims(), "pad", json!("p".repeat(11 * 1024))),
+        ),
+        token(&k.rs, Some(jku_on_good_key), claims()),
+        token(
+            &k.rs,
+            None,
+            with(claims(), "exp", json!(now() as f64 + 600.25)),
+        ),
+        token(&k.rs, None, with(claims(), "nbf", json!(-1))),
+    );
+    run.case("signed_token_just_under_16_KiB_passes", || {
+        assert!(near_limit.0.len() > 15 * 1024 && near_limit.0.len() < 16 * 1024);
+        env.bearer("/api/orders", &near_limit.0).allowed();
+    });
+    run.case("jku_and_x5u_headers_are_ignored_not_fetched", || {
+        env.bearer("/api/orders", &near_limit.1).allowed();
+    });
+    run.case("fractional_and_negative_dates_are_numbers", || {
+        env.bearer("/api/orders", &near_limit.2).allowed();
+        env.bearer("/api/orders", &near_limit.3).allowed();
+    });
 
     let t = token(&k.rs, None, with(claims(), "exp", json!(now() - 20)));
     run.case("expired_within_clock_skew_is_accepted", || {

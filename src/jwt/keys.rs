@@ -134,7 +134,7 @@ pub fn parse_jwks(text: &[u8]) -> Result<KeySet, String> {
         json::JsonError::NotObject => "not a JSON object".to_string(),
     })?;
     let Some(Value::Array(entries)) = doc.get("keys") else {
-        return Err("has no \"keys\" array".to_string());
+        return Err("without a \"keys\" array".to_string());
     };
     let mut set = KeySet::default();
     for (i, entry) in entries.iter().enumerate() {

@@ -21,6 +21,7 @@ pub enum TokenError {
     AlgNone,
     UnsupportedAlg,
     UnsupportedCrit,
+    Nested,
     UnknownKey,
     BadSignature,
 }
@@ -35,6 +36,7 @@ impl TokenError {
             TokenError::UnsupportedCrit => {
                 "The token requires a critical extension that is not supported"
             }
+            TokenError::Nested => "Nested tokens are not accepted",
             TokenError::UnknownKey => "No known key fits the token's key id and algorithm",
             TokenError::BadSignature => "The token signature is invalid",
         }
@@ -125,6 +127,13 @@ fn finish<'a>(
     // (RFC 7515 §4.1.11); that includes `b64` (RFC 7797), which must be listed in `crit`.
     if header.contains_key("crit") {
         return Err(TokenError::UnsupportedCrit);
+    }
+    // A nested JWT (RFC 7519 §5.2) signs or encrypts another JWT; this filter does not unwrap
+    // them, and a payload claimed to be one must not be read as claims.
+    if let Some(Value::String(cty)) = header.get("cty") {
+        if cty.eq_ignore_ascii_case("JWT") {
+            return Err(TokenError::Nested);
+        }
     }
     let kid = match header.get("kid") {
         None => None,
@@ -353,6 +362,18 @@ mod tests {
             check(&rsa().token_with(&h, &claims()), &keys),
             Err(TokenError::UnsupportedCrit)
         );
+        // A nested JWT, whatever its payload looks like; other content types are ignored.
+        for cty in ["JWT", "jwt"] {
+            let mut h = rsa().header();
+            h["cty"] = json!(cty);
+            assert_eq!(
+                check(&rsa().token_with(&h, &claims()), &keys),
+                Err(TokenError::Nested)
+            );
+        }
+        let mut h = rsa().header();
+        h["cty"] = json!("json");
+        assert_eq!(check(&rsa().token_with(&h, &claims()), &keys), Ok(()));
         // jku / x5u / jwk headers are ignored: keys come from configuration only.
         let mut h = rsa().header();
         h["jku"] = json!("https://evil.example/jwks");
