@@ -929,6 +929,16 @@ fn main() {
             let signature = t.rsplit('.').next().unwrap();
             assert!(!log.contains(signature), "a token appears in the Envoy log");
         }
+        // Nor the HMAC key, raw or as its JWK "k".
+        let k_value = k.hs.jwk()["k"].as_str().unwrap().to_string();
+        assert!(
+            !log.contains(&k_value),
+            "the HMAC key appears in the Envoy log"
+        );
+        assert!(
+            !log.contains("0123456789abcdef"),
+            "the HMAC key appears in the Envoy log"
+        );
     });
 
     // ---- A refused configuration -------------------------------------------------------------

@@ -101,6 +101,12 @@ fn main() {
         Reply::ok(active("late")).after(Duration::from_secs(4)),
     );
     server.set("/garbage", Reply::ok("<html>"));
+    let whole = active("cut");
+    server.set("/cutjson", Reply::ok(&whole[..whole.len() - 2]));
+    server.set(
+        "/cutconn",
+        Reply::ok(whole.clone()).cut_after(whole.len() / 2),
+    );
     server.set(
         "/huge",
         Reply::ok(format!(
@@ -153,6 +159,8 @@ fn main() {
             "hang": scripted("/hang", json!({"http_uri": {"uri": "http://introspect.test/hang", "cluster": "server", "timeout": "0.5s"}})),
             "garbage": scripted("/garbage", json!({})),
             "huge": scripted("/huge", json!({})),
+            "cutjson": scripted("/cutjson", json!({})),
+            "cutconn": scripted("/cutconn", json!({})),
             "strtrue": scripted("/strtrue", json!({})),
             "noactive": scripted("/noactive", json!({})),
             "expired": scripted("/expired", json!({})),
@@ -171,6 +179,8 @@ fn main() {
             {"match": {"prefix": "/hang"}, "requires": {"provider_name": "hang"}},
             {"match": {"prefix": "/garbage"}, "requires": {"provider_name": "garbage"}},
             {"match": {"prefix": "/huge"}, "requires": {"provider_name": "huge"}},
+            {"match": {"prefix": "/cutjson"}, "requires": {"provider_name": "cutjson"}},
+            {"match": {"prefix": "/cutconn"}, "requires": {"provider_name": "cutconn"}},
             {"match": {"prefix": "/strtrue"}, "requires": {"provider_name": "strtrue"}},
             {"match": {"prefix": "/noactive"}, "requires": {"provider_name": "noactive"}},
             {"match": {"prefix": "/expired"}, "requires": {"provider_name": "expired"}},
@@ -269,6 +279,14 @@ fn main() {
     run.case("introspection_answer_too_large_is_503", || {
         env.denied("/huge/x", "tok-huge", 503, "temporarily_unavailable");
         assert!(env.logged("provider huge: introspection failed: the answer is larger than"));
+    });
+    run.case("introspection_answer_truncated_is_503", || {
+        env.denied("/cutjson/x", "tok-cutjson", 503, "temporarily_unavailable");
+        env.denied("/cutconn/x", "tok-cutconn", 503, "temporarily_unavailable");
+        assert!(
+            env.logged("provider cutjson: introspection failed: the answer is not a JSON object")
+        );
+        assert!(env.logged("provider cutconn: introspection failed: "));
     });
     run.case("active_as_a_string_is_not_active", || {
         env.denied("/strtrue/x", "tok-str", 401, "invalid_token");

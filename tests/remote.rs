@@ -131,6 +131,14 @@ fn main() {
     );
     keys.set("/garbage/jwks", Reply::ok("<html>not json</html>"));
     keys.set("/empty/jwks", Reply::ok(jwks(&[])));
+    // Truncated: a JSON document cut short (with a matching length), and a connection closed
+    // before the promised body ended.
+    let whole = jwks(&[shared.jwk()]);
+    keys.set("/cutjson/jwks", Reply::ok(&whole[..whole.len() / 2]));
+    keys.set(
+        "/cutconn/jwks",
+        Reply::ok(whole.clone()).cut_after(whole.len() / 2),
+    );
     keys.set(
         "/hang/jwks",
         Reply::ok(jwks(&[shared.jwk()])).after(Duration::from_secs(8)),
@@ -159,7 +167,7 @@ fn main() {
 
     let names = [
         "shared", "rotate", "slow", "down", "flaky", "mixed", "garbage", "huge", "empty", "hang",
-        "disco", "badisco",
+        "disco", "badisco", "cutjson", "cutconn",
     ];
     let rules: Vec<Value> = names
         .iter()
@@ -180,6 +188,8 @@ fn main() {
             "garbage": remote("/garbage/jwks", "300s"),
             "huge": remote("/huge/jwks", "300s"),
             "empty": remote("/empty/jwks", "300s"),
+            "cutjson": remote("/cutjson/jwks", "300s"),
+            "cutconn": remote("/cutconn/jwks", "300s"),
             "hang": {
                 "remote_jwks": {"http_uri": {"uri": "http://keys.test/hang/jwks", "cluster": "keys", "timeout": "0.5s"}}
             },
@@ -322,6 +332,13 @@ fn main() {
         assert!(env.logged("provider huge: key fetch failed: the answer is larger than"));
         env.unavailable("/empty/x", &token(&shared));
         assert!(env.logged("provider empty: key fetch failed: the JWKS has no usable signing key"));
+    });
+
+    run.case("truncated_jwks_fails_closed", || {
+        env.unavailable("/cutjson/x", &token(&shared));
+        env.unavailable("/cutconn/x", &token(&shared));
+        assert!(env.logged("provider cutjson: key fetch failed: the JWKS is not valid JSON"));
+        assert!(env.logged("provider cutconn: key fetch failed: "));
     });
 
     run.case("key_server_timeout_is_honoured", || {

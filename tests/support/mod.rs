@@ -91,6 +91,9 @@ pub struct Reply {
     pub status: u16,
     pub body: String,
     pub delay: Duration,
+    /// Send only this many bytes of the body, then close the connection (a truncated answer:
+    /// `content-length` still promises the whole body).
+    pub cut_after: Option<usize>,
 }
 
 impl Reply {
@@ -102,10 +105,15 @@ impl Reply {
             status,
             body: body.into(),
             delay: Duration::ZERO,
+            cut_after: None,
         }
     }
     pub fn after(mut self, delay: Duration) -> Reply {
         self.delay = delay;
+        self
+    }
+    pub fn cut_after(mut self, bytes: usize) -> Reply {
+        self.cut_after = Some(bytes);
         self
     }
 }
@@ -314,9 +322,13 @@ fn serve(conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, handler: Handler) {
             reply.status,
             reply.body.len()
         );
-        if writer.write_all(head.as_bytes()).is_err()
-            || writer.write_all(reply.body.as_bytes()).is_err()
-        {
+        let body = reply.body.as_bytes();
+        let sent = &body[..reply.cut_after.unwrap_or(body.len()).min(body.len())];
+        if writer.write_all(head.as_bytes()).is_err() || writer.write_all(sent).is_err() {
+            return;
+        }
+        if sent.len() < body.len() {
+            let _ = writer.flush();
             return;
         }
     }
