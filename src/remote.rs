@@ -104,10 +104,18 @@ impl Record {
         now >= self.fetched_at.saturating_add(cache_ms / 4 * 3)
     }
 
+    /// Whether the last fetch failed and the backoff after it has not ended at `now`.
+    pub fn backing_off(&self, now: u64) -> bool {
+        self.failures > 0 && now < self.failed_at.saturating_add(self.backoff_ms())
+    }
+
     /// Whether an unknown `kid` may trigger a fetch now: the first may at once, the next only
-    /// [`MIN_REFETCH_INTERVAL_MS`] after it.
+    /// [`MIN_REFETCH_INTERVAL_MS`] after it, and none while backing off after a failure (the
+    /// token is then refused at once rather than held for a fetch that cannot start).
     pub fn refetch_allowed(&self, now: u64) -> bool {
-        self.refetched_at == 0 || now >= self.refetched_at.saturating_add(MIN_REFETCH_INTERVAL_MS)
+        !self.backing_off(now)
+            && (self.refetched_at == 0
+                || now >= self.refetched_at.saturating_add(MIN_REFETCH_INTERVAL_MS))
     }
 
     /// The record once a fetch starts at `now` (`refetch`: for an unknown `kid`).
@@ -266,6 +274,24 @@ mod tests {
             })
             .0;
         assert_eq!(fetches, 4, "at most four a minute");
+    }
+
+    #[test]
+    fn no_unknown_kid_refetch_while_backing_off() {
+        let r = Record::default()
+            .started(1_000, false)
+            .succeeded("{}".into(), 1_000)
+            .started(2_000, false)
+            .failed(2_000);
+        // Keys are still there, but the key server just failed: an unknown kid is refused at
+        // once instead of waiting for a fetch the backoff forbids.
+        assert!(r.has_keys() && r.backing_off(2_500));
+        assert!(!r.refetch_allowed(2_500));
+        assert!(!r.fetch_due(CACHE, 2_500, true));
+        // After the backoff, one refetch may go.
+        assert!(!r.backing_off(2_000 + FIRST_BACKOFF_MS));
+        assert!(r.refetch_allowed(2_000 + FIRST_BACKOFF_MS));
+        assert!(r.fetch_due(CACHE, 2_000 + FIRST_BACKOFF_MS, true));
     }
 
     #[test]

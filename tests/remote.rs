@@ -282,6 +282,15 @@ fn main() {
                 >= before + 2)
         );
         env.allowed("/flaky/x", &token(&flaky));
+        // An unknown kid while the key server is failing: refused at once, not held for a
+        // refetch the backoff does not allow (it used to wait ~4 s and get 503).
+        let started = Instant::now();
+        env.invalid_token("/flaky/x", &token(&Signer::es256("stranger")));
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "an unknown kid waited {:?} during the outage",
+            started.elapsed()
+        );
         assert!(
             env.logged("provider flaky: key fetch failed: HTTP 503; keeping the last good keys")
         );
