@@ -15,6 +15,7 @@ pub mod introspection;
 pub mod json;
 pub mod jwt;
 pub mod remote;
+pub mod throttle;
 
 #[cfg(test)]
 #[path = "../tests/support/tokens.rs"]

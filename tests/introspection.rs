@@ -261,6 +261,27 @@ fn main() {
         env.denied("/err500/x", "tok-500", 503, "temporarily_unavailable");
         assert!(env.logged("provider err500: introspection failed: HTTP 500"));
     });
+    run.case(
+        "failures_are_counted_each_but_logged_once_per_window",
+        || {
+            let line = "provider err500: introspection failed: HTTP 500";
+            let failures = "wasmcustom.oauth_filter.introspection.failures";
+            let before = env.envoy.counter(failures);
+            for i in 0..40 {
+                env.denied(
+                    "/err500/x",
+                    &format!("tok-flood-{i}"),
+                    503,
+                    "temporarily_unavailable",
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            assert_eq!(env.envoy.counter(failures), before + 40);
+            // One line per VM at most within the window (two workers here), not forty.
+            let lines = env.envoy.log().matches(line).count();
+            assert!(lines <= 3, "{lines} log lines for 41 failures");
+        },
+    );
     run.case("introspection_timeout_is_honoured_and_503", || {
         let started = Instant::now();
         env.denied("/hang/x", "tok-hang", 503, "temporarily_unavailable");

@@ -12,6 +12,7 @@ use crate::challenge;
 use crate::config::Introspection;
 use crate::introspection::{self, Answer};
 use crate::json;
+use crate::throttle::{self, Throttle};
 use serde_json::{json, Map, Value};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -35,6 +36,8 @@ pub struct Intro {
     pub name: String,
     pub config: Introspection,
     pub cache: TtlCache<Cached>,
+    /// Failure lines in the log: one per window at most (see `throttle`).
+    pub log: Throttle,
     slot_prefix: String,
     slots: usize,
 }
@@ -46,6 +49,7 @@ impl Intro {
             name: name.to_string(),
             config: config.clone(),
             cache: TtlCache::new(entries, (entries * 4096).min(MAX_LOCAL_BYTES)),
+            log: Throttle::default(),
             slot_prefix: format!("oauth_filter.introspection.{name}.{tag:016x}."),
             slots: entries.min(MAX_SHARED_SLOTS),
         }
@@ -182,10 +186,17 @@ pub fn start(
             Action::Pause
         }
         Err(why) => {
-            let name = intro.name.clone();
             state.metrics.introspection_failed();
+            if let Some(Some(intro)) = state.intros.get_mut(provider) {
+                if let Some(held) = intro.log.admit(now, throttle::WINDOW_MS) {
+                    let note = throttle::held_note(held);
+                    log::warn!(
+                        "oauth-filter: provider {}: introspection failed: {why}{note}",
+                        intro.name
+                    );
+                }
+            }
             drop(state);
-            log::warn!("oauth-filter: provider {name}: introspection failed: {why}");
             fail_one(vm, FAILED)
         }
     }
@@ -260,15 +271,16 @@ pub fn answered(vm: &Rc<RefCell<Vm>>, call: u32, status: Option<&str>, body: &[u
             }
             Err(failure) => {
                 state.metrics.introspection_failed();
-                let name = state
-                    .intros
-                    .get(pending.provider)
-                    .and_then(Option::as_ref)
-                    .map_or("?", |i| i.name.as_str());
-                log::warn!(
-                    "oauth-filter: provider {name}: introspection failed: {}",
-                    failure.describe()
-                );
+                if let Some(Some(intro)) = state.intros.get_mut(pending.provider) {
+                    if let Some(held) = intro.log.admit(now, throttle::WINDOW_MS) {
+                        log::warn!(
+                            "oauth-filter: provider {}: introspection failed: {}{}",
+                            intro.name,
+                            failure.describe(),
+                            throttle::held_note(held)
+                        );
+                    }
+                }
             }
         }
     }
