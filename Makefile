@@ -6,7 +6,7 @@ WASM  := target/wasm32-wasip1/release/oauth_filter.wasm
 ENVOY_BIN = $(shell ls $(VENV)/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -n1)
 ENVOY_CONFIGS := $(shell find envoy -name '*.yaml' -exec grep -l 'static_resources' {} +)
 
-.PHONY: all build envoy oidc run test unit integration lint validate bench bench-instructions clean
+.PHONY: all build envoy oidc run test unit integration lint validate bench bench-instructions soak fuzz clean
 
 all: build
 
@@ -53,6 +53,13 @@ bench-instructions: build envoy
 	@command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind)
 	BENCH_INSTRUCTIONS=1 ENVOY_BIN=$(ENVOY_BIN) cargo run --quiet --profile tools --example bench
 
+# Several minutes (SOAK_SECONDS, default 300) of mixed valid and invalid tokens under wrk while
+# the authorization server is stopped, restarted and slowed; fails if a rejected request reached
+# the upstream, on an undesigned status, or if Envoy's memory grows (see examples/soak.rs).
+soak: build envoy oidc
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	ENVOY_BIN=$(ENVOY_BIN) cargo run --quiet --profile tools --example soak
+
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
@@ -64,6 +71,20 @@ validate: build envoy
 	@for f in $(ENVOY_CONFIGS); do \
 		echo "validate $$f"; \
 		$(ENVOY_BIN) --mode validate -c $$f --log-level warn || exit 1; \
+	done
+
+# Every fuzz target (fuzz/fuzz_targets/) for FUZZ_SECONDS each, with cargo-fuzz on nightly. A
+# crash is saved under fuzz/artifacts/; minimise it into fuzz/regressions/<target>/, which
+# `cargo test --test fuzz_regressions` replays.
+FUZZ_SECONDS ?= 60
+fuzz:
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@cargo +nightly fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz
+	@for t in $$(cargo +nightly fuzz list); do \
+		case $$t in jwt|jwks|config) len=20000 ;; introspection) len=8192 ;; *) len=4096 ;; esac; \
+		echo "fuzz $$t for $(FUZZ_SECONDS)s"; \
+		cargo +nightly fuzz run $$t fuzz/corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) \
+			-max_len=$$len -rss_limit_mb=2048 -timeout=10 || exit 1; \
 	done
 
 clean:

@@ -136,9 +136,10 @@ pub fn form_decode(text: &str) -> Option<String> {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                // Exactly two hex digits (from_str_radix alone would take "+f").
+                let digit = |at: usize| bytes.get(at).and_then(|b| (*b as char).to_digit(16));
+                let (high, low) = (digit(i + 1)?, digit(i + 2)?);
+                out.push(u8::try_from(high * 16 + low).ok()?);
                 i += 2;
             }
             b => out.push(b),
@@ -363,6 +364,10 @@ mod tests {
     fn form_decoding() {
         assert_eq!(form_decode("a%20b+c").as_deref(), Some("a b c"));
         assert_eq!(form_decode("%zz"), None);
+        assert_eq!(form_decode("%+f"), None);
+        assert_eq!(form_decode("%-1"), None);
+        assert_eq!(form_decode("%4"), None);
+        assert_eq!(form_decode("%4A%4a").as_deref(), Some("JJ"));
         assert_eq!(form_decode("%ff"), None);
     }
 }
