@@ -5,14 +5,80 @@
 //   node server.mjs PORT [ISSUER]
 //
 // Prints one line "ready ISSUER" when it listens on 127.0.0.1:PORT.
+//
+// With OIDC_STATE_DIR set (`make soak`), the signing key and the issued tokens are kept in that
+// directory, so a server restarted with the same directory signs with the same key and still
+// knows the opaque tokens it issued before (its introspection answers do not change).
 import { generateKeyPairSync } from 'node:crypto';
+import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import Provider, { errors } from 'oidc-provider';
 
 const port = Number(process.argv[2] || 9000);
 const issuer = process.argv[3] || `http://127.0.0.1:${port}`;
+const stateDir = process.env.OIDC_STATE_DIR;
 
-const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
-const signing = { ...privateKey.export({ format: 'jwk' }), kid: `rs-${Date.now()}`, alg: 'RS256', use: 'sig' };
+function newSigningKey() {
+  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  return { ...privateKey.export({ format: 'jwk' }), kid: `rs-${Date.now()}`, alg: 'RS256', use: 'sig' };
+}
+
+function writeJson(file, value) {
+  writeFileSync(`${file}.tmp`, JSON.stringify(value));
+  renameSync(`${file}.tmp`, file);
+}
+
+// The signing key: new at every start, or the one kept in OIDC_STATE_DIR.
+function signingKey() {
+  if (!stateDir) return newSigningKey();
+  const file = join(stateDir, 'signing-key.json');
+  if (existsSync(file)) return JSON.parse(readFileSync(file, 'utf8'));
+  const key = newSigningKey();
+  writeJson(file, key);
+  return key;
+}
+
+// An oidc-provider adapter keeping every model in one JSON file (rewritten on each change; only
+// tokens issued by the client credentials grant are stored, so it stays small).
+function fileAdapter(file) {
+  const store = new Map(existsSync(file) ? Object.entries(JSON.parse(readFileSync(file, 'utf8'))) : []);
+  const live = (e) => e && (!e.expiresAt || e.expiresAt > Date.now());
+  const save = () => {
+    for (const [k, e] of store) if (!live(e)) store.delete(k);
+    writeJson(file, Object.fromEntries(store));
+  };
+  return class FileAdapter {
+    constructor(model) { this.model = model; }
+    key(id) { return `${this.model}:${id}`; }
+    async upsert(id, payload, expiresIn) {
+      store.set(this.key(id), { payload, expiresAt: expiresIn ? Date.now() + expiresIn * 1000 : 0 });
+      save();
+    }
+    async find(id) {
+      const e = store.get(this.key(id));
+      return live(e) ? e.payload : undefined;
+    }
+    async findBy(member, value) {
+      for (const [k, e] of store) {
+        if (k.startsWith(`${this.model}:`) && e.payload[member] === value && live(e)) return e.payload;
+      }
+      return undefined;
+    }
+    async findByUid(uid) { return this.findBy('uid', uid); }
+    async findByUserCode(userCode) { return this.findBy('userCode', userCode); }
+    async consume(id) {
+      const e = store.get(this.key(id));
+      if (e) { e.payload.consumed = Math.floor(Date.now() / 1000); save(); }
+    }
+    async destroy(id) { store.delete(this.key(id)); save(); }
+    async revokeByGrantId(grantId) {
+      for (const [k, e] of store) if (e.payload.grantId === grantId) store.delete(k);
+      save();
+    }
+  };
+}
+
+const signing = signingKey();
 
 const resources = {
   'https://orders.example': { scope: 'orders:read orders:admin', audience: 'orders-api', accessTokenFormat: 'jwt' },
@@ -39,6 +105,7 @@ const provider = new Provider(issuer, {
     },
   ],
   jwks: { keys: [signing] },
+  ...(stateDir ? { adapter: fileAdapter(join(stateDir, 'tokens.json')) } : {}),
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
