@@ -74,3 +74,8 @@ fn config() {
 fn headers() {
     replay("headers", harness::headers);
 }
+
+#[test]
+fn host_answers() {
+    replay("host_answers", harness::host_answers);
+}

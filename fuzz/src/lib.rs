@@ -645,3 +645,53 @@ pub fn headers(data: &[u8]) {
     };
     decide_and_check(config, &LocalKeys(config), request);
 }
+
+/// `host_answers`: what other parties hand the shell besides tokens. The first byte picks the
+/// parser, the rest is its input: an OIDC discovery document (`remote::parse_discovery`), the
+/// key-fetch record other VMs wrote to shared data (`remote::Record::from_bytes`, whose
+/// schedule must stay sane whatever the numbers), or the host's `verify_signature` answer
+/// (`jwt::host::verify_result`).
+pub fn host_answers(data: &[u8]) {
+    use oauth_filter::remote::{self, Record};
+    let Some((&which, rest)) = data.split_first() else {
+        return;
+    };
+    match which % 3 {
+        0 => {
+            const ISSUER: &str = "https://idp.test";
+            if let Ok(found) = remote::parse_discovery(rest, ISSUER) {
+                assert!(config::split_url(&found.jwks_uri).is_some());
+                if let Some(endpoint) = &found.introspection_endpoint {
+                    assert!(config::split_url(endpoint).is_some());
+                }
+            }
+        }
+        1 => {
+            let record = Record::from_bytes(rest);
+            assert_eq!(Record::from_bytes(&record.to_bytes()), record);
+            for now in [
+                0,
+                1,
+                record.failed_at,
+                record.fetched_at,
+                u64::MAX / 2,
+                u64::MAX,
+            ] {
+                let _ = record.fetch_due(300_000, now, true);
+                let _ = record.fetch_due(0, now, false);
+                if record.refetch_allowed(now) {
+                    assert!(!record.backing_off(now));
+                }
+                let next = record.started(now, true).failed(now);
+                // Right after a failure the provider backs off (the end of time aside).
+                assert!(next.backing_off(now) || now > u64::MAX - remote::MAX_BACKOFF_MS);
+                let good = record.started(now, false).succeeded(String::new(), now);
+                assert_eq!(good.failures, 0);
+            }
+            assert!(record.backoff_ms() <= remote::MAX_BACKOFF_MS);
+        }
+        _ => {
+            let _ = host::verify_result(rest);
+        }
+    }
+}
