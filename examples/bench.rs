@@ -355,15 +355,6 @@ fn instructions(setup: &Setup, clusters: &[Value], script: &Path) -> f64 {
     total / requests.max(1.0)
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
@@ -606,7 +597,7 @@ end
         };
         let envoy = start(&setup, &clusters);
         check(&envoy, &setup);
-        let before = rss_kib(envoy.pid());
+        let before = support::rss_kib(envoy.pid());
         let mut sent = 0.0;
         let mut rounds = 0;
         while sent < memory_tokens as f64 && rounds < 20 {
@@ -614,7 +605,7 @@ end
             sent += s.rps * 10.0;
             rounds += 1;
         }
-        let after = rss_kib(envoy.pid());
+        let after = support::rss_kib(envoy.pid());
         let entries = envoy.counter("wasmcustom.oauth_filter.allowed");
         report.push_str(&format!(
             "\nMemory: Envoy RSS {} MiB before, {} MiB after {} requests with distinct tokens ({} allowed); .wasm {} KiB\n",

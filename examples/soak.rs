@@ -286,25 +286,7 @@ impl Idp {
 
     /// A client-credentials access token for `resource` (JWT for orders, opaque for opaque).
     fn token(&self, resource: &str) -> String {
-        use base64::Engine;
-        let basic = base64::engine::general_purpose::STANDARD.encode("gateway:gateway-secret");
-        let auth = format!("Basic {basic}");
-        let body = format!(
-            "grant_type=client_credentials&scope=orders%3Aread&resource={}",
-            resource.replace(':', "%3A").replace('/', "%2F")
-        );
-        let r = support::request(
-            self.port,
-            "POST",
-            "/token",
-            &[
-                ("authorization", auth.as_bytes()),
-                ("content-type", b"application/x-www-form-urlencoded"),
-            ],
-            Some(body.as_bytes()),
-        );
-        assert_eq!(r.status, 200, "token endpoint: {}", r.body);
-        r.json()["access_token"].as_str().unwrap().to_string()
+        support::client_credentials_token(self.port, resource, "orders:read")
     }
 
     /// The server's own signing key (kept in the state directory), to sign tokens it would
@@ -784,15 +766,6 @@ fn load_average() -> String {
         .join(" ")
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// The filter's counters (`wasmcustom.oauth_filter.*`, prefix removed).
 fn counters(envoy: &Envoy) -> BTreeMap<String, u64> {
     support::admin_get(envoy.admin, "/stats?filter=oauth_filter")
@@ -1013,7 +986,7 @@ fn soak() -> bool {
             break None;
         }
         if elapsed >= next_sample {
-            let kib = rss_kib(envoy.pid());
+            let kib = support::rss_kib(envoy.pid());
             if kib == 0 {
                 envoy_died = true;
             }
@@ -1114,7 +1087,7 @@ fn soak() -> bool {
         phases[i].counters_end = counters(&envoy);
         phases[i].end = end;
     }
-    samples.push((end, rss_kib(envoy.pid())));
+    samples.push((end, support::rss_kib(envoy.pid())));
     let probes = probes.finish();
     let mut tsv = String::from("phase\tclass\tstatus\tms\n");
     for (phase, class, status, ms) in &probes {
@@ -1123,7 +1096,7 @@ fn soak() -> bool {
     let _ = std::fs::write(dir.join("probes.tsv"), tsv);
     let load_after = load_average();
     let log = envoy.log();
-    let envoy_alive = rss_kib(envoy.pid()) > 0 && !envoy_died;
+    let envoy_alive = support::rss_kib(envoy.pid()) > 0 && !envoy_died;
     let with_token = counts.with_token.load(Ordering::Relaxed);
     let upstream_counts = counts.by_class.lock().unwrap().clone();
     let wrk_text = std::fs::read_to_string(&wrk.out).unwrap_or_default();

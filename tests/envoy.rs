@@ -619,7 +619,7 @@ fn main() {
             token(
                 &k.rs,
                 None,
-                with(claims(), "nbf", json!(now() as f64 + 30.5)),
+                with(claims(), "nbf", json!(now() as f64 + 300.5)),
             ),
         ),
         (
@@ -774,7 +774,7 @@ fn main() {
         env.bearer("/api/orders", &near_limit.3).allowed();
     });
 
-    let t = token(&k.rs, None, with(claims(), "exp", json!(now() - 20)));
+    let t = token(&k.rs, None, with(claims(), "exp", json!(now() - 10)));
     run.case("expired_within_clock_skew_is_accepted", || {
         env.bearer("/api", &t).allowed();
     });

@@ -809,28 +809,44 @@ impl Oidc {
 
     /// A client-credentials access token for `resource` with `scope`, as client `gateway`.
     pub fn token(&self, resource: &str, scope: &str) -> String {
-        use base64::Engine;
-        let basic = base64::engine::general_purpose::STANDARD.encode("gateway:gateway-secret");
-        let auth = format!("Basic {basic}");
-        let form = |s: &str| s.replace(':', "%3A").replace('/', "%2F").replace(' ', "+");
-        let body = format!(
-            "grant_type=client_credentials&resource={}&scope={}",
-            form(resource),
-            form(scope)
-        );
-        let r = request(
-            self.port,
-            "POST",
-            "/token",
-            &[
-                ("authorization", auth.as_bytes()),
-                ("content-type", b"application/x-www-form-urlencoded"),
-            ],
-            Some(body.as_bytes()),
-        );
-        assert_eq!(r.status, 200, "token endpoint: {}", r.body);
-        r.json()["access_token"].as_str().unwrap().to_string()
+        client_credentials_token(self.port, resource, scope)
     }
+}
+
+/// A client-credentials access token from the node-oidc-provider on `port`, for `resource` with
+/// `scope`, as client `gateway`.
+pub fn client_credentials_token(port: u16, resource: &str, scope: &str) -> String {
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode("gateway:gateway-secret");
+    let auth = format!("Basic {basic}");
+    let form = |s: &str| s.replace(':', "%3A").replace('/', "%2F").replace(' ', "+");
+    let body = format!(
+        "grant_type=client_credentials&resource={}&scope={}",
+        form(resource),
+        form(scope)
+    );
+    let r = request(
+        port,
+        "POST",
+        "/token",
+        &[
+            ("authorization", auth.as_bytes()),
+            ("content-type", b"application/x-www-form-urlencoded"),
+        ],
+        Some(body.as_bytes()),
+    );
+    assert_eq!(r.status, 200, "token endpoint: {}", r.body);
+    r.json()["access_token"].as_str().unwrap().to_string()
+}
+
+/// The resident memory of process `pid` (VmRSS, KiB); 0 if it cannot be read.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 impl Drop for Oidc {
