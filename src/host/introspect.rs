@@ -37,7 +37,7 @@ pub struct Intro {
     pub config: Introspection,
     pub cache: TtlCache<Cached>,
     /// Failure lines in the log: one per window at most (see `throttle`).
-    pub log: Throttle,
+    log: Throttle,
     slot_prefix: String,
     slots: usize,
 }
@@ -52,6 +52,18 @@ impl Intro {
             log: Throttle::default(),
             slot_prefix: format!("oauth_filter.introspection.{name}.{tag:016x}."),
             slots: entries.min(MAX_SHARED_SLOTS),
+        }
+    }
+
+    /// Logs a failed introspection, at most once per window (the rest are counted and said
+    /// in the next line).
+    fn log_failure(&mut self, now: u64, why: &str) {
+        if let Some(held) = self.log.admit(now, throttle::WINDOW_MS) {
+            log::warn!(
+                "oauth-filter: provider {}: introspection failed: {why}{}",
+                self.name,
+                throttle::held_note(held)
+            );
         }
     }
 
@@ -188,13 +200,7 @@ pub fn start(
         Err(why) => {
             state.metrics.introspection_failed();
             if let Some(Some(intro)) = state.intros.get_mut(provider) {
-                if let Some(held) = intro.log.admit(now, throttle::WINDOW_MS) {
-                    let note = throttle::held_note(held);
-                    log::warn!(
-                        "oauth-filter: provider {}: introspection failed: {why}{note}",
-                        intro.name
-                    );
-                }
+                intro.log_failure(now, &why);
             }
             drop(state);
             fail_one(vm, FAILED)
@@ -272,14 +278,7 @@ pub fn answered(vm: &Rc<RefCell<Vm>>, call: u32, status: Option<&str>, body: &[u
             Err(failure) => {
                 state.metrics.introspection_failed();
                 if let Some(Some(intro)) = state.intros.get_mut(pending.provider) {
-                    if let Some(held) = intro.log.admit(now, throttle::WINDOW_MS) {
-                        log::warn!(
-                            "oauth-filter: provider {}: introspection failed: {}{}",
-                            intro.name,
-                            failure.describe(),
-                            throttle::held_note(held)
-                        );
-                    }
+                    intro.log_failure(now, &failure.describe());
                 }
             }
         }
