@@ -27,13 +27,6 @@ use support::{free_port, Envoy, Reply, Scripted};
 
 const COLD_TOKENS: usize = 30_000;
 
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn claims(jti: usize) -> Value {
     json!({"iss": "https://idp.test", "aud": "orders-api", "sub": "bench", "scope": "orders:read",
            "iat": now(), "exp": now() + 7200, "jti": jti.to_string()})
@@ -361,9 +354,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let seconds = env_number("BENCH_SECONDS", 5);
-    let rounds = env_number("BENCH_ROUNDS", 3) as usize;
-    let memory_tokens = env_number("BENCH_MEMORY_TOKENS", 1_000_000) as usize;
+    let seconds = support::env_number("BENCH_SECONDS", 5);
+    let rounds = support::env_number("BENCH_ROUNDS", 3) as usize;
+    let memory_tokens = support::env_number("BENCH_MEMORY_TOKENS", 1_000_000) as usize;
     let wasm = support::root().join("target/wasm32-wasip1/release/oauth_filter.wasm");
     assert!(wasm.exists(), "build the module first: make build");
     let dir = support::root().join("target/bench");
@@ -489,7 +482,7 @@ end
 
     // BENCH_ONLY=text runs only the setups whose name contains it (the ratios need them all).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    if env_number("BENCH_INSTRUCTIONS", 0) == 1 {
+    if support::env_number("BENCH_INSTRUCTIONS", 0) == 1 {
         let counts: Vec<f64> = setups
             .iter()
             .map(|setup| {

@@ -176,13 +176,6 @@ fn class(name: &str) -> Option<&'static Class> {
     CLASSES.iter().find(|c| c.name == name)
 }
 
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 // ---------------------------------------------------------------------------------------------
 // The authorization server, which this program stops, slows and restarts.
 
@@ -196,11 +189,6 @@ struct Idp {
 
 impl Idp {
     fn start(port: u16) -> Idp {
-        let dir = support::root().join("tests/oidc");
-        assert!(
-            dir.join("node_modules/oidc-provider").exists(),
-            "oidc-provider is not installed: run `make oidc`"
-        );
         let state = std::env::temp_dir().join(format!("oauth-filter-soak-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&state);
         std::fs::create_dir_all(&state).unwrap();
@@ -225,31 +213,15 @@ impl Idp {
             .append(true)
             .open(self.state.join("node.log"))
             .map_err(|e| e.to_string())?;
-        let child = Command::new("node")
-            .arg("server.mjs")
-            .arg(self.port.to_string())
-            .current_dir(support::root().join("tests/oidc"))
-            .env("OIDC_STATE_DIR", &self.state)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_or_else(|_| Stdio::null(), Stdio::from))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .map_err(|e| format!("cannot start node: {e}"))?;
+        let child = support::spawn_oidc(self.port, &self.issuer, |command| {
+            command
+                .env("OIDC_STATE_DIR", &self.state)
+                .stdout(log.try_clone().map_or_else(|_| Stdio::null(), Stdio::from))
+                .stderr(Stdio::from(log));
+        })?;
         self.child = Some(child);
         self.paused = false;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                return Err(format!("oidc-provider exited: {status}"));
-            }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-                && support::get(self.port, "/.well-known/openid-configuration", &[]).status == 200
-            {
-                return Ok(started.elapsed());
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        Err("oidc-provider did not start in 30 s".into())
+        Ok(started.elapsed())
     }
 
     fn pid(&self) -> Option<u32> {
@@ -863,9 +835,9 @@ fn main() {
 }
 
 fn soak() -> bool {
-    let seconds = env_number("SOAK_SECONDS", 300).max(20) as f64;
-    let connections = env_number("SOAK_CONNECTIONS", 32).max(2);
-    let cycle = env_number("SOAK_CYCLE_SECONDS", 300).clamp(20, 400) as f64;
+    let seconds = support::env_number("SOAK_SECONDS", 300).max(20) as f64;
+    let connections = support::env_number("SOAK_CONNECTIONS", 32).max(2);
+    let cycle = support::env_number("SOAK_CYCLE_SECONDS", 300).clamp(20, 400) as f64;
     let wasm = support::root().join("target/wasm32-wasip1/release/oauth_filter.wasm");
     assert!(wasm.exists(), "build the module first: make build");
     let dir = support::root().join("target/soak");

@@ -443,6 +443,8 @@ fn main() {
     let exp = now() + 600;
     let payload_with =
         |extra: &str| format!("{{\"iss\":\"{ISS}\",\"aud\":\"{AUD}\",\"sub\":\"alice\"{extra}}}");
+    // A good payload, as raw JSON text.
+    let good_payload = payload_with(&format!(",\"exp\":{exp}"));
     let mut bad_utf8_payload = payload_with(&format!(",\"exp\":{exp},\"name\":\"X\"")).into_bytes();
     let at = bad_utf8_payload.len() - 3;
     bad_utf8_payload[at] = 0xff;
@@ -549,24 +551,15 @@ fn main() {
         ),
         (
             "invalid_utf8_in_header",
-            signed_raw(
-                &bad_utf8_header,
-                payload_with(&format!(",\"exp\":{exp}")).as_bytes(),
-            ),
+            signed_raw(&bad_utf8_header, good_payload.as_bytes()),
         ),
         (
             "header_not_an_object",
-            signed_raw(
-                b"\"RS256\"",
-                payload_with(&format!(",\"exp\":{exp}")).as_bytes(),
-            ),
+            signed_raw(b"\"RS256\"", good_payload.as_bytes()),
         ),
         (
             "payload_with_trailing_garbage",
-            signed_raw(
-                rs_header.as_bytes(),
-                format!("{} x", payload_with(&format!(",\"exp\":{exp}"))).as_bytes(),
-            ),
+            signed_raw(rs_header.as_bytes(), format!("{good_payload} x").as_bytes()),
         ),
         (
             "payload_nested_too_deep",
@@ -636,16 +629,13 @@ fn main() {
         ),
         (
             "alg_missing",
-            signed_raw(
-                br#"{"kid":"rsa-1"}"#,
-                payload_with(&format!(",\"exp\":{exp}")).as_bytes(),
-            ),
+            signed_raw(br#"{"kid":"rsa-1"}"#, good_payload.as_bytes()),
         ),
         (
             "alg_not_a_string",
             signed_raw(
                 br#"{"alg":["RS256"],"kid":"rsa-1"}"#,
-                payload_with(&format!(",\"exp\":{exp}")).as_bytes(),
+                good_payload.as_bytes(),
             ),
         ),
         (
@@ -662,10 +652,7 @@ fn main() {
         ),
         (
             "kid_not_a_string",
-            signed_raw(
-                br#"{"alg":"RS256","kid":1}"#,
-                payload_with(&format!(",\"exp\":{exp}")).as_bytes(),
-            ),
+            signed_raw(br#"{"alg":"RS256","kid":1}"#, good_payload.as_bytes()),
         ),
         (
             "jku_x5u_jwk_point_at_the_attackers_key",

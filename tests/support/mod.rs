@@ -779,45 +779,68 @@ impl Oidc {
     /// [`Oidc::start`] on a chosen port, calling itself `issuer` (the name an example
     /// configuration expects, wherever the server really listens).
     pub fn start_as(port: u16, issuer: &str) -> Result<Oidc, String> {
-        let dir = root().join("tests/oidc");
-        if !dir.join("node_modules/oidc-provider").exists() {
-            return Err("oidc-provider is not installed: run `make oidc`".into());
-        }
-        let issuer = issuer.to_string();
-        let child = Command::new("node")
-            .arg("server.mjs")
-            .arg(port.to_string())
-            .arg(&issuer)
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start node: {e}"))?;
-        let mut oidc = Oidc {
+        let child = spawn_oidc(port, issuer, |_| {})?;
+        Ok(Oidc {
             child,
             port,
-            issuer,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = oidc.child.try_wait() {
-                return Err(format!("oidc-provider exited: {status}"));
-            }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok()
-                && get(port, "/.well-known/openid-configuration", &[]).status == 200
-            {
-                return Ok(oidc);
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-        Err("oidc-provider did not start in 30 s".into())
+            issuer: issuer.to_string(),
+        })
     }
 
     /// A client-credentials access token for `resource` with `scope`, as client `gateway`.
     pub fn token(&self, resource: &str, scope: &str) -> String {
         client_credentials_token(self.port, resource, scope)
     }
+}
+
+/// Starts tests/oidc/server.mjs (its npm packages must be installed) on `port` as `issuer`,
+/// with its output discarded unless `setup` (which may also add environment) says otherwise,
+/// and waits until it answers; a server that does not is killed.
+pub fn spawn_oidc(
+    port: u16,
+    issuer: &str,
+    setup: impl FnOnce(&mut Command),
+) -> Result<Child, String> {
+    let dir = root().join("tests/oidc");
+    if !dir.join("node_modules/oidc-provider").exists() {
+        return Err("oidc-provider is not installed: run `make oidc`".into());
+    }
+    let mut command = Command::new("node");
+    command
+        .arg("server.mjs")
+        .arg(port.to_string())
+        .arg(issuer)
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    setup(&mut command);
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot start node: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("oidc-provider exited: {status}"));
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && get(port, "/.well-known/openid-configuration", &[]).status == 200
+        {
+            return Ok(child);
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err("oidc-provider did not start in 30 s".into())
+}
+
+/// A number from the environment variable `name`, or `default`.
+pub fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// A client-credentials access token from the node-oidc-provider on `port`, for `resource` with
