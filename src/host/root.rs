@@ -141,8 +141,9 @@ fn maybe_fetch(vm: &Rc<RefCell<Vm>>, p: usize, now: u64) {
         if r.in_flight.is_some() {
             return;
         }
-        // A refetch wanted for an unknown kid that the rate limit no longer allows (another
-        // VM refetched meanwhile): let those requests be decided again with the keys as they are.
+        // A refetch wanted for an unknown kid that is no longer allowed (another VM refetched
+        // meanwhile, or a failed fetch put the provider in backoff): let those requests be
+        // decided again with the keys as they are.
         let refetch = r.want_refetch && r.record.refetch_allowed(now);
         let refused_refetch = r.want_refetch && !refetch;
         r.want_refetch = false;
