@@ -49,6 +49,8 @@ pub struct Config {
     /// Every header name the filter writes (`claim_to_headers`): removed from every request
     /// before anything else, so a client can never supply them itself.
     pub owned_headers: Vec<String>,
+    /// `upstream_credentials`: the OAuth clients whose tokens the filter injects upstream.
+    pub clients: Vec<UpstreamClient>,
 }
 
 /// Where a provider looks for a token.
@@ -194,6 +196,48 @@ pub struct Introspection {
     pub cache_entries: usize,
 }
 
+/// `upstream_credentials.<name>`: an OAuth client the filter is, to call an upstream with a
+/// token it obtains itself (the client credentials grant, RFC 6749 §4.4).
+#[derive(Clone, PartialEq, Eq)]
+pub struct UpstreamClient {
+    /// Letters, digits, `-` and `_` (it names metrics and shared data).
+    pub name: String,
+    /// `token_endpoint.http_uri`.
+    pub endpoint: HttpUri,
+    pub client_id: String,
+    pub client_secret: String,
+    pub auth: ClientAuth,
+    /// Requested as `scope`, space-separated; none: the server's default.
+    pub scopes: Vec<String>,
+    /// Sent as `audience` (the parameter Auth0, Okta and others use).
+    pub audience: Option<String>,
+    /// Sent as `resource` (RFC 8707): an absolute URI without a fragment.
+    pub resource: Option<String>,
+    /// A token is refreshed this long before it expires, or at half its lifetime when that is
+    /// sooner (ms).
+    pub refresh_margin_ms: u64,
+}
+
+/// The secret stays out of every `{:?}`.
+impl fmt::Debug for UpstreamClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamClient")
+            .field("name", &self.name)
+            .field("endpoint", &self.endpoint)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("auth", &self.auth)
+            .field("scopes", &self.scopes)
+            .field("audience", &self.audience)
+            .field("resource", &self.resource)
+            .field("refresh_margin_ms", &self.refresh_margin_ms)
+            .finish()
+    }
+}
+
+/// The default `refresh_margin` of an upstream client.
+pub const DEFAULT_REFRESH_MARGIN_MS: u64 = 60_000;
+
 /// The default `introspection.negative_cache_duration`.
 pub const DEFAULT_NEGATIVE_CACHE_MS: u64 = 10_000;
 /// The default `introspection.cache_entries`.
@@ -234,6 +278,9 @@ pub struct Rule {
     pub matcher: PathMatch,
     /// `None`: the request passes without a token.
     pub requires: Option<Requirement>,
+    /// `inject`: index into [`Config::clients`]; the request goes upstream with that client's
+    /// token in `Authorization` (replacing the caller's).
+    pub inject: Option<usize>,
 }
 
 /// A view of one JSON object that knows its own path, for error messages.
@@ -441,23 +488,36 @@ impl Config {
             Err(e) => return err("", format!("configuration is not valid JSON ({e})")),
         };
         let top = Obj::new(&root, String::new())?;
-        top.only(&["providers", "rules", "realm"])?;
+        top.only(&["providers", "rules", "realm", "upstream_credentials"])?;
 
         let realm = top.string("realm")?.unwrap_or(DEFAULT_REALM);
         if let Err(why) = quotable(realm) {
             return err("realm", why);
         }
 
-        let providers_obj = match top.object("providers")? {
-            Some(p) => p,
-            None => return err("providers", "is required"),
-        };
-        if providers_obj.map.is_empty() {
-            return err("providers", "must name at least one provider");
+        let mut clients = Vec::new();
+        if let Some(c) = top.object("upstream_credentials")? {
+            for (name, value) in c.map {
+                clients.push(upstream_client(name, value)?);
+            }
         }
-        let mut providers = Vec::with_capacity(providers_obj.map.len());
-        for (name, value) in providers_obj.map {
-            providers.push(provider(name, value)?);
+
+        // A filter that only injects credentials needs no provider.
+        let mut providers = Vec::new();
+        match top.object("providers")? {
+            Some(p) => {
+                for (name, value) in p.map {
+                    providers.push(provider(name, value)?);
+                }
+            }
+            None if !clients.is_empty() => {}
+            None => return err("providers", "is required"),
+        }
+        if providers.is_empty() && clients.is_empty() {
+            return err(
+                "providers",
+                "must name at least one provider (or give upstream_credentials)",
+            );
         }
 
         let Some(rule_values) = top.array("rules")? else {
@@ -465,7 +525,7 @@ impl Config {
         };
         let mut rules = Vec::with_capacity(rule_values.len());
         for (i, value) in rule_values.iter().enumerate() {
-            rules.push(rule(i, value, &providers)?);
+            rules.push(rule(i, value, &providers, &clients)?);
         }
 
         let mut owned_headers: Vec<String> = Vec::new();
@@ -481,6 +541,7 @@ impl Config {
             providers,
             rules,
             owned_headers,
+            clients,
         })
     }
 }
@@ -725,16 +786,7 @@ fn introspection(i: &Obj<'_>) -> Result<Introspection, ConfigError> {
     let Some(endpoint) = i.http_uri("http_uri", false)? else {
         return err(i.field("http_uri"), "is required");
     };
-    let auth = match i.string("auth_method")? {
-        None | Some("client_secret_basic") => ClientAuth::Basic,
-        Some("client_secret_post") => ClientAuth::Post,
-        Some(_) => {
-            return err(
-                i.field("auth_method"),
-                "must be client_secret_basic or client_secret_post",
-            )
-        }
-    };
+    let auth = client_auth(i)?;
     let cache_entries = match i.get("cache_entries") {
         None => DEFAULT_CACHE_ENTRIES,
         Some(v) => match v.as_u64() {
@@ -794,9 +846,14 @@ fn local_jwks(jwks: &Obj<'_>) -> Result<Vec<Jwk>, ConfigError> {
     Ok(set.keys)
 }
 
-fn rule(i: usize, value: &Value, providers: &[Provider]) -> Result<Rule, ConfigError> {
+fn rule(
+    i: usize,
+    value: &Value,
+    providers: &[Provider],
+    clients: &[UpstreamClient],
+) -> Result<Rule, ConfigError> {
     let r = Obj::new(value, format!("rules[{i}]"))?;
-    r.only(&["match", "requires"])?;
+    r.only(&["match", "requires", "inject"])?;
     let m = match r.object("match")? {
         Some(m) => m,
         None => return err(r.field("match"), "is required"),
@@ -825,7 +882,100 @@ fn rule(i: usize, value: &Value, providers: &[Provider]) -> Result<Rule, ConfigE
             })
         }
     };
-    Ok(Rule { matcher, requires })
+    let inject = match r.string("inject")? {
+        None => None,
+        Some(name) => match clients.iter().position(|c| c.name == name) {
+            Some(c) => Some(c),
+            None => return err(r.field("inject"), "names no client in upstream_credentials"),
+        },
+    };
+    Ok(Rule {
+        matcher,
+        requires,
+        inject,
+    })
+}
+
+/// An `upstream_credentials` entry.
+fn upstream_client(name: &str, value: &Value) -> Result<UpstreamClient, ConfigError> {
+    let c = Obj::new(value, format!("upstream_credentials.{name}"))?;
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return err(
+            c.path,
+            "the client name must be letters, digits, '-' and '_' (it names metrics)",
+        );
+    }
+    c.only(&[
+        "token_endpoint",
+        "client_id",
+        "client_secret",
+        "auth_method",
+        "scopes",
+        "audience",
+        "resource",
+        "refresh_margin",
+    ])?;
+    let Some(t) = c.object("token_endpoint")? else {
+        return err(c.field("token_endpoint"), "is required");
+    };
+    t.only(&["http_uri"])?;
+    let Some(endpoint) = t.http_uri("http_uri", false)? else {
+        return err(t.field("http_uri"), "is required");
+    };
+    let audience = c.string("audience")?.map(str::to_owned);
+    let resource = c.string("resource")?.map(str::to_owned);
+    if let Some(resource) = &resource {
+        // RFC 8707 §2: an absolute URI, without a fragment.
+        let scheme = resource.split_once(':').map_or("", |(s, _)| s);
+        let absolute = scheme.starts_with(|ch: char| ch.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "+-.".contains(ch));
+        if !absolute || resource.contains('#') || resource.chars().any(char::is_whitespace) {
+            return err(
+                c.field("resource"),
+                "must be an absolute URI without a fragment (RFC 8707)",
+            );
+        }
+    }
+    if audience.is_some() && resource.is_some() {
+        return err(
+            c.path,
+            "give audience or resource, not both (resource is the RFC 8707 parameter)",
+        );
+    }
+    Ok(UpstreamClient {
+        name: name.to_string(),
+        endpoint,
+        client_id: c.required_string("client_id")?.to_string(),
+        client_secret: c.required_string("client_secret")?.to_string(),
+        auth: client_auth(&c)?,
+        scopes: c.strings("scopes", scope_token)?.unwrap_or_default(),
+        audience,
+        resource,
+        refresh_margin_ms: c.duration(
+            "refresh_margin",
+            DEFAULT_REFRESH_MARGIN_MS,
+            1000,
+            86_400_000,
+        )?,
+    })
+}
+
+/// `auth_method`: how the filter authenticates as an OAuth client.
+fn client_auth(o: &Obj<'_>) -> Result<ClientAuth, ConfigError> {
+    match o.string("auth_method")? {
+        None | Some("client_secret_basic") => Ok(ClientAuth::Basic),
+        Some("client_secret_post") => Ok(ClientAuth::Post),
+        Some(_) => err(
+            o.field("auth_method"),
+            "must be client_secret_basic or client_secret_post",
+        ),
+    }
 }
 
 impl Config {

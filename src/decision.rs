@@ -3,7 +3,7 @@
 use crate::cache;
 use crate::challenge::{self, Challenge};
 use crate::claims;
-use crate::config::{Config, KeySource, Provider, Source};
+use crate::config::{Config, KeySource, Provider, Rule, Source};
 use crate::extract::{self, Extracted};
 use crate::jwt;
 use crate::jwt::keys::{Alg, Jwk};
@@ -46,6 +46,8 @@ pub struct Forward {
     pub path: Option<String>,
     /// A token whose signature was just verified, for the verified-token cache.
     pub verified: Option<Verified>,
+    /// The upstream client (index into `Config::clients`) whose token `set` carries.
+    pub injected: Option<usize>,
 }
 
 /// A verified token's claims, to cache under `key` until `until` (ms since the epoch).
@@ -85,6 +87,13 @@ pub enum Decision {
         provider: usize,
         token: String,
     },
+    /// The request may go, but only with upstream client `client`'s token, which is not there
+    /// yet: pause it until the client's token changes, then decide again. `verified`: as in
+    /// [`Forward::verified`].
+    AwaitCredential {
+        client: usize,
+        verified: Option<Verified>,
+    },
 }
 
 /// A cached introspection answer.
@@ -107,8 +116,22 @@ pub enum KeysNow<'a> {
     Unavailable,
 }
 
+/// An upstream client's token as it is at this moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialNow<'a> {
+    Ready(&'a str),
+    /// No token yet (or it was dropped or ran out), and a fetch is under way or due.
+    Pending,
+    /// No usable token, and the last fetch failed.
+    Unavailable,
+}
+
 /// What the filter knows at this moment: each provider's keys and cached introspection answers.
 pub trait Known {
+    /// Upstream client `client`'s token.
+    fn credential(&self, _client: usize) -> CredentialNow<'_> {
+        CredentialNow::Unavailable
+    }
     fn keys_now(&self, provider: usize) -> KeysNow<'_>;
     /// The verified-token cache key of `token` at provider `provider`.
     fn token_key(&self, provider: &str, token: &str) -> cache::TokenKey {
@@ -168,13 +191,14 @@ pub fn decide(config: &Config, known: &dyn Known, request: Request<'_>) -> Decis
         set: Vec::new(),
         path: None,
         verified: None,
+        injected: None,
     };
     let Some(rule) = config.rule_for(path_only) else {
         return Decision::Allow(forward);
     };
     let Some(requires) = &rule.requires else {
         forward.passed = Passed::Public;
-        return Decision::Allow(forward);
+        return inject(rule, forward, known);
     };
     let Some(provider) = config.providers.get(requires.provider) else {
         return Decision::Deny(challenge::unavailable("The filter is misconfigured"));
@@ -290,7 +314,31 @@ pub fn decide(config: &Config, known: &dyn Known, request: Request<'_>) -> Decis
         claims.retain(|name, _| is_needed(provider, name));
         forward.verified = Some(Verified { key, claims, until });
     }
-    Decision::Allow(forward)
+    inject(rule, forward, known)
+}
+
+/// Lets an allowed request go, with the rule's upstream client token in `Authorization` when it
+/// has `inject` (replacing whatever credentials the caller sent there).
+fn inject(rule: &Rule, mut forward: Forward, known: &dyn Known) -> Decision {
+    let Some(client) = rule.inject else {
+        return Decision::Allow(forward);
+    };
+    match known.credential(client) {
+        CredentialNow::Ready(token) => {
+            forward
+                .set
+                .push(("authorization".into(), format!("Bearer {token}")));
+            forward.injected = Some(client);
+            Decision::Allow(forward)
+        }
+        CredentialNow::Pending => Decision::AwaitCredential {
+            client,
+            verified: forward.verified,
+        },
+        CredentialNow::Unavailable => Decision::Deny(challenge::unavailable(
+            "The credential for the upstream cannot be obtained",
+        )),
+    }
 }
 
 /// Why a token was not accepted.
@@ -886,5 +934,121 @@ mod flow {
             run(&c, "/admin/x", &[("authorization", &bearer(all_scopes))]),
             Decision::Allow(_)
         ));
+    }
+
+    /// Local keys, and one upstream client in a chosen state.
+    struct WithCredential<'a>(&'a Config, CredentialNow<'static>);
+    impl Known for WithCredential<'_> {
+        fn keys_now(&self, p: usize) -> KeysNow<'_> {
+            match self.0.providers.get(p).map(|p| &p.keys) {
+                Some(KeySource::Local(keys)) => KeysNow::Ready {
+                    keys,
+                    may_refetch: false,
+                },
+                _ => KeysNow::Unavailable,
+            }
+        }
+        fn verified(&self, _: &cache::TokenKey) -> Option<&Map<String, Value>> {
+            None
+        }
+        fn introspected(&self, _: usize, _: &str) -> Cached<'_> {
+            Cached::Miss
+        }
+        fn credential(&self, client: usize) -> CredentialNow<'_> {
+            assert_eq!(client, 0);
+            self.1
+        }
+    }
+
+    #[test]
+    fn injects_the_upstream_credential() {
+        let mut doc: Value = json!({
+            "providers": {"corp": {
+                "issuer": "https://idp", "audiences": ["api"],
+                "local_jwks": {"inline_string": jwks(&[signer().jwk()])}
+            }},
+            "upstream_credentials": {"orders": {
+                "token_endpoint": {"http_uri": {"uri": "http://idp/token", "cluster": "idp"}},
+                "client_id": "gw", "client_secret": "s"
+            }},
+            "rules": [
+                {"match": {"prefix": "/open"}, "inject": "orders"},
+                {"match": {"prefix": "/api"}, "requires": {"provider_name": "corp"}, "inject": "orders"},
+                {"match": {"prefix": "/plain"}, "requires": {"provider_name": "corp"}}
+            ]
+        });
+        let config = Config::from_json(doc.to_string().as_bytes()).unwrap();
+        let token = signer().token(&good_claims("https://idp", "api"));
+        let bearer = format!("Bearer {token}");
+        let decide_with = |state, path: &str, headers: &[(&str, &str)]| {
+            let headers: Vec<(&str, &[u8])> =
+                headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+            let request = Request {
+                path,
+                headers: &headers,
+                now: crate::testkit::now(),
+            };
+            decide(&config, &WithCredential(&config, state), request)
+        };
+        let ready = CredentialNow::Ready("gateway-token");
+
+        // Validated, then sent with the gateway's token instead of the caller's.
+        let Decision::Allow(f) = decide_with(ready, "/api/x", &[("authorization", &bearer)]) else {
+            panic!()
+        };
+        assert_eq!(f.passed, Passed::Authenticated);
+        assert_eq!(f.injected, Some(0));
+        assert_eq!(
+            f.set,
+            vec![(
+                "authorization".to_string(),
+                "Bearer gateway-token".to_string()
+            )]
+        );
+        // A public rule injects too; the caller's Authorization is replaced, never forwarded.
+        let Decision::Allow(f) = decide_with(ready, "/open", &[("authorization", "Basic dTpw")])
+        else {
+            panic!()
+        };
+        assert_eq!(f.passed, Passed::Public);
+        assert_eq!(f.set[0].1, "Bearer gateway-token");
+        // Inbound validation still comes first: no token, no upstream credential either.
+        assert_eq!(
+            denied(&decide_with(ready, "/api/x", &[])),
+            DenyReason::MissingToken
+        );
+        // A rule without inject leaves Authorization alone (and strips the caller's token).
+        let Decision::Allow(f) = decide_with(ready, "/plain", &[("authorization", &bearer)]) else {
+            panic!()
+        };
+        assert_eq!((f.injected, f.set.len()), (None, 0));
+        assert_eq!(f.remove, vec!["authorization".to_string()]);
+        // No token yet: wait (keeping what was verified); none to be had: 503.
+        match decide_with(
+            CredentialNow::Pending,
+            "/api/x",
+            &[("authorization", &bearer)],
+        ) {
+            Decision::AwaitCredential {
+                client: 0,
+                verified,
+            } => assert!(verified.is_some()),
+            other => panic!("{other:?}"),
+        }
+        let d = decide_with(CredentialNow::Unavailable, "/open", &[]);
+        assert_eq!(denied(&d), DenyReason::Unavailable);
+
+        // `inject` must name a client; a filter that only injects needs no provider.
+        doc["rules"][0]["inject"] = json!("billing");
+        let e = Config::from_json(doc.to_string().as_bytes()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "rules[0].inject: names no client in upstream_credentials"
+        );
+        let only = json!({
+            "upstream_credentials": doc["upstream_credentials"].clone(),
+            "rules": [{"match": {"prefix": "/"}, "inject": "orders"}]
+        });
+        assert!(Config::from_json(only.to_string().as_bytes()).is_ok());
     }
 }

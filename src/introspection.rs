@@ -1,6 +1,6 @@
 //! RFC 7662 token introspection: the request the filter sends, and what it makes of the answer.
 
-use crate::config::{split_url, ClientAuth, Introspection};
+use crate::config::{split_url, ClientAuth, HttpUri, Introspection};
 use crate::json;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -33,15 +33,32 @@ pub struct Call {
     pub body: String,
 }
 
-/// Builds the introspection request for `token` (RFC 7662 §2.1). With `client_secret_basic` the
-/// id and secret are form-urlencoded before base64 (RFC 6749 §2.3.1); with `client_secret_post`
-/// they go in the body.
+/// Builds the introspection request for `token` (RFC 7662 §2.1).
 pub fn request(config: &Introspection, token: &str) -> Option<Call> {
-    let url = split_url(&config.endpoint.uri)?;
     let mut body = format!("token={}", form_encode(token));
     if let Some(hint) = &config.token_type_hint {
         body.push_str(&format!("&token_type_hint={}", form_encode(hint)));
     }
+    client_post(
+        &config.endpoint,
+        &config.client_id,
+        &config.client_secret,
+        config.auth,
+        body,
+    )
+}
+
+/// A form POST to `endpoint` as OAuth client `id` (RFC 6749 §2.3.1): with `client_secret_basic`
+/// the id and secret are form-urlencoded before base64; with `client_secret_post` they are
+/// appended to `body`. `None` if the endpoint's URL is not usable.
+pub fn client_post(
+    endpoint: &HttpUri,
+    id: &str,
+    secret: &str,
+    auth: ClientAuth,
+    mut body: String,
+) -> Option<Call> {
+    let url = split_url(&endpoint.uri)?;
     let mut headers = vec![
         (":method".to_string(), "POST".to_string()),
         (":path".to_string(), url.path),
@@ -52,13 +69,9 @@ pub fn request(config: &Introspection, token: &str) -> Option<Call> {
         ),
         ("accept".to_string(), "application/json".to_string()),
     ];
-    match config.auth {
+    match auth {
         ClientAuth::Basic => {
-            let pair = format!(
-                "{}:{}",
-                form_encode(&config.client_id),
-                form_encode(&config.client_secret)
-            );
+            let pair = format!("{}:{}", form_encode(id), form_encode(secret));
             headers.push((
                 "authorization".to_string(),
                 format!("Basic {}", STANDARD.encode(pair)),
@@ -67,14 +80,14 @@ pub fn request(config: &Introspection, token: &str) -> Option<Call> {
         ClientAuth::Post => {
             body.push_str(&format!(
                 "&client_id={}&client_secret={}",
-                form_encode(&config.client_id),
-                form_encode(&config.client_secret)
+                form_encode(id),
+                form_encode(secret)
             ));
         }
     }
     Some(Call {
-        cluster: config.endpoint.cluster.clone(),
-        timeout_ms: config.endpoint.timeout_ms,
+        cluster: endpoint.cluster.clone(),
+        timeout_ms: endpoint.timeout_ms,
         headers,
         body,
     })
@@ -137,7 +150,6 @@ pub fn is_jwt_shaped(token: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::HttpUri;
 
     fn config(auth: ClientAuth) -> Introspection {
         Introspection {

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod challenge;
 pub mod claims;
 pub mod config;
+pub mod credentials;
 pub mod decision;
 pub mod extract;
 pub mod headers;

@@ -20,6 +20,14 @@ pub const MAX_BACKOFF_MS: u64 = 60_000;
 /// The largest discovery document read.
 pub const MAX_DISCOVERY_BYTES: usize = 256 * 1024;
 
+/// The delay before retrying after `failures` failed fetches in a row: 1 s, doubling up to 60 s.
+pub fn backoff_ms(failures: u32) -> u64 {
+    let doublings = failures.saturating_sub(1).min(16);
+    FIRST_BACKOFF_MS
+        .saturating_mul(1 << doublings)
+        .min(MAX_BACKOFF_MS)
+}
+
 /// What all VMs know about one provider's fetches (the value in shared data).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Record {
@@ -81,10 +89,7 @@ impl Record {
 
     /// The delay before retrying after `self.failures` failures.
     pub fn backoff_ms(&self) -> u64 {
-        let doublings = self.failures.saturating_sub(1).min(16);
-        FIRST_BACKOFF_MS
-            .saturating_mul(1 << doublings)
-            .min(MAX_BACKOFF_MS)
+        backoff_ms(self.failures)
     }
 
     /// Whether a fetch is due at `now`: never fetched; the refresh time of a good set (three
