@@ -269,7 +269,7 @@ fn bearer_invalid_token(value: &str) -> bool {
     for item in split_outside_quotes(value) {
         let item = item.trim();
         // `scheme`, `scheme param=value` (a new challenge) or `param=value` (the same one).
-        let param = match item.split_once(|c: char| c == ' ' || c == '=') {
+        let param = match item.split_once([' ', '=']) {
             Some((scheme, rest)) if item.as_bytes().get(scheme.len()) == Some(&b' ') => {
                 let rest = rest.trim_start();
                 if rest.starts_with('=') {
