@@ -215,7 +215,11 @@ fn decide_and_check(config: &Config, known: &dyn Known, request: Request<'_>) ->
                 );
             }
             for (name, value) in &forward.set {
-                assert!(config.owned_headers.contains(name), "{name:?} is not owned");
+                let injected = name == "authorization" && forward.injected.is_some();
+                assert!(
+                    injected || config.owned_headers.contains(name),
+                    "{name:?} is not owned"
+                );
                 assert!(!value.chars().any(char::is_control), "{value:?}");
             }
             if let Some(verified) = &forward.verified {
@@ -243,6 +247,7 @@ fn decide_and_check(config: &Config, known: &dyn Known, request: Request<'_>) ->
             let _ = challenge.headers();
         }
         Decision::Wait { provider, .. } => assert!(*provider < config.providers.len()),
+        Decision::AwaitCredential { client, .. } => assert!(*client < config.clients.len()),
         Decision::Introspect { provider, token } => {
             assert!(*provider < config.providers.len());
             assert!(extract::is_b64token(token));
