@@ -52,7 +52,7 @@ unit:
 	cargo test --lib
 
 integration: build envoy oidc
-	ENVOY_BIN=$(ENVOY_BIN) OAUTH_FILTER_WASM=$(WASM) cargo test --test envoy --test remote --test introspection --test mesh
+	ENVOY_BIN=$(ENVOY_BIN) OAUTH_FILTER_WASM=$(WASM) cargo test --test envoy --test remote --test introspection --test credentials --test mesh
 
 # Requests per second and latency against Envoy alone and Envoy's jwt_authn (see README).
 bench: build envoy

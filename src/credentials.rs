@@ -239,13 +239,20 @@ impl Record {
         }
     }
 
-    /// The record once the upstream refused `token` at `now`: without it, so that the next
-    /// request fetches a new one; `None` if `token` is no longer the current one (the refusal
-    /// is about a token already replaced) or the last drop was too recent.
-    pub fn dropped(&self, token: &str, now: u64) -> Option<Record> {
+    /// The identity of the current token (when it was obtained; one fetch at a time, under the
+    /// lease, so no two tokens share it), remembered for each request it was sent with.
+    pub fn generation(&self) -> u64 {
+        self.obtained_at
+    }
+
+    /// The record once the upstream refused the token of `generation` at `now`: without it, so
+    /// that the next request fetches a new one; `None` if that token is no longer the current
+    /// one (the refusal is about a token already replaced) or the last drop was too recent.
+    pub fn dropped(&self, generation: u64, now: u64) -> Option<Record> {
         let recent =
             self.dropped_at > 0 && now < self.dropped_at.saturating_add(MIN_DROP_INTERVAL_MS);
-        (!self.token.is_empty() && self.token == token && !recent).then(|| Record {
+        let current = !self.token.is_empty() && self.generation() == generation;
+        (current && !recent).then(|| Record {
             token: String::new(),
             expires_at: 0,
             dropped_at: now,
@@ -317,11 +324,6 @@ fn split_outside_quotes(text: &str) -> Vec<&str> {
     }
     parts.push(&text[start..]);
     parts
-}
-
-/// The token in an `Authorization` value the filter set (`Bearer <token>`).
-pub fn injected_token(value: &[u8]) -> Option<&str> {
-    std::str::from_utf8(value.strip_prefix(b"Bearer ")?).ok()
 }
 
 #[cfg(test)]
@@ -518,11 +520,11 @@ mod tests {
             },
             1_000,
         );
-        assert_eq!(r.dropped("other", 2_000), None, "not the current token");
-        let d = r.dropped("t1", 2_000).unwrap();
+        assert_eq!(r.dropped(999, 2_000), None, "not the current token");
+        let d = r.dropped(r.generation(), 2_000).unwrap();
         assert_eq!(d.usable(2_000), None);
         assert!(d.fetch_due(60_000, 2_000), "a new token is fetched at once");
-        assert_eq!(d.dropped("t1", 2_001), None, "already dropped");
+        assert_eq!(d.dropped(r.generation(), 2_001), None, "already dropped");
         // The next token is dropped only after the interval.
         let next = d.succeeded(
             &Issued {
@@ -531,8 +533,9 @@ mod tests {
             },
             2_100,
         );
-        assert_eq!(next.dropped("t2", 2_000 + MIN_DROP_INTERVAL_MS - 1), None);
-        assert!(next.dropped("t2", 2_000 + MIN_DROP_INTERVAL_MS).is_some());
+        let t2 = next.generation();
+        assert_eq!(next.dropped(t2, 2_000 + MIN_DROP_INTERVAL_MS - 1), None);
+        assert!(next.dropped(t2, 2_000 + MIN_DROP_INTERVAL_MS).is_some());
     }
 
     #[test]
@@ -572,8 +575,5 @@ mod tests {
         ));
         assert!(!refused(b"401", &[]));
         assert!(!refused(b"401", &["\u{ff}"]));
-
-        assert_eq!(injected_token(b"Bearer abc"), Some("abc"));
-        assert_eq!(injected_token(b"Basic abc"), None);
     }
 }

@@ -58,6 +58,11 @@ pub struct Verified {
     pub until: u64,
 }
 
+/// The description of the 503 answered when a provider's keys cannot be had.
+pub const NO_KEYS: &str = "The keys to check the token cannot be fetched";
+/// The description of the 503 answered when a rule's upstream token cannot be had.
+pub const NO_CREDENTIAL: &str = "The credential for the upstream cannot be obtained";
+
 /// The longest a verified token is cached (its `exp` usually ends it sooner).
 pub const MAX_VERIFIED_CACHE_MS: u64 = 300_000;
 
@@ -238,11 +243,7 @@ pub fn decide(config: &Config, known: &dyn Known, request: Request<'_>) -> Decis
                     refetch: false,
                 }
             }
-            KeysNow::Unavailable => {
-                return Decision::Deny(challenge::unavailable(
-                    "The keys to check the token cannot be fetched",
-                ))
-            }
+            KeysNow::Unavailable => return Decision::Deny(challenge::unavailable(NO_KEYS)),
         };
         let check = |alg: Alg, key: &Jwk, input: &[u8], sig: &[u8]| {
             known.check_signature(alg, key, input, sig)
@@ -335,9 +336,7 @@ fn inject(rule: &Rule, mut forward: Forward, known: &dyn Known) -> Decision {
             client,
             verified: forward.verified,
         },
-        CredentialNow::Unavailable => Decision::Deny(challenge::unavailable(
-            "The credential for the upstream cannot be obtained",
-        )),
+        CredentialNow::Unavailable => Decision::Deny(challenge::unavailable(NO_CREDENTIAL)),
     }
 }
 

@@ -44,8 +44,10 @@ pub enum Action {
 
 #[derive(Debug, Clone, Copy)]
 #[repr(u32)]
+#[allow(clippy::enum_variant_names)] // the ABI's own names
 pub enum MapType {
     HttpRequestHeaders = 0,
+    HttpResponseHeaders = 2,
     HttpCallResponseHeaders = 6,
 }
 

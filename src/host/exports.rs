@@ -1,8 +1,10 @@
 //! The callbacks the filter exports to the host, and which root context each request belongs to.
 //!
 //! Exported: `on_context_create`, `on_vm_start`, `on_configure`, `on_tick`,
-//! `on_request_headers` and `on_http_call_response`. Nothing else: Envoy skips the callbacks a
-//! module does not export, so a request costs two entries into the VM. Consequences, by design:
+//! `on_request_headers`, `on_response_headers` and `on_http_call_response`. Nothing else: Envoy
+//! skips the callbacks a module does not export, so a request costs three entries into the VM
+//! (`on_response_headers` returns at once unless a configuration injects upstream tokens).
+//! Consequences, by design:
 //! - Requests keep no per-request state in the VM; a paused request is remembered by its
 //!   context id in its root's wait lists, and a request that went away is simply found gone
 //!   (`set_effective_context` fails) when its turn comes, or dropped at its deadline.
@@ -23,6 +25,8 @@ struct Registry {
     /// The root of recently created request contexts, by `context_id % PARENTS`. Envoy creates a
     /// request's context right before its `on_request_headers`, so a small ring suffices.
     parents: Vec<(u32, u32)>,
+    /// Whether a configured root injects upstream tokens (only then do responses matter).
+    injects: bool,
 }
 
 const PARENTS: usize = 256;
@@ -142,9 +146,14 @@ pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> u32 {
     match root::configure(root_id, &bytes, metrics) {
         Some(vm) => {
             REGISTRY.with(|r| {
-                if let Some(root) = r.borrow_mut().root_mut(root_id) {
+                let mut r = r.borrow_mut();
+                if let Some(root) = r.root_mut(root_id) {
                     root.vm = Some(vm);
                 }
+                r.injects = r
+                    .roots
+                    .iter()
+                    .any(|root| root.vm.as_ref().is_some_and(|vm| vm.borrow().injects()));
             });
             1
         }
@@ -168,6 +177,24 @@ pub extern "C" fn proxy_on_request_headers(context_id: u32, _headers: usize, _eo
     });
     let action = super::http::on_request_headers(vm.as_ref(), context_id);
     action as u32
+}
+
+/// Costs every response one entry into the VM; it looks further only where a configuration
+/// injects upstream tokens (to drop a token the upstream refused).
+#[no_mangle]
+pub extern "C" fn proxy_on_response_headers(context_id: u32, _headers: usize, _eos: u32) -> u32 {
+    if REGISTRY.with(|r| r.borrow().injects) {
+        let vms: Vec<_> = REGISTRY.with(|r| {
+            r.borrow()
+                .roots
+                .iter()
+                .filter_map(|root| root.vm.clone())
+                .filter(|vm| vm.borrow().injects())
+                .collect()
+        });
+        super::credentials::on_response_headers(&vms, context_id);
+    }
+    abi::Action::Continue as u32
 }
 
 #[no_mangle]

@@ -3,11 +3,12 @@
 //! request it resumes.
 
 use super::abi::{self, Action, BufferType, MapType};
+use super::credentials;
 use super::introspect;
-use super::vm::{Vm, Waiter};
+use super::vm::{Awaited, Vm, Waiter};
 use crate::cache;
 use crate::challenge::{self, Challenge, DenyReason};
-use crate::decision::{self, Decision, Forward, Request};
+use crate::decision::{self, Decision, Forward, Request, Verified};
 use crate::headers;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -68,32 +69,42 @@ pub fn process(vm: &Rc<RefCell<Vm>>, context_id: u32, resumed: bool) -> Action {
         decision::decide(&state.config, state, request)
     };
     let mut decision = decide();
-    if matches!(&decision, Decision::Deny(c) if c.reason == DenyReason::Unavailable) {
-        // Keys this VM never saw may be in shared data already (another VM fetched them since
-        // this VM's last tick): look before answering 503.
-        let mut changed = false;
-        {
+    let changed = match &decision {
+        Decision::Deny(c) if c.reason == DenyReason::Unavailable => {
+            // Keys or tokens this VM never saw may be in shared data already (another VM
+            // fetched them since this VM's last tick): look before answering 503.
+            let mut changed = false;
             let mut state = vm.borrow_mut();
             for p in 0..state.remotes.len() {
                 changed |= state.sync(p);
             }
+            for c in 0..state.clients.len() {
+                changed |= state.sync_client(c);
+            }
+            changed
         }
-        if changed {
-            decision = decide();
+        // No upstream token yet: take one another VM obtained, or start the fetch now.
+        Decision::AwaitCredential { client, .. } => {
+            credentials::start(vm, *client, now, context_id)
         }
+        _ => false,
+    };
+    if changed {
+        decision = decide();
     }
     let state = vm.borrow();
     match decision {
         Decision::Allow(forward) => {
             apply(&forward);
             state.metrics.passed(forward.passed);
-            drop(state);
-            if let Some(v) = forward.verified {
-                let size = cache::json_size(&v.claims);
-                vm.borrow_mut()
-                    .verified
-                    .insert(v.key, v.claims, size, v.until, now);
+            if let Some(client) = forward.injected.and_then(|c| state.clients.get(c)) {
+                client.metrics.injection();
             }
+            drop(state);
+            if let Some(client) = forward.injected {
+                vm.borrow_mut().sent_token(context_id, client);
+            }
+            remember(vm, forward.verified, now);
             if resumed {
                 abi::resume_http_request();
             }
@@ -103,6 +114,21 @@ pub fn process(vm: &Rc<RefCell<Vm>>, context_id: u32, resumed: bool) -> Action {
         Decision::Introspect { provider, token } => {
             drop(state);
             introspect::start(vm, context_id, provider, token, resumed)
+        }
+        Decision::AwaitCredential { client, verified } => {
+            drop(state);
+            remember(vm, verified, now);
+            let mut state = vm.borrow_mut();
+            let timeout = state
+                .clients
+                .get(client)
+                .map_or(0, |c| c.spec.endpoint.timeout_ms);
+            state.waiters.push(Waiter {
+                context_id,
+                awaited: Awaited::Credential(client),
+                deadline: now + timeout + WAIT_SLACK_MS,
+            });
+            Action::Pause
         }
         Decision::Wait { provider, refetch } => {
             drop(state);
@@ -117,11 +143,21 @@ pub fn process(vm: &Rc<RefCell<Vm>>, context_id: u32, resumed: bool) -> Action {
             }
             state.waiters.push(Waiter {
                 context_id,
-                provider,
+                awaited: Awaited::Keys(provider),
                 deadline: now + budget + WAIT_SLACK_MS,
             });
             Action::Pause
         }
+    }
+}
+
+/// Keeps the claims of a token verified just now in the verified-token cache.
+fn remember(vm: &Rc<RefCell<Vm>>, verified: Option<Verified>, now: u64) {
+    if let Some(v) = verified {
+        let size = cache::json_size(&v.claims);
+        vm.borrow_mut()
+            .verified
+            .insert(v.key, v.claims, size, v.until, now);
     }
 }
 

@@ -129,3 +129,50 @@ impl Metrics {
         }
     }
 }
+
+/// The counters of one upstream client, `oauth_filter.upstream.<client>.*`.
+#[derive(Debug, Default, Clone)]
+pub struct ClientMetrics {
+    /// Token requests sent (refreshes included).
+    fetches: Option<u32>,
+    /// Token requests that gave no usable token.
+    failures: Option<u32>,
+    /// Token requests sent while the current token was still usable (ahead of its expiry).
+    refreshes: Option<u32>,
+    /// Requests sent upstream with the client's token.
+    injections: Option<u32>,
+    /// Tokens dropped because the upstream refused them (401 `invalid_token`).
+    dropped: Option<u32>,
+}
+
+impl ClientMetrics {
+    pub fn define(client: &str) -> ClientMetrics {
+        let c = |what: &str| counter(&format!("oauth_filter.upstream.{client}.{what}"));
+        ClientMetrics {
+            fetches: c("token_fetches"),
+            failures: c("token_fetch_failures"),
+            refreshes: c("token_refreshes"),
+            injections: c("injections"),
+            dropped: c("tokens_dropped"),
+        }
+    }
+
+    pub fn fetch(&self, refresh: bool) {
+        bump(self.fetches);
+        if refresh {
+            bump(self.refreshes);
+        }
+    }
+
+    pub fn failure(&self) {
+        bump(self.failures);
+    }
+
+    pub fn injection(&self) {
+        bump(self.injections);
+    }
+
+    pub fn dropped(&self) {
+        bump(self.dropped);
+    }
+}

@@ -2,6 +2,7 @@
 //! and applies the answer.
 
 mod abi;
+mod credentials;
 mod exports;
 mod http;
 mod introspect;

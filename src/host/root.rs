@@ -4,13 +4,15 @@
 //! to those that waited too long.
 
 use super::abi;
+use super::credentials;
 use super::http;
 use super::introspect;
 use super::metrics::Metrics;
 use super::shared;
-use super::vm::{Step, Vm};
+use super::vm::{Awaited, Step, Vm};
 use crate::challenge;
 use crate::config::{split_url, Config, HttpUri};
+use crate::decision::{NO_CREDENTIAL, NO_KEYS};
 use crate::jwt::keys::{parse_jwks, MAX_JWKS_BYTES};
 use crate::remote::{self, Record};
 use std::cell::RefCell;
@@ -57,10 +59,19 @@ pub fn configure(root_id: u32, bytes: &[u8], metrics: Rc<Metrics>) -> Option<Rc<
         }
     };
     log::info!(
-        "oauth-filter: configured {} provider(s), {} rule(s)",
+        "oauth-filter: configured {} provider(s), {} rule(s), {} upstream client(s)",
         config.providers.len(),
-        config.rules.len()
+        config.rules.len(),
+        config.clients.len()
     );
+    for (i, client) in config.clients.iter().enumerate() {
+        if !config.rules.iter().any(|r| r.inject == Some(i)) {
+            log::warn!(
+                "oauth-filter: upstream client {}: no rule injects it; its token is never fetched",
+                client.name
+            );
+        }
+    }
     // A random id for the fetch lease, and a random key for the verified-token cache
     // (RandomState draws from WASI random_get).
     let random = RandomState::new();
@@ -84,6 +95,7 @@ pub fn tick(root: &Root) {
         sync(&vm, p);
         maybe_fetch(&vm, p, now);
     }
+    credentials::tick(&vm, now);
     expire_waiters(&vm, now);
     introspect::tick(&vm, now, root.id);
 }
@@ -91,6 +103,10 @@ pub fn tick(root: &Root) {
 /// The answer to an outgoing call made from root context `root`.
 pub fn call_response(root: &Root, token: u32, body_size: usize) {
     let Some(vm) = root.vm.clone() else { return };
+    if let Some(client) = credentials::owner(&vm, token) {
+        credentials::answered(&vm, client, body_size);
+        return;
+    }
     if introspect::owns_call(&vm, token) {
         let (status, body) =
             http::call_response(body_size, crate::introspection::MAX_RESPONSE_BYTES);
@@ -150,7 +166,7 @@ fn maybe_fetch(vm: &Rc<RefCell<Vm>>, p: usize, now: u64) {
         let call = if r.record.fetch_due(r.spec.cache_duration_ms, now, refetch)
             && shared::take_lease(&r.shared, me, now, now + r.fetch_budget_ms() + 1000)
         {
-            let record = shared::update_record(&r.shared, |rec| rec.started(now, refetch));
+            let record = shared::update_record(&r.shared, |rec: &Record| rec.started(now, refetch));
             r.install(record);
             next_call(r.spec.discovery.as_ref(), r.spec.jwks.as_ref(), &r.record)
         } else {
@@ -226,7 +242,7 @@ fn discovered(vm: &Rc<RefCell<Vm>>, p: usize, body: &[u8]) {
         match remote::parse_discovery(body, &issuer) {
             Ok(found) => {
                 let uri = found.jwks_uri.clone();
-                let record = shared::update_record(&r.shared, |rec| Record {
+                let record = shared::update_record(&r.shared, |rec: &Record| Record {
                     jwks_uri: Some(uri.clone()),
                     ..rec.clone()
                 });
@@ -269,7 +285,8 @@ fn fetched(vm: &Rc<RefCell<Vm>>, p: usize, body: Vec<u8>) {
             return;
         };
         let now = abi::now_ms();
-        let record = shared::update_record(&r.shared, |rec| rec.succeeded(text.clone(), now));
+        let record =
+            shared::update_record(&r.shared, |rec: &Record| rec.succeeded(text.clone(), now));
         r.install(record);
         r.in_flight = None;
         shared::release_lease(&r.shared, me);
@@ -293,7 +310,7 @@ fn fail(vm: &Rc<RefCell<Vm>>, p: usize, why: &str) {
         };
         let now = abi::now_ms();
         let rediscover = r.spec.jwks.is_none();
-        let record = shared::update_record(&r.shared, |rec| {
+        let record = shared::update_record(&r.shared, |rec: &Record| {
             let mut next = rec.failed(now);
             if rediscover {
                 next.jwks_uri = None;
@@ -322,7 +339,10 @@ fn fail(vm: &Rc<RefCell<Vm>>, p: usize, why: &str) {
 fn wake(vm: &Rc<RefCell<Vm>>, p: usize) {
     let (waiting, root) = {
         let mut state = vm.borrow_mut();
-        let (waiting, rest) = state.waiters.drain(..).partition(|w| w.provider == p);
+        let (waiting, rest) = state
+            .waiters
+            .drain(..)
+            .partition(|w| w.awaited == Awaited::Keys(p));
         state.waiters = rest;
         (waiting, state.root_context_id)
     };
@@ -341,8 +361,14 @@ fn expire_waiters(vm: &Rc<RefCell<Vm>>, now: u64) {
         (late, state.root_context_id)
     };
     let late: Vec<super::vm::Waiter> = late;
-    let answer = challenge::unavailable("The keys to check the token cannot be fetched");
-    http::in_contexts(late.iter().map(|w| w.context_id), root, |_| {
-        http::deny(&answer, Some(&vm.borrow()));
+    let keys = challenge::unavailable(NO_KEYS);
+    let credential = challenge::unavailable(NO_CREDENTIAL);
+    http::in_contexts(late.iter().map(|w| w.context_id), root, |id| {
+        let awaited = late.iter().find(|w| w.context_id == id).map(|w| w.awaited);
+        let answer = match awaited {
+            Some(Awaited::Credential(_)) => &credential,
+            _ => &keys,
+        };
+        http::deny(answer, Some(&vm.borrow()));
     });
 }

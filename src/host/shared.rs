@@ -1,11 +1,38 @@
-//! Proxy-wasm shared data: one [`Record`] and one [`Lease`] per remote provider, shared by every
-//! VM with the same `vm_id` in this Envoy, updated with compare-and-swap.
+//! Proxy-wasm shared data: one record and one [`Lease`] per remote provider (its key set) and per
+//! upstream client (its token), shared by every VM with the same `vm_id` in this Envoy, updated
+//! with compare-and-swap.
 
 use super::abi::{self, Status};
-use crate::remote::{Lease, Record};
+use crate::remote::Lease;
 
-/// The shared-data keys of one provider's key set. `tag` tells apart providers of the same name
-/// in different filter configurations (it hashes the URLs).
+/// A record kept in shared data.
+pub trait Shared {
+    fn to_bytes(&self) -> Vec<u8>;
+    /// Anything unreadable reads as the empty record.
+    fn from_bytes(bytes: &[u8]) -> Self;
+}
+
+impl Shared for crate::remote::Record {
+    fn to_bytes(&self) -> Vec<u8> {
+        crate::remote::Record::to_bytes(self)
+    }
+    fn from_bytes(bytes: &[u8]) -> Self {
+        crate::remote::Record::from_bytes(bytes)
+    }
+}
+
+impl Shared for crate::credentials::Record {
+    fn to_bytes(&self) -> Vec<u8> {
+        crate::credentials::Record::to_bytes(self)
+    }
+    fn from_bytes(bytes: &[u8]) -> Self {
+        crate::credentials::Record::from_bytes(bytes)
+    }
+}
+
+/// The shared-data keys of one record and its lease: `kind` (`jwks`, `upstream`), a name, and a
+/// `tag` that tells apart entries of the same name in different filter configurations (it
+/// hashes the URLs and client ids).
 #[derive(Debug, Clone)]
 pub struct Keys {
     record: String,
@@ -13,10 +40,11 @@ pub struct Keys {
 }
 
 impl Keys {
-    pub fn new(provider: &str, tag: u64) -> Keys {
+    pub fn new(kind: &str, name: &str, tag: u64) -> Keys {
+        let record = format!("oauth_filter.{kind}.{name}.{tag:016x}");
         Keys {
-            record: format!("oauth_filter.jwks.{provider}.{tag:016x}"),
-            lease: format!("oauth_filter.jwks.{provider}.{tag:016x}.lease"),
+            lease: format!("{record}.lease"),
+            record,
         }
     }
 }
@@ -33,18 +61,18 @@ pub fn fnv1a(parts: &[&str]) -> u64 {
     hash
 }
 
-/// The provider's record as all VMs see it now.
-pub fn read_record(keys: &Keys) -> (Record, Option<u32>) {
+/// The record as all VMs see it now.
+pub fn read_record<R: Shared>(keys: &Keys) -> (R, Option<u32>) {
     match abi::get_shared_data(&keys.record) {
-        Ok((Some(bytes), cas)) => (Record::from_bytes(&bytes), cas),
-        Ok((None, cas)) => (Record::default(), cas),
-        Err(_) => (Record::default(), None),
+        Ok((Some(bytes), cas)) => (R::from_bytes(&bytes), cas),
+        Ok((None, cas)) => (R::from_bytes(b""), cas),
+        Err(_) => (R::from_bytes(b""), None),
     }
 }
 
 /// Applies `change` to the shared record with compare-and-swap, retrying on a concurrent
 /// write; the record as written.
-pub fn update_record(keys: &Keys, change: impl Fn(&Record) -> Record) -> Record {
+pub fn update_record<R: Shared>(keys: &Keys, change: impl Fn(&R) -> R) -> R {
     for _ in 0..8 {
         let (current, cas) = read_record(keys);
         let next = change(&current);

@@ -3,7 +3,7 @@
 //! VM (one thread: `Rc<RefCell<_>>`).
 
 use super::introspect::{Calls, Intro};
-use super::metrics::Metrics;
+use super::metrics::{ClientMetrics, Metrics};
 use super::shared;
 use crate::cache::{self, TtlCache};
 use serde_json::{Map, Value};
@@ -12,8 +12,9 @@ use serde_json::{Map, Value};
 const VERIFIED_ENTRIES: usize = 10_000;
 const VERIFIED_BYTES: usize = 16 * 1024 * 1024;
 use super::abi::{self, Status};
-use crate::config::{Config, KeySource, RemoteJwks};
-use crate::decision::{Cached, KeysNow, Known};
+use crate::config::{Config, KeySource, RemoteJwks, UpstreamClient};
+use crate::credentials;
+use crate::decision::{Cached, CredentialNow, KeysNow, Known};
 use crate::jwt::keys::{parse_jwks, Alg, Jwk};
 use crate::jwt::{host, verify};
 use crate::remote::Record;
@@ -71,11 +72,57 @@ impl Remote {
     }
 }
 
-/// A request paused until its provider's keys change.
+/// One upstream client, as this VM knows it.
+pub struct Client {
+    pub spec: UpstreamClient,
+    pub shared: shared::Keys,
+    /// The record this VM last installed (the token it injects).
+    pub record: credentials::Record,
+    /// A token request this VM has under way: its call token.
+    pub in_flight: Option<u32>,
+    /// Whether a rule injects this client's token (the others are never fetched).
+    pub used: bool,
+    pub metrics: ClientMetrics,
+}
+
+impl Client {
+    /// The token for a request at `now`.
+    pub fn now(&self, now: u64) -> CredentialNow<'_> {
+        match self.record.usable(now) {
+            Some(token) => CredentialNow::Ready(token),
+            None if self.record.failures > 0 => CredentialNow::Unavailable,
+            None => CredentialNow::Pending,
+        }
+    }
+}
+
+/// The most recent requests a VM remembers having sent with an upstream client's token, until
+/// their response (a response later than this many newer requests is not matched: see
+/// [`Vm::took_token`]).
+const INJECTED_RING: usize = 4096;
+
+/// A request sent upstream with client `client`'s token of `generation`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Injected {
+    pub context_id: u32,
+    pub client: usize,
+    pub generation: u64,
+}
+
+/// What a paused request waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Awaited {
+    /// A change of provider `p`'s keys.
+    Keys(usize),
+    /// A change of upstream client `c`'s token.
+    Credential(usize),
+}
+
+/// A paused request.
 #[derive(Debug, Clone, Copy)]
 pub struct Waiter {
     pub context_id: u32,
-    pub provider: usize,
+    pub awaited: Awaited,
     /// When to give up and answer 503 (ms since the epoch).
     pub deadline: u64,
 }
@@ -93,6 +140,12 @@ pub struct Vm {
     pub intros: Vec<Option<Intro>>,
     /// Introspection calls under way and the requests waiting for them.
     pub calls: Calls,
+    /// Indexed like `config.clients`.
+    pub clients: Vec<Client>,
+    /// Requests sent with an upstream client's token, by `context_id % INJECTED_RING`: the
+    /// host no longer shows a request's headers when its response arrives, so this is how a
+    /// refused response is traced to the token it refuses.
+    injected: Vec<Injected>,
     /// Whether the host's `verify_signature` is usable (until it says it does not exist).
     pub host_crypto: Cell<bool>,
     /// Claims of tokens whose signature this VM verified, by token hash, until their `exp`.
@@ -126,7 +179,7 @@ impl Vm {
                         name: p.name.clone(),
                         issuer: p.claims.issuer.clone(),
                         spec: spec.clone(),
-                        shared: shared::Keys::new(&p.name, shared::fnv1a(&uris)),
+                        shared: shared::Keys::new("jwks", &p.name, shared::fnv1a(&uris)),
                         record: Record::default(),
                         keys: Vec::new(),
                         in_flight: None,
@@ -145,6 +198,28 @@ impl Vm {
                 })
             })
             .collect();
+        let clients = config
+            .clients
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let tag = shared::fnv1a(&[
+                    &c.endpoint.uri,
+                    &c.client_id,
+                    &c.scopes.join(" "),
+                    c.audience.as_deref().unwrap_or(""),
+                    c.resource.as_deref().unwrap_or(""),
+                ]);
+                Client {
+                    spec: c.clone(),
+                    shared: shared::Keys::new("upstream", &c.name, tag),
+                    record: credentials::Record::default(),
+                    in_flight: None,
+                    used: config.rules.iter().any(|r| r.inject == Some(i)),
+                    metrics: ClientMetrics::define(&c.name),
+                }
+            })
+            .collect();
         Vm {
             config,
             metrics,
@@ -154,6 +229,8 @@ impl Vm {
             waiters: Vec::new(),
             intros,
             calls: Calls::default(),
+            clients,
+            injected: Vec::new(),
             host_crypto: Cell::new(true),
             verified: TtlCache::new(VERIFIED_ENTRIES, VERIFIED_BYTES),
             secret: cache::Secret(secret.0, secret.1),
@@ -178,13 +255,66 @@ impl Vm {
         changed
     }
 
-    /// Whether the root must tick: remote keys to keep fresh, or introspection calls to watch.
+    /// Installs upstream client `c`'s shared record if another VM changed it; whether its
+    /// token changed.
+    pub fn sync_client(&mut self, c: usize) -> bool {
+        let Some(client) = self.clients.get_mut(c) else {
+            return false;
+        };
+        let (record, _) = shared::read_record(&client.shared);
+        let changed = record != client.record;
+        client.record = record;
+        changed
+    }
+
+    /// Remembers that request `context_id` went upstream with client `client`'s current token.
+    pub fn sent_token(&mut self, context_id: u32, client: usize) {
+        let Some(c) = self.clients.get(client) else {
+            return;
+        };
+        let generation = c.record.generation();
+        if self.injected.is_empty() {
+            self.injected = vec![Injected::default(); INJECTED_RING];
+        }
+        if let Some(slot) = self.injected.get_mut(context_id as usize % INJECTED_RING) {
+            *slot = Injected {
+                context_id,
+                client,
+                generation,
+            };
+        }
+    }
+
+    /// The token request `context_id` went upstream with, forgotten as it is returned.
+    pub fn took_token(&mut self, context_id: u32) -> Option<Injected> {
+        let slot = self.injected.get_mut(context_id as usize % INJECTED_RING)?;
+        if slot.context_id != context_id || context_id == 0 {
+            return None;
+        }
+        Some(std::mem::take(slot))
+    }
+
+    /// Whether a rule injects an upstream client's token.
+    pub fn injects(&self) -> bool {
+        self.clients.iter().any(|c| c.used)
+    }
+
+    /// Whether the root must tick: remote keys to keep fresh, introspection calls to watch, or
+    /// upstream tokens to obtain and refresh.
     pub fn needs_ticks(&self) -> bool {
-        self.remotes.iter().any(Option::is_some) || self.intros.iter().any(Option::is_some)
+        self.remotes.iter().any(Option::is_some)
+            || self.intros.iter().any(Option::is_some)
+            || self.injects()
     }
 }
 
 impl Known for Vm {
+    fn credential(&self, client: usize) -> CredentialNow<'_> {
+        self.clients
+            .get(client)
+            .map_or(CredentialNow::Unavailable, |c| c.now(self.now_ms))
+    }
+
     fn check_signature(&self, alg: Alg, key: &Jwk, input: &[u8], signature: &[u8]) -> bool {
         if let (Some(hash), Some(spki), true) =
             (host::host_hash(alg), &key.spki, self.host_crypto.get())

@@ -1,6 +1,7 @@
 // The authorization server of the integration tests and of `make run`: node-oidc-provider with
-// the client credentials grant. Resource indicators (RFC 8707) choose the access token format:
-// https://orders.example gets JWT access tokens, https://opaque.example opaque ones.
+// the client credentials grant. Resource indicators (RFC 8707) choose the access token format
+// and lifetime: https://orders.example gets JWT access tokens, https://opaque.example opaque
+// ones (both for 600 s), https://short.example JWTs that expire in 6 s (to watch refreshes).
 //
 //   node server.mjs PORT [ISSUER]
 //
@@ -81,8 +82,9 @@ function fileAdapter(file) {
 const signing = signingKey();
 
 const resources = {
-  'https://orders.example': { scope: 'orders:read orders:admin', audience: 'orders-api', accessTokenFormat: 'jwt' },
-  'https://opaque.example': { scope: 'orders:read orders:admin', audience: 'orders-api', accessTokenFormat: 'opaque' },
+  'https://orders.example': { scope: 'orders:read orders:admin', audience: 'orders-api', accessTokenFormat: 'jwt', accessTokenTTL: 600 },
+  'https://opaque.example': { scope: 'orders:read orders:admin', audience: 'orders-api', accessTokenFormat: 'opaque', accessTokenTTL: 600 },
+  'https://short.example': { scope: 'orders:read', audience: 'orders-api', accessTokenFormat: 'jwt', accessTokenTTL: 6 },
 };
 
 const provider = new Provider(issuer, {
@@ -103,6 +105,14 @@ const provider = new Provider(issuer, {
       response_types: [],
       token_endpoint_auth_method: 'client_secret_basic',
     },
+    {
+      client_id: 'reporting',
+      client_secret: 'reporting-secret',
+      grant_types: ['client_credentials'],
+      redirect_uris: [],
+      response_types: [],
+      token_endpoint_auth_method: 'client_secret_post',
+    },
   ],
   jwks: { keys: [signing] },
   ...(stateDir ? { adapter: fileAdapter(join(stateDir, 'tokens.json')) } : {}),
@@ -118,7 +128,7 @@ const provider = new Provider(issuer, {
       getResourceServerInfo: (ctx, resource) => {
         const info = resources[resource];
         if (!info) throw new errors.InvalidTarget();
-        return { ...info, accessTokenTTL: 600, jwt: { sign: { alg: 'RS256' } } };
+        return { ...info, jwt: { sign: { alg: 'RS256' } } };
       },
     },
   },

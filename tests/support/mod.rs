@@ -94,6 +94,8 @@ pub struct Reply {
     /// Send only this many bytes of the body, then close the connection (a truncated answer:
     /// `content-length` still promises the whole body).
     pub cut_after: Option<usize>,
+    /// Headers besides `content-type` and `content-length`.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Reply {
@@ -106,7 +108,12 @@ impl Reply {
             body: body.into(),
             delay: Duration::ZERO,
             cut_after: None,
+            headers: Vec::new(),
         }
+    }
+    pub fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
     }
     pub fn after(mut self, delay: Duration) -> Reply {
         self.delay = delay;
@@ -317,8 +324,13 @@ fn serve(conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, handler: Handler) {
         if !reply.delay.is_zero() {
             thread::sleep(reply.delay);
         }
+        let extra: String = reply
+            .headers
+            .iter()
+            .map(|(n, v)| format!("{n}: {v}\r\n"))
+            .collect();
         let head = format!(
-            "HTTP/1.1 {} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            "HTTP/1.1 {} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}\r\n",
             reply.status,
             reply.body.len()
         );
