@@ -73,6 +73,10 @@ curl -i -H "Authorization: Bearer {forged}" {url}/orders
 # A public route: no token needed
 curl -i {url}/public/status
 
+# The filter as an OAuth client: the caller's token is checked, then the upstream receives the
+# gateway's own token (client orders-service, scope orders:admin) instead of the caller's
+curl -s -H "Authorization: Bearer {reader}" {url}/backend/stock
+
 Press Ctrl-C to stop.
 "#,
         issuer = idp.issuer

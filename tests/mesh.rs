@@ -14,6 +14,8 @@
 
 mod support;
 
+use base64::Engine;
+
 use serde_json::{json, Value};
 use support::tokens::{jwks, now, Signer};
 use support::{free_port, request_id, Envoy, Oidc, Reply, Scripted, Upstream};
@@ -184,6 +186,28 @@ fn walk_through(path: &str) {
     );
     let (status, seen) = example.get("/orders", Some(&forged));
     assert_eq!((status, seen.is_none()), (401, true), "{path}");
+    // /backend: the caller is validated, then the upstream gets the gateway's own token (client
+    // orders-service), never the caller's.
+    let (status, seen) = example.get("/backend/stock", None);
+    assert_eq!((status, seen.is_none()), (401, true), "{path}");
+    let (status, seen) = example.get("/backend/stock", Some(&reader));
+    assert_eq!(status, 200, "{path}");
+    let sent = seen.unwrap().header("authorization").unwrap().to_string();
+    assert_ne!(sent, format!("Bearer {reader}"), "{path}");
+    let payload = sent
+        .strip_prefix("Bearer ")
+        .unwrap()
+        .split('.')
+        .nth(1)
+        .unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["client_id"], "orders-service", "{path}");
+    assert_eq!(claims["scope"], "orders:admin", "{path}");
 }
 
 fn main() {
