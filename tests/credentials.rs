@@ -434,5 +434,7 @@ fn main() {
         assert_eq!(env.counter("slow", "injections"), 8);
     });
 
+    // `exit` runs no destructors: stop the authorization server first.
+    drop(oidc);
     std::process::exit(run.finish());
 }
