@@ -203,9 +203,13 @@ impl Vm {
             .iter()
             .enumerate()
             .map(|(i, c)| {
+                // The secret is in the tag so that a configuration that fixes a wrong secret
+                // starts afresh instead of inheriting the old one's failure backoff (the tag is
+                // a shared-data key name, seen only inside this Envoy).
                 let tag = shared::fnv1a(&[
                     &c.endpoint.uri,
                     &c.client_id,
+                    &c.client_secret,
                     &c.scopes.join(" "),
                     c.audience.as_deref().unwrap_or(""),
                     c.resource.as_deref().unwrap_or(""),
