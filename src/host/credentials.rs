@@ -13,7 +13,6 @@ use crate::credentials::{self, Record};
 use crate::decision::CredentialNow;
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Duration;
 
 /// From the root's tick: install what other VMs obtained, fetch what is due, and decide again
 /// on the requests waiting for a client whose token is no longer pending.
@@ -53,7 +52,7 @@ pub fn start(vm: &Rc<RefCell<Vm>>, c: usize, now: u64, context_id: u32) -> bool 
 /// Sends client `c`'s token request if one is due, none is under way in this VM, and this VM
 /// gets the lease (the current effective context must be the root's).
 fn maybe_fetch(vm: &Rc<RefCell<Vm>>, c: usize, now: u64) {
-    let dispatched = {
+    let failed = {
         let mut state = vm.borrow_mut();
         let me = state.id;
         let Some(client) = state.clients.get_mut(c) else {
@@ -66,31 +65,20 @@ fn maybe_fetch(vm: &Rc<RefCell<Vm>>, c: usize, now: u64) {
             return;
         }
         let refresh = client.record.usable(now).is_some();
-        let call = credentials::request(&client.spec).ok_or("the token endpoint URL is not usable");
-        let sent = call.and_then(|call| {
-            let headers: Vec<(&str, &str)> = call
-                .headers
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.as_str()))
-                .collect();
-            abi::dispatch_http_call(
-                &call.cluster,
-                &headers,
-                Some(call.body.as_bytes()),
-                Duration::from_millis(call.timeout_ms),
-            )
-            .map_err(|_| "the token endpoint's cluster cannot be called")
-        });
+        let sent = match credentials::request(&client.spec) {
+            Some(call) => http::dispatch_post(&call),
+            None => Err("the token endpoint URL is not usable".to_string()),
+        };
         client.metrics.fetch(refresh);
         match sent {
             Ok(token) => {
                 client.in_flight = Some(token);
-                Ok(())
+                None
             }
-            Err(why) => Err(format!("{why} (cluster {})", client.spec.endpoint.cluster)),
+            Err(why) => Some(why),
         }
     };
-    if let Err(why) = dispatched {
+    if let Some(why) = failed {
         fail(vm, c, &why);
     }
 }

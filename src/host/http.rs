@@ -151,6 +151,22 @@ pub fn process(vm: &Rc<RefCell<Vm>>, context_id: u32, resumed: bool) -> Action {
     }
 }
 
+/// Sends `call` (a form POST built by the core); its call token, or why it could not be sent.
+pub fn dispatch_post(call: &crate::introspection::Call) -> Result<u32, String> {
+    let headers: Vec<(&str, &str)> = call
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    abi::dispatch_http_call(
+        &call.cluster,
+        &headers,
+        Some(call.body.as_bytes()),
+        std::time::Duration::from_millis(call.timeout_ms),
+    )
+    .map_err(|status| format!("cannot call cluster {} ({status:?})", call.cluster))
+}
+
 /// Keeps the claims of a token verified just now in the verified-token cache.
 fn remember(vm: &Rc<RefCell<Vm>>, verified: Option<Verified>, now: u64) {
     if let Some(v) = verified {

@@ -17,7 +17,6 @@ use serde_json::{json, Map, Value};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::Duration;
 
 /// The most bytes of claims one shared slot holds; larger answers are cached per VM only.
 const MAX_SHARED_ENTRY: usize = 8 * 1024;
@@ -210,18 +209,7 @@ pub fn start(
 
 fn dispatch(config: &Introspection, token: &str) -> Result<u32, String> {
     let call = introspection::request(config, token).ok_or("the endpoint URL is not usable")?;
-    let headers: Vec<(&str, &str)> = call
-        .headers
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_str()))
-        .collect();
-    abi::dispatch_http_call(
-        &call.cluster,
-        &headers,
-        Some(call.body.as_bytes()),
-        Duration::from_millis(call.timeout_ms),
-    )
-    .map_err(|status| format!("cannot call cluster {} ({status:?})", call.cluster))
+    http::dispatch_post(&call)
 }
 
 fn fail_one(vm: &Rc<RefCell<Vm>>, why: &str) -> Action {
