@@ -1359,4 +1359,97 @@ mod tests {
         });
         assert!(!msg.contains(secret), "{msg}");
     }
+
+    #[test]
+    fn upstream_clients() {
+        let with_client = |edit: &dyn Fn(&mut Value)| {
+            let mut v = base();
+            v["upstream_credentials"] = json!({"orders": {
+                "token_endpoint": {"http_uri": {"uri": "https://idp/token", "cluster": "idp"}},
+                "client_id": "gw", "client_secret": "top-secret-value",
+                "scopes": ["orders:read"], "resource": "https://orders.example"
+            }});
+            v["rules"][2]["inject"] = json!("orders");
+            edit(&mut v);
+            Config::from_json(v.to_string().as_bytes())
+        };
+        let c = with_client(&|_| {}).unwrap();
+        let client = &c.clients[0];
+        assert_eq!(client.name, "orders");
+        assert_eq!(client.auth, ClientAuth::Basic);
+        assert_eq!(client.refresh_margin_ms, DEFAULT_REFRESH_MARGIN_MS);
+        assert_eq!(client.endpoint.timeout_ms, DEFAULT_TIMEOUT_MS);
+        assert_eq!(c.rules[2].inject, Some(0));
+        assert_eq!(c.rules[1].inject, None);
+        assert!(!format!("{c:?}").contains("top-secret-value"));
+
+        let refused: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
+            (
+                Box::new(|v| v["upstream_credentials"]["bad.name"] = v["upstream_credentials"]["orders"].clone()),
+                "upstream_credentials.bad.name: the client name must be letters, digits, '-' and '_'",
+            ),
+            (
+                Box::new(|v| v["upstream_credentials"]["orders"]["audience"] = json!("api")),
+                "upstream_credentials.orders: give audience or resource, not both",
+            ),
+            (
+                Box::new(|v| v["upstream_credentials"]["orders"]["resource"] = json!("https://o.example/#x")),
+                "upstream_credentials.orders.resource: must be an absolute URI",
+            ),
+            (
+                Box::new(|v| v["upstream_credentials"]["orders"]["resource"] = json!("orders")),
+                "upstream_credentials.orders.resource: must be an absolute URI",
+            ),
+            (
+                Box::new(|v| v["upstream_credentials"]["orders"]["client_secret"] = json!("")),
+                "upstream_credentials.orders.client_secret: must be a non-empty string",
+            ),
+            (
+                Box::new(|v| {
+                    v["upstream_credentials"]["orders"]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("token_endpoint");
+                }),
+                "upstream_credentials.orders.token_endpoint: is required",
+            ),
+            (
+                Box::new(|v| v["upstream_credentials"]["orders"]["refresh_margin"] = json!("0s")),
+                "upstream_credentials.orders.refresh_margin: must be from 1000ms",
+            ),
+            (
+                Box::new(|v| v["upstream_credentials"]["orders"]["scopes"] = json!(["a b"])),
+                "upstream_credentials.orders.scopes[0]",
+            ),
+            (
+                Box::new(|v| v["upstream_credentials"]["orders"]["auth_method"] = json!("private_key_jwt")),
+                "upstream_credentials.orders.auth_method: must be client_secret_basic or client_secret_post",
+            ),
+            (
+                Box::new(|v| v["upstream_credentials"]["orders"]["client_secert"] = json!("x")),
+                "upstream_credentials.orders.client_secert: unknown field",
+            ),
+            (
+                Box::new(|v| v["rules"][0]["inject"] = json!("billing")),
+                "rules[0].inject: names no client in upstream_credentials",
+            ),
+        ];
+        for (edit, expected) in refused {
+            let e = with_client(&*edit).unwrap_err().to_string();
+            assert!(
+                e.starts_with(expected),
+                "{e} does not start with {expected}"
+            );
+            assert!(!e.contains("top-secret-value"), "{e}");
+        }
+        // Neither providers nor clients: refused, naming both.
+        let e = Config::from_json(br#"{"rules": []}"#)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "providers: is required");
+        let e = Config::from_json(br#"{"providers": {}, "rules": []}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("or give upstream_credentials"), "{e}");
+    }
 }
