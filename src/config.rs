@@ -1383,7 +1383,8 @@ mod tests {
         assert_eq!(c.rules[1].inject, None);
         assert!(!format!("{c:?}").contains("top-secret-value"));
 
-        let refused: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
+        type Edit = Box<dyn Fn(&mut Value)>;
+        let refused: Vec<(Edit, &str)> = vec![
             (
                 Box::new(|v| v["upstream_credentials"]["bad.name"] = v["upstream_credentials"]["orders"].clone()),
                 "upstream_credentials.bad.name: the client name must be letters, digits, '-' and '_'",
