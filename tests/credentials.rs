@@ -122,14 +122,7 @@ impl Env {
     }
 
     fn logged(&self, text: &str) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if self.envoy.log().contains(text) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
+        self.envoy.logs_within(text, Duration::from_secs(5))
     }
 }
 

@@ -717,6 +717,20 @@ impl Envoy {
         log + &stderr
     }
 
+    /// Whether `text` appears in the log within `within` (Envoy flushes its log every 50 ms).
+    pub fn logs_within(&self, text: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.log().contains(text) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The value of counter `name` in /stats (0 when absent).
     pub fn counter(&self, name: &str) -> u64 {
         let stats = admin_get(self.admin, &format!("/stats?filter={name}")).unwrap_or_default();
