@@ -64,20 +64,18 @@ pub fn configure(root_id: u32, bytes: &[u8], metrics: Rc<Metrics>) -> Option<Rc<
         config.rules.len(),
         config.clients.len()
     );
-    for (i, client) in config.clients.iter().enumerate() {
-        if !config.rules.iter().any(|r| r.inject == Some(i)) {
-            log::warn!(
-                "oauth-filter: upstream client {}: no rule injects it; its token is never fetched",
-                client.name
-            );
-        }
-    }
     // A random id for the fetch lease, and a random key for the verified-token cache
     // (RandomState draws from WASI random_get).
     let random = RandomState::new();
     let id = random.hash_one(root_id) | 1;
     let secret = (random.hash_one(1u8), random.hash_one(2u8));
     let vm = Vm::new(Rc::new(config), metrics, id, root_id, secret);
+    for client in vm.clients.iter().filter(|c| !c.used) {
+        log::warn!(
+            "oauth-filter: upstream client {}: no rule injects it; its token is never fetched",
+            client.spec.name
+        );
+    }
     if vm.needs_ticks() {
         abi::set_tick_period(TICK);
     }
