@@ -936,16 +936,10 @@ mod flow {
     }
 
     /// Local keys, and one upstream client in a chosen state.
-    struct WithCredential<'a>(&'a Config, CredentialNow<'static>);
+    struct WithCredential<'a>(LocalKeys<'a>, CredentialNow<'static>);
     impl Known for WithCredential<'_> {
         fn keys_now(&self, p: usize) -> KeysNow<'_> {
-            match self.0.providers.get(p).map(|p| &p.keys) {
-                Some(KeySource::Local(keys)) => KeysNow::Ready {
-                    keys,
-                    may_refetch: false,
-                },
-                _ => KeysNow::Unavailable,
-            }
+            self.0.keys_now(p)
         }
         fn verified(&self, _: &cache::TokenKey) -> Option<&Map<String, Value>> {
             None
@@ -987,7 +981,7 @@ mod flow {
                 headers: &headers,
                 now: crate::testkit::now(),
             };
-            decide(&config, &WithCredential(&config, state), request)
+            decide(&config, &WithCredential(LocalKeys(&config), state), request)
         };
         let ready = CredentialNow::Ready("gateway-token");
 
