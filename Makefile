@@ -6,7 +6,7 @@ WASM  := target/wasm32-wasip1/release/oauth_filter.wasm
 ENVOY_BIN = $(shell ls $(VENV)/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -n1)
 ENVOY_CONFIGS := $(shell find envoy -name '*.yaml' -exec grep -l 'static_resources' {} +)
 
-.PHONY: all build envoy oidc run test unit integration lint validate bench bench-instructions soak fuzz oci clean
+.PHONY: all build floor envoy oidc run test unit integration lint validate bench bench-instructions soak fuzz oci clean
 
 all: build
 
@@ -54,13 +54,18 @@ unit:
 integration: build envoy oidc
 	ENVOY_BIN=$(ENVOY_BIN) OAUTH_FILTER_WASM=$(WASM) cargo test --test envoy --test remote --test introspection --test credentials --test mesh
 
+# The bench's reference module: a Wasm filter that does nothing, or only a bearer filter's
+# header work (examples/floor_filter.rs).
+floor:
+	cargo build --release --target wasm32-wasip1 --example floor_filter
+
 # Requests per second and latency against Envoy alone and Envoy's jwt_authn (see README).
-bench: build envoy
+bench: build floor envoy
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	ENVOY_BIN=$(ENVOY_BIN) cargo run --quiet --profile tools --example bench
 
 # The same setups, counted in instructions per request under callgrind (repeatable; see README).
-bench-instructions: build envoy
+bench-instructions: build floor envoy
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	@command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind)
 	BENCH_INSTRUCTIONS=1 ENVOY_BIN=$(ENVOY_BIN) cargo run --quiet --profile tools --example bench

@@ -81,14 +81,15 @@ fn bootstrap(port: u16, admin: u16, filters: Vec<Value>, clusters: Vec<Value>) -
     })
 }
 
-fn wasm_filter(wasm: &Path, config: &Value) -> Value {
+/// The Wasm filter of module `wasm`, with `config` as its plugin configuration.
+fn wasm_filter(wasm: &Path, config: &str) -> Value {
     json!({"name": "envoy.filters.http.wasm", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
         "config": {"name": "oauth_filter", "root_id": "oauth_filter",
             "vm_config": {"vm_id": "oauth_filter", "runtime": "envoy.wasm.runtime.v8",
                           "code": {"local": {"filename": wasm}}},
             "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
-                              "value": config.to_string()}}}})
+                              "value": config}}}})
 }
 
 /// Envoy's `jwt_authn` doing what the filter does in the same setups: issuer and audience
@@ -106,16 +107,85 @@ fn jwt_authn(jwks_text: &str, cache: bool) -> Value {
         "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}]}})
 }
 
-/// The ratios reported: label, setup, baseline setup (indexes into the setups), target.
-const RATIOS: [(&str, usize, usize, f64); 7] = [
-    ("RS256 cold / jwt_authn without cache", 3, 1, 1.0),
-    ("RS256 hot / jwt_authn with cache", 4, 2, 0.85),
-    ("RS256 hot / no filter", 4, 0, 0.80),
-    ("introspection hit / no filter", 8, 0, 0.80),
-    ("filter on a public route / no filter", 7, 0, f64::NAN),
-    ("ES256 cold / jwt_authn RS256 without cache", 5, 1, f64::NAN),
-    ("EdDSA cold / jwt_authn RS256 without cache", 6, 1, f64::NAN),
+/// The ratios reported: label, setup, baseline setup (names of setups), target.
+const RATIOS: [(&str, &str, &str, f64); 10] = [
+    (
+        "RS256 cold / jwt_authn without cache",
+        COLD,
+        AUTHN_NOCACHE,
+        1.0,
+    ),
+    ("RS256 hot / jwt_authn with cache", HOT, AUTHN_CACHE, 0.85),
+    ("RS256 hot / no filter", HOT, NONE, 0.80),
+    ("introspection hit / no filter", INTRO, NONE, 0.80),
+    (
+        "filter on a public route / no filter",
+        PUBLIC,
+        NONE,
+        f64::NAN,
+    ),
+    (
+        "ES256 cold / jwt_authn RS256 without cache",
+        ES,
+        AUTHN_NOCACHE,
+        f64::NAN,
+    ),
+    (
+        "EdDSA cold / jwt_authn RS256 without cache",
+        ED,
+        AUTHN_NOCACHE,
+        f64::NAN,
+    ),
+    ("reference: Wasm no-op / no filter", NOOP, NONE, f64::NAN),
+    (
+        "reference: Wasm bearer floor / no filter",
+        FLOOR,
+        NONE,
+        f64::NAN,
+    ),
+    ("RS256 hot / Wasm bearer floor", HOT, FLOOR, f64::NAN),
 ];
+
+const NONE: &str = "no filter";
+const AUTHN_NOCACHE: &str = "jwt_authn RS256, no cache";
+const AUTHN_CACHE: &str = "jwt_authn RS256, cache";
+const COLD: &str = "oauth-filter RS256 cold";
+const HOT: &str = "oauth-filter RS256 hot";
+const ES: &str = "oauth-filter ES256 cold";
+const ED: &str = "oauth-filter EdDSA cold";
+const PUBLIC: &str = "oauth-filter, public route (no token work)";
+const INTRO: &str = "oauth-filter introspection hit";
+const NOOP: &str = "reference: Wasm no-op filter";
+const FLOOR: &str = "reference: Wasm bearer floor (no validation)";
+
+/// Setup `name`'s index in `setups`.
+fn index(setups: &[Setup], name: &str) -> usize {
+    setups
+        .iter()
+        .position(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no setup {name}"))
+}
+
+/// The ratio table of a report, from one number per setup; `ratio` maps a setup's number and its
+/// baseline's to the ratio shown (higher is better).
+fn ratio_rows(
+    title: &str,
+    setups: &[Setup],
+    values: &[f64],
+    ratio: impl Fn(f64, f64) -> f64,
+) -> String {
+    let mut rows = format!("\n| {title} | value | target |\n|---|---:|---:|\n");
+    for (label, a, b, target) in RATIOS {
+        let target = if target.is_nan() {
+            "-".to_string()
+        } else {
+            format!("{target:.2}")
+        };
+        let value = ratio(values[index(setups, a)], values[index(setups, b)]);
+        rows.push_str(&format!("| {label} | {value:.2} | {target} |\n"));
+    }
+    rows
+}
 
 struct Setup {
     name: &'static str,
@@ -359,6 +429,11 @@ fn main() {
     let memory_tokens = support::env_number("BENCH_MEMORY_TOKENS", 1_000_000) as usize;
     let wasm = support::root().join("target/wasm32-wasip1/release/oauth_filter.wasm");
     assert!(wasm.exists(), "build the module first: make build");
+    let floor = support::root().join("target/wasm32-wasip1/release/examples/floor_filter.wasm");
+    assert!(
+        floor.exists(),
+        "build the reference module first: make floor"
+    );
     let dir = support::root().join("target/bench");
     std::fs::create_dir_all(&dir).unwrap();
     let script = dir.join("tokens.lua");
@@ -418,65 +493,79 @@ end
     // The configuration, for measuring a setup by hand with the same keys and tokens.
     std::fs::write(dir.join("filter.json"), filter.to_string()).unwrap();
     std::fs::write(dir.join("jwks.json"), &keys).unwrap();
-    let ours = wasm_filter(&wasm, &filter);
+    let ours = wasm_filter(&wasm, &filter.to_string());
     let mut public = filter.clone();
     public["rules"] = json!([{"match": {"prefix": "/"}}]);
-    let ours_public = wasm_filter(&wasm, &public);
+    let ours_public = wasm_filter(&wasm, &public.to_string());
     let setups = vec![
         Setup {
-            name: "no filter",
+            name: NONE,
             filters: vec![],
             tokens: hot.clone(),
             checks: false,
         },
         Setup {
-            name: "jwt_authn RS256, no cache",
+            name: AUTHN_NOCACHE,
             filters: vec![jwt_authn(&keys, false)],
             // The same distinct tokens as the filter's cold setup.
             tokens: rs_cold.clone(),
             checks: true,
         },
         Setup {
-            name: "jwt_authn RS256, cache",
+            name: AUTHN_CACHE,
             filters: vec![jwt_authn(&keys, true)],
             tokens: hot.clone(),
             checks: true,
         },
         Setup {
-            name: "oauth-filter RS256 cold",
+            name: COLD,
             filters: vec![ours.clone()],
             tokens: rs_cold,
             checks: true,
         },
         Setup {
-            name: "oauth-filter RS256 hot",
+            name: HOT,
             filters: vec![ours.clone()],
             tokens: hot.clone(),
             checks: true,
         },
         Setup {
-            name: "oauth-filter ES256 cold",
+            name: ES,
             filters: vec![ours.clone()],
             tokens: es_cold,
             checks: true,
         },
         Setup {
-            name: "oauth-filter EdDSA cold",
+            name: ED,
             filters: vec![ours.clone()],
             tokens: ed_cold,
             checks: true,
         },
         Setup {
-            name: "oauth-filter, public route (no token work)",
+            name: PUBLIC,
             filters: vec![ours_public],
             tokens: hot.clone(),
             checks: false,
         },
         Setup {
-            name: "oauth-filter introspection hit",
+            name: INTRO,
             filters: vec![ours.clone()],
             tokens: opaque,
             checks: true,
+        },
+        // What Envoy costs with a Wasm filter that does nothing, and with one that does only
+        // the header work every bearer filter must do (examples/floor_filter.rs).
+        Setup {
+            name: NOOP,
+            filters: vec![wasm_filter(&floor, "noop")],
+            tokens: hot.clone(),
+            checks: false,
+        },
+        Setup {
+            name: FLOOR,
+            filters: vec![wasm_filter(&floor, "bearer")],
+            tokens: hot.clone(),
+            checks: false,
         },
     ];
 
@@ -500,20 +589,12 @@ end
         for (setup, n) in setups.iter().zip(&counts) {
             report.push_str(&format!("| {} | {n:.0} |\n", setup.name));
         }
-        report.push_str(
-            "\n| ratio (fewer instructions = higher) | value | target |\n|---|---:|---:|\n",
-        );
-        for (label, a, b, target) in RATIOS {
-            let target = if target.is_nan() {
-                "-".to_string()
-            } else {
-                format!("{target:.2}")
-            };
-            report.push_str(&format!(
-                "| {label} | {:.2} | {target} |\n",
-                counts[b] / counts[a]
-            ));
-        }
+        report.push_str(&ratio_rows(
+            "ratio (fewer instructions = higher)",
+            &setups,
+            &counts,
+            |a, b| b / a,
+        ));
         println!("\n{report}");
         std::fs::write(dir.join("instructions.md"), &report).unwrap();
         return;
@@ -561,16 +642,8 @@ end
             setup.name, s.rps, s.p50_ms, s.p99_ms, s.cpu_us
         ));
     }
-    report.push_str("\n| ratio | value | target |\n|---|---:|---:|\n");
-    for (label, a, b, target) in RATIOS {
-        let target = if target.is_nan() {
-            "-".to_string()
-        } else {
-            format!("{target:.2}")
-        };
-        let value = m[a].rps / m[b].rps;
-        report.push_str(&format!("| {label} | {value:.2} | {target} |\n"));
-    }
+    let rps: Vec<f64> = m.iter().map(|s| s.rps).collect();
+    report.push_str(&ratio_rows("ratio", &setups, &rps, |a, b| a / b));
 
     if memory_tokens > 0 {
         eprintln!("memory: signing {memory_tokens} distinct HS256 tokens...");
@@ -584,7 +657,7 @@ end
         });
         let setup = Setup {
             name: "memory",
-            filters: vec![wasm_filter(&wasm, &filter)],
+            filters: vec![wasm_filter(&wasm, &filter.to_string())],
             tokens: many.clone(),
             checks: true,
         };
