@@ -57,7 +57,7 @@ integration: build envoy oidc
 # The bench's reference module: a Wasm filter that does nothing, or only a bearer filter's
 # header work (examples/floor_filter.rs).
 floor:
-	cargo build --release --target wasm32-wasip1 --example floor_filter
+	cargo build --release --target wasm32-wasip1 --example floor_filter --example floor_callbacks
 
 # Requests per second and latency against Envoy alone and Envoy's jwt_authn (see README).
 bench: build floor envoy

@@ -1,15 +1,18 @@
-//! The reference modules of `make bench`: what a proxy-wasm filter costs in Envoy before it does
-//! any work of its own. Built for wasm32 by the bench (`cargo build --release --target
-//! wasm32-wasip1 --example floor_filter`); it is not a filter anyone should deploy.
-//!
-//! Its plugin configuration picks what it does on each request:
-//! - `noop`: nothing. Envoy enters the VM once (`on_request_headers`, the only stream callback
-//!   exported) and the request goes on: the least any Wasm filter costs.
-//! - `bearer`: the least a bearer-token filter must do through the ABI, with no validation at
-//!   all: read the `authorization` header, and when it holds a Bearer token remove it and set
-//!   `x-user` (what Envoy's `jwt_authn` does in the bench's setups); otherwise answer 401.
-//!
-//! Envoy skips every callback a module does not export, so this exports only what it needs.
+// The reference modules of `make bench`: what a proxy-wasm filter costs in Envoy before it does
+// any work of its own. Built for wasm32 by the bench (`cargo build --release --target
+// wasm32-wasip1 --example floor_filter`); it is not a filter anyone should deploy.
+//
+// Its plugin configuration picks what it does on each request:
+// - `noop`: nothing. Envoy enters the VM once (`on_request_headers`, the only stream callback
+//   exported) and the request goes on: the least any Wasm filter costs.
+// - `bearer`: the least a bearer-token filter must do through the ABI, with no validation at
+//   all: read the `authorization` header, and when it holds a Bearer token remove it and set
+//   `x-user` (what Envoy's `jwt_authn` does in the bench's setups); otherwise answer 401.
+// - `bearer+`: as `bearer`, plus the host calls the filter makes on a cached token besides its
+//   header work: read the clock, bump two counters.
+//
+// Envoy skips every callback a module does not export, so this exports only what it needs;
+// examples/floor_callbacks.rs is the same module with two more (empty) request callbacks.
 
 use std::cell::Cell;
 use std::ptr::null_mut;
@@ -37,6 +40,9 @@ extern "C" {
         value_size: usize,
     ) -> u32;
     fn proxy_remove_header_map_value(map: u32, key: *const u8, key_size: usize) -> u32;
+    fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, id: *mut u32) -> u32;
+    fn proxy_increment_metric(id: u32, offset: i64) -> u32;
+    fn proxy_get_current_time_nanoseconds(time: *mut u64) -> u32;
     #[allow(clippy::too_many_arguments)]
     fn proxy_send_local_response(
         status: u32,
@@ -54,8 +60,10 @@ const REQUEST_HEADERS: u32 = 0;
 const PLUGIN_CONFIGURATION: u32 = 7;
 
 thread_local! {
-    /// Whether the configuration is `bearer`.
+    /// Whether the configuration is `bearer` (or `bearer+`).
     static BEARER: Cell<bool> = const { Cell::new(false) };
+    /// With `bearer+`: a counter to bump twice and a clock to read on each request.
+    static EXTRA: Cell<Option<u32>> = const { Cell::new(None) };
 }
 
 /// Takes ownership of a buffer the host allocated through `proxy_on_memory_allocate`.
@@ -91,6 +99,15 @@ pub extern "C" fn proxy_on_configure(_root_id: u32, size: usize) -> u32 {
     match config.as_slice() {
         b"noop" => BEARER.with(|b| b.set(false)),
         b"bearer" => BEARER.with(|b| b.set(true)),
+        b"bearer+" => {
+            BEARER.with(|b| b.set(true));
+            let name = "floor.requests";
+            let mut id = 0;
+            // SAFETY: a live string and an out-pointer to a local.
+            if unsafe { proxy_define_metric(0, name.as_ptr(), name.len(), &mut id) } == 0 {
+                EXTRA.with(|e| e.set(Some(id)));
+            }
+        }
         _ => return 0,
     }
     1
@@ -118,6 +135,15 @@ pub extern "C" fn proxy_on_request_headers(_context_id: u32, _headers: usize, _e
     } else {
         Vec::new()
     };
+    if let Some(id) = EXTRA.with(Cell::get) {
+        let mut now = 0u64;
+        // SAFETY: an out-pointer to a local.
+        unsafe {
+            proxy_get_current_time_nanoseconds(&mut now);
+            proxy_increment_metric(id, 1);
+            proxy_increment_metric(id, 1);
+        }
+    }
     if value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer ") {
         let (user, who) = ("x-user", "bench");
         // SAFETY: pointers and lengths of live strings.
