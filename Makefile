@@ -54,8 +54,8 @@ unit:
 integration: build envoy oidc
 	ENVOY_BIN=$(ENVOY_BIN) OAUTH_FILTER_WASM=$(WASM) cargo test --test envoy --test remote --test introspection --test credentials --test mesh
 
-# The bench's reference module: a Wasm filter that does nothing, or only a bearer filter's
-# header work (examples/floor_filter.rs).
+# The bench's reference modules: Wasm filters that validate nothing, to show what the host charges
+# any Wasm filter (examples/floor_filter.rs, examples/floor_callbacks.rs; README, Performance).
 floor:
 	cargo build --release --target wasm32-wasip1 --example floor_filter --example floor_callbacks
 
