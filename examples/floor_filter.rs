@@ -1,6 +1,6 @@
 // The reference modules of `make bench`: what a proxy-wasm filter costs in Envoy before it does
-// any work of its own. Built for wasm32 by the bench (`cargo build --release --target
-// wasm32-wasip1 --example floor_filter`); it is not a filter anyone should deploy.
+// any work of its own. Built for wasm32 by `make floor` (which `make bench` runs); it is not a
+// filter anyone should deploy.
 //
 // Its plugin configuration picks what it does on each request:
 // - `noop`: nothing. Envoy enters the VM once (`on_request_headers`, the only stream callback
