@@ -170,21 +170,14 @@ impl Record {
 
     /// Reads a record; anything unreadable is an empty record (as if nothing was fetched).
     pub fn from_bytes(bytes: &[u8]) -> Record {
-        let Ok(map) = json::parse_object(bytes) else {
-            return Record::default();
-        };
-        let num = |k: &str| map.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let f = json::Fields::parse(bytes);
         Record {
-            token: map
-                .get("token")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-            obtained_at: num("obtained_at"),
-            expires_at: num("expires_at"),
-            failures: u32::try_from(num("failures")).unwrap_or(u32::MAX),
-            failed_at: num("failed_at"),
-            dropped_at: num("dropped_at"),
+            token: f.string("token"),
+            obtained_at: f.u64("obtained_at"),
+            expires_at: f.u64("expires_at"),
+            failures: f.u32("failures"),
+            failed_at: f.u64("failed_at"),
+            dropped_at: f.u64("dropped_at"),
         }
     }
 

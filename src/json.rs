@@ -26,6 +26,35 @@ pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, JsonError> {
     }
 }
 
+/// The members of a record this module wrote itself (the key-set and token records VMs share),
+/// read leniently: a record that does not parse, or a member missing or of another type, reads as
+/// zero or empty, as if it had never been set.
+pub struct Fields(Map<String, Value>);
+
+impl Fields {
+    pub fn parse(bytes: &[u8]) -> Fields {
+        Fields(parse_object(bytes).unwrap_or_default())
+    }
+
+    pub fn u64(&self, name: &str) -> u64 {
+        self.0.get(name).and_then(Value::as_u64).unwrap_or(0)
+    }
+
+    /// A count, saturating at `u32::MAX`.
+    pub fn u32(&self, name: &str) -> u32 {
+        u32::try_from(self.u64(name)).unwrap_or(u32::MAX)
+    }
+
+    pub fn str(&self, name: &str) -> Option<&str> {
+        self.0.get(name).and_then(Value::as_str)
+    }
+
+    /// A string member, empty when absent.
+    pub fn string(&self, name: &str) -> String {
+        self.str(name).unwrap_or("").to_string()
+    }
+}
+
 struct Strict(Value);
 
 impl<'de> Deserialize<'de> for Strict {

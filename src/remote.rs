@@ -60,25 +60,15 @@ impl Record {
 
     /// Reads a record; anything unreadable is an empty record (as if nothing was fetched).
     pub fn from_bytes(bytes: &[u8]) -> Record {
-        let Ok(map) = json::parse_object(bytes) else {
-            return Record::default();
-        };
-        let num = |k: &str| map.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let f = json::Fields::parse(bytes);
         Record {
-            fetched_at: num("fetched_at"),
-            jwks: map
-                .get("jwks")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-            jwks_uri: map
-                .get("jwks_uri")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            attempted_at: num("attempted_at"),
-            failures: u32::try_from(num("failures")).unwrap_or(u32::MAX),
-            failed_at: num("failed_at"),
-            refetched_at: num("refetched_at"),
+            fetched_at: f.u64("fetched_at"),
+            jwks: f.string("jwks"),
+            jwks_uri: f.str("jwks_uri").map(str::to_owned),
+            attempted_at: f.u64("attempted_at"),
+            failures: f.u32("failures"),
+            failed_at: f.u64("failed_at"),
+            refetched_at: f.u64("refetched_at"),
         }
     }
 
