@@ -295,19 +295,25 @@ fn run_wrk(envoy: &Envoy, tokens: &Path, script: &Path, seconds: u64) -> Sample 
     sample
 }
 
-fn start(setup: &Setup, clusters: &[Value]) -> Envoy {
-    // A port found free can be taken again before Envoy binds it: wrk's closed connections
-    // leave the ephemeral ports they used in TIME_WAIT. Try fresh ports then.
-    let mut attempts = 0;
-    let envoy = loop {
-        let (port, admin) = (free_port(), free_port());
-        let boot = bootstrap(port, admin, setup.filters.clone(), clusters.to_vec());
-        match Envoy::start(&boot, port, admin) {
-            Ok(envoy) => break envoy,
-            Err(log) if log.contains("Address already in use") && attempts < 5 => attempts += 1,
+/// Runs `attempt` with a free listener port and a free admin port, again with fresh ones when
+/// Envoy could not bind them: a port found free can be taken before Envoy binds it (wrk's closed
+/// connections leave the ephemeral ports they used in TIME_WAIT).
+fn on_free_ports<T>(setup: &Setup, mut attempt: impl FnMut(u16, u16) -> Result<T, String>) -> T {
+    let mut retries = 0;
+    loop {
+        match attempt(free_port(), free_port()) {
+            Ok(started) => return started,
+            Err(log) if log.contains("Address already in use") && retries < 5 => retries += 1,
             Err(log) => panic!("{}: {log}", setup.name),
         }
-    };
+    }
+}
+
+fn start(setup: &Setup, clusters: &[Value]) -> Envoy {
+    let envoy = on_free_ports(setup, |port, admin| {
+        let boot = bootstrap(port, admin, setup.filters.clone(), clusters.to_vec());
+        Envoy::start(&boot, port, admin)
+    });
     let _ = Command::new("taskset")
         .args(["-a", "-pc", "0", &envoy.pid().to_string()])
         .output();
@@ -363,32 +369,37 @@ fn check(envoy: &Envoy, setup: &Setup) {
 /// Instructions per request of `setup` under callgrind: Envoy starts with instrumentation off,
 /// is warmed up, then counted over a fixed run of wrk (4 connections).
 fn instructions(setup: &Setup, clusters: &[Value], script: &Path) -> f64 {
-    let (port, admin) = (free_port(), free_port());
-    let boot = bootstrap(port, admin, setup.filters.clone(), clusters.to_vec());
-    let out = std::env::temp_dir().join(format!("oauth-filter-callgrind-{port}"));
-    std::fs::create_dir_all(&out).unwrap();
-    let wrapper: Vec<String> = [
-        "valgrind",
-        "--tool=callgrind",
-        "--smc-check=all-non-file",
-        "--instr-atstart=no",
-    ]
-    .into_iter()
-    .map(String::from)
-    .chain([format!(
-        "--callgrind-out-file={}",
-        out.join("callgrind.out").display()
-    )])
-    .collect();
-    let envoy = Envoy::start_under(
-        &boot,
-        port,
-        admin,
-        1,
-        &wrapper,
-        std::time::Duration::from_secs(300),
-    )
-    .unwrap_or_else(|log| panic!("{}: {log}", setup.name));
+    let (envoy, out) = on_free_ports(setup, |port, admin| {
+        let boot = bootstrap(port, admin, setup.filters.clone(), clusters.to_vec());
+        let out = std::env::temp_dir().join(format!("oauth-filter-callgrind-{port}"));
+        std::fs::create_dir_all(&out).unwrap();
+        let wrapper: Vec<String> = [
+            "valgrind",
+            "--tool=callgrind",
+            "--smc-check=all-non-file",
+            "--instr-atstart=no",
+        ]
+        .into_iter()
+        .map(String::from)
+        .chain([format!(
+            "--callgrind-out-file={}",
+            out.join("callgrind.out").display()
+        )])
+        .collect();
+        let started = Envoy::start_under(
+            &boot,
+            port,
+            admin,
+            1,
+            &wrapper,
+            std::time::Duration::from_secs(300),
+        );
+        if started.is_err() {
+            let _ = std::fs::remove_dir_all(&out);
+        }
+        started.map(|envoy| (envoy, out))
+    });
+    let port = envoy.port;
     check(&envoy, setup);
     let control = |what: &[&str]| {
         Command::new("callgrind_control")
