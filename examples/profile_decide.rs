@@ -83,7 +83,7 @@ fn main() {
         };
         if let Decision::Allow(f) = decide(&config, &view, request) {
             allowed += 1;
-            if let Some(v) = f.verified {
+            for v in f.verified {
                 let size = json_size(&v.claims);
                 view.cache.insert(v.key, v.claims, size, u64::MAX, 0);
             }

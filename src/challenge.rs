@@ -95,17 +95,22 @@ pub fn invalid_token(realm: &str, description: &str) -> Challenge {
     }
 }
 
-/// 403 for a valid token without the scopes the route requires; `scope` lists them.
-pub fn insufficient_scope(realm: &str, scopes: &[String]) -> Challenge {
-    let description = "The access token lacks a scope this resource requires";
-    let scope = scopes.join(" ");
+/// 403 for a valid token without a scope or claim the route requires. `scope` lists every
+/// scope the requirement needs (left out when it needs none: a claim was missing).
+pub fn insufficient_scope(realm: &str, scopes: &[&str], scope_missing: bool) -> Challenge {
+    let description = if scope_missing {
+        "The access token lacks a scope this resource requires"
+    } else {
+        "The access token lacks a claim this resource requires"
+    };
+    let mut header = with_error(realm, "insufficient_scope", description);
+    if !scopes.is_empty() {
+        header.push_str(&format!(", scope=\"{}\"", scopes.join(" ")));
+    }
     Challenge {
         reason: DenyReason::InsufficientScope,
         status: 403,
-        www_authenticate: Some(format!(
-            "{}, scope=\"{scope}\"",
-            with_error(realm, "insufficient_scope", description)
-        )),
+        www_authenticate: Some(header),
         body: body("insufficient_scope", description),
     }
 }
@@ -129,11 +134,14 @@ mod tests {
         let c = missing_token("api");
         assert_eq!(c.status, 401);
         assert_eq!(c.www_authenticate.as_deref(), Some("Bearer realm=\"api\""));
-        let c = insufficient_scope("api", &["a".into(), "b".into()]);
+        let c = insufficient_scope("api", &["a", "b"], true);
         assert_eq!(c.status, 403);
         let w = c.www_authenticate.unwrap();
         assert!(w.starts_with("Bearer realm=\"api\", error=\"insufficient_scope\""));
         assert!(w.ends_with(", scope=\"a b\""));
+        let c = insufficient_scope("api", &[], false);
+        let w = c.www_authenticate.unwrap();
+        assert!(!w.contains("scope=") && w.contains("lacks a claim"), "{w}");
         let c = invalid_request("r", "bad");
         assert_eq!(c.status, 400);
         let body: serde_json::Value = serde_json::from_str(&c.body).unwrap();

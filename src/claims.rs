@@ -1,6 +1,8 @@
-//! Checks on a token's claims (`iss`, `aud`, `exp`, `nbf`) and its scopes. Shared by locally
-//! verified JWTs and, later, introspection answers: both arrive here as a JSON object.
+//! Checks on a token's claims (`iss`, `aud`, `exp`, `nbf`), its scopes and a requirement's claim
+//! conditions. Shared by locally verified JWTs and introspection answers: both arrive here as a
+//! JSON object.
 
+use crate::config::{err, ConfigError, Obj};
 use serde_json::{Map, Value};
 
 /// What a provider requires of every token's claims.
@@ -57,23 +59,58 @@ fn date(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, ClaimErr
 
 /// Checks the claims at `now` (seconds since the Unix epoch).
 pub fn check(claims: &Map<String, Value>, rules: &ClaimRules, now: u64) -> Result<(), ClaimError> {
-    // A maximum lifetime cannot be checked on a token without exp.
-    let require_expiration = rules.require_expiration || rules.max_lifetime_seconds.is_some();
-    check_dates_and_parties(claims, rules, now, require_expiration)
+    check_for(claims, rules, &rules.audiences, now, false)
 }
 
-/// [`check`] for claims an authorization server vouched for (an introspection answer): `exp`
-/// need not be there (not even with a maximum lifetime), but every date, issuer and audience
-/// that is there is checked.
+/// [`check`] for claims an authorization server vouched for (an introspection answer).
 pub fn check_vouched(
     claims: &Map<String, Value>,
     rules: &ClaimRules,
     now: u64,
 ) -> Result<(), ClaimError> {
-    check_dates_and_parties(claims, rules, now, false)
+    check_for(claims, rules, &rules.audiences, now, true)
 }
 
-fn check_dates_and_parties(
+/// [`check`] with `audiences` in place of the provider's (a `provider_and_audiences` leaf).
+/// `vouched`: the claims are an introspection answer, which the configured endpoint vouched for
+/// over the filter's own authenticated call: `exp` need not be there (not even with a maximum
+/// lifetime) nor `iss` (RFC 7662 makes both optional), but every date, issuer and audience that
+/// is there is checked.
+pub fn check_for(
+    claims: &Map<String, Value>,
+    rules: &ClaimRules,
+    audiences: &[String],
+    now: u64,
+    vouched: bool,
+) -> Result<(), ClaimError> {
+    // A maximum lifetime cannot be checked on a token without exp.
+    let require_expiration =
+        !vouched && (rules.require_expiration || rules.max_lifetime_seconds.is_some());
+    check_dates(claims, rules, now, require_expiration)?;
+    if let Some(issuer) = &rules.issuer {
+        let fits = match claims.get("iss") {
+            None => vouched,
+            Some(iss) => iss.as_str() == Some(issuer.as_str()),
+        };
+        if !fits {
+            return Err(ClaimError::WrongIssuer);
+        }
+    }
+    if !audiences.is_empty() {
+        let fits = |aud: &str| audiences.iter().any(|a| a == aud);
+        let ok = match claims.get("aud") {
+            Some(Value::String(aud)) => fits(aud),
+            Some(Value::Array(auds)) => auds.iter().filter_map(Value::as_str).any(fits),
+            _ => false,
+        };
+        if !ok {
+            return Err(ClaimError::WrongAudience);
+        }
+    }
+    Ok(())
+}
+
+fn check_dates(
     claims: &Map<String, Value>,
     rules: &ClaimRules,
     now: u64,
@@ -99,28 +136,63 @@ fn check_dates_and_parties(
             return Err(ClaimError::TooLong);
         }
     }
-    if let Some(nbf) = nbf {
-        if now + skew < nbf {
-            return Err(ClaimError::NotYetValid);
+    match nbf {
+        Some(nbf) if now + skew < nbf => Err(ClaimError::NotYetValid),
+        _ => Ok(()),
+    }
+}
+
+/// Claim `name`: a top-level claim of that exact name, or else a dotted path into nested
+/// objects (`realm_access.roles`).
+pub fn lookup<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    claims.get(name).or_else(|| {
+        let mut parts = name.split('.');
+        let first = claims.get(parts.next()?)?;
+        parts.try_fold(first, |v, part| v.as_object()?.get(part))
+    })
+}
+
+/// A scalar claim as text: strings as they are, numbers and booleans as JSON text.
+pub fn scalar_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// A requirement's claim condition (`claims`): the claim (a top-level name or a dotted path)
+/// must equal one of `values`; an array claim must contain one of them. Numbers and booleans
+/// compare as their JSON text (`"true"`, `"3"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimCondition {
+    pub claim: String,
+    pub values: Vec<String>,
+}
+
+impl ClaimCondition {
+    pub(crate) fn parse(c: &Obj<'_>) -> Result<ClaimCondition, ConfigError> {
+        c.only(&["claim_name", "values"])?;
+        let claim = c.required_string("claim_name")?.to_string();
+        let values = c.strings("values", |_| Ok(()))?.unwrap_or_default();
+        if values.is_empty() {
+            return err(
+                c.field("values"),
+                "must list at least one value the claim may have",
+            );
+        }
+        Ok(ClaimCondition { claim, values })
+    }
+
+    pub fn holds(&self, claims: &Map<String, Value>) -> bool {
+        let fits = |v: &Value| scalar_text(v).is_some_and(|t| self.values.contains(&t));
+        match lookup(claims, &self.claim) {
+            Some(Value::Array(items)) => items.iter().any(fits),
+            Some(value) => fits(value),
+            None => false,
         }
     }
-    if let Some(issuer) = &rules.issuer {
-        if claims.get("iss").and_then(Value::as_str) != Some(issuer.as_str()) {
-            return Err(ClaimError::WrongIssuer);
-        }
-    }
-    if !rules.audiences.is_empty() {
-        let fits = |aud: &str| rules.audiences.iter().any(|a| a == aud);
-        let ok = match claims.get("aud") {
-            Some(Value::String(aud)) => fits(aud),
-            Some(Value::Array(auds)) => auds.iter().filter_map(Value::as_str).any(fits),
-            _ => false,
-        };
-        if !ok {
-            return Err(ClaimError::WrongAudience);
-        }
-    }
-    Ok(())
 }
 
 /// The scopes a token grants: the space-delimited `scope` claim (RFC 8693 §4.2, RFC 9068), or

@@ -1,14 +1,18 @@
-//! The decision: a request (path, headers, the time) and the configuration in, what to do out.
+//! The decision: a request (path, headers, the time) and what the filter knows in, what to do
+//! out. Which rule applies is [`crate::route`]'s business, what its requirement asks
+//! [`crate::requirement`]'s, what each provider makes of the token [`crate::authenticate`]'s,
+//! and what goes upstream [`crate::identity`]'s; this module puts them in order.
 
+use crate::authenticate::{self, Authenticator};
 use crate::cache;
 use crate::challenge::{self, Challenge};
-use crate::claims;
-use crate::config::{Config, KeySource, Provider, Rule, Source};
-use crate::extract::{self, Extracted};
+use crate::config::{Config, KeySource, Rule};
 use crate::jwt;
 use crate::jwt::keys::{Alg, Jwk};
+use crate::requirement::{self, Failure, Outcome, Pending};
 use serde_json::{Map, Value};
-use std::borrow::Cow;
+
+pub use crate::authenticate::NO_KEYS;
 
 /// What the filter saw of the request.
 #[derive(Debug, Clone, Copy)]
@@ -22,30 +26,38 @@ pub struct Request<'a> {
 }
 
 /// How an allowed request got through, for metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Passed {
-    /// A rule required a token and the token satisfied it.
+    /// A rule required a token and a provider accepted it.
     Authenticated,
+    /// A rule's requirement passed without accepting a token (`allow_missing`,
+    /// `allow_missing_or_failed`).
+    Anonymous,
     /// The matching rule has no `requires`.
     Public,
-    /// No rule matched the path.
+    /// No rule matched the request.
+    #[default]
     NoRule,
+    /// A CORS preflight, with `bypass_cors_preflight`.
+    Preflight,
 }
 
 /// Changes to make to an allowed request before it goes upstream.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Forward {
     pub passed: Passed,
     /// Headers to remove (all their values), before `set` is applied: only headers the request
     /// has (each change of the request's headers costs a host call, and makes Envoy clear its
     /// route cache).
     pub remove: Vec<String>,
-    /// Headers to set, replacing any value.
+    /// Headers to set, replacing any value, in order.
     pub set: Vec<(String, String)>,
     /// A new `:path`, when the token came in the query and is not forwarded.
     pub path: Option<String>,
-    /// A token whose signature was just verified, for the verified-token cache.
-    pub verified: Option<Verified>,
+    /// Filter state to set (`claim_to_filter_state`): key, plain value.
+    pub filter_state: Vec<(String, String)>,
+    /// Tokens whose signature was just verified, for the verified-token cache.
+    pub verified: Vec<Verified>,
     /// The upstream client (index into `Config::clients`) whose token `set` carries.
     pub injected: Option<usize>,
 }
@@ -58,24 +70,11 @@ pub struct Verified {
     pub until: u64,
 }
 
-/// The description of the 503 answered when a provider's keys cannot be had.
-pub const NO_KEYS: &str = "The keys to check the token cannot be fetched";
 /// The description of the 503 answered when a rule's upstream token cannot be had.
 pub const NO_CREDENTIAL: &str = "The credential for the upstream cannot be obtained";
 
 /// The longest a verified token is cached (its `exp` usually ends it sooner).
 pub const MAX_VERIFIED_CACHE_MS: u64 = 300_000;
-
-/// Whether a decision on a cached token can need claim `name`: dates, issuer, audience,
-/// scopes, and the top-level claims `claim_to_headers` reads.
-fn is_needed(provider: &Provider, name: &str) -> bool {
-    const ALWAYS: [&str; 7] = ["exp", "nbf", "iat", "iss", "aud", "scope", "scp"];
-    ALWAYS.contains(&name)
-        || provider
-            .claim_to_headers
-            .iter()
-            .any(|ch| ch.claim == name || ch.claim.split('.').next() == Some(name))
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
@@ -97,7 +96,7 @@ pub enum Decision {
     /// [`Forward::verified`].
     AwaitCredential {
         client: usize,
-        verified: Option<Verified>,
+        verified: Vec<Verified>,
     },
 }
 
@@ -106,6 +105,8 @@ pub enum Decision {
 pub enum Cached<'a> {
     Active(&'a Map<String, Value>),
     Inactive,
+    /// The call for this token just failed (no usable answer, or too late).
+    Failed,
     Miss,
 }
 
@@ -117,7 +118,7 @@ pub enum KeysNow<'a> {
     Ready { keys: &'a [Jwk], may_refetch: bool },
     /// No keys yet, and a fetch is under way or due.
     Pending,
-    /// No keys were ever loaded, and the last fetch failed.
+    /// No keys were ever loaded, and the last fetch failed (or the request waited too long).
     Unavailable,
 }
 
@@ -176,146 +177,84 @@ impl Known for LocalKeys<'_> {
     }
 }
 
-/// Decides what to do with `request`, with the keys `keys` has now.
+/// Decides what to do with `request`, with what `known` knows now.
 pub fn decide(config: &Config, known: &dyn Known, request: Request<'_>) -> Decision {
-    let path_only = request.path.split(['?', '#']).next().unwrap_or("");
+    let path = request.path.split(['?', '#']).next().unwrap_or("");
     // Headers the filter owns are removed from every request, whatever the rule says.
     let mut forward = Forward {
-        passed: Passed::NoRule,
-        remove: config
-            .owned_headers
-            .iter()
-            .filter(|owned| {
-                request
-                    .headers
-                    .iter()
-                    .any(|(n, _)| n.eq_ignore_ascii_case(owned))
-            })
-            .cloned()
-            .collect(),
-        set: Vec::new(),
-        path: None,
-        verified: None,
-        injected: None,
+        remove: owned_present(config, request.headers),
+        ..Forward::default()
     };
-    let Some(rule) = config.rule_for(path_only) else {
+    if config.bypass_cors_preflight && is_preflight(request.headers) {
+        forward.passed = Passed::Preflight;
+        return Decision::Allow(forward);
+    }
+    let Some(rule) = config.rule_for(path, request.headers) else {
         return Decision::Allow(forward);
     };
     let Some(requires) = &rule.requires else {
         forward.passed = Passed::Public;
         return inject(rule, forward, known);
     };
-    let Some(provider) = config.providers.get(requires.provider) else {
-        return Decision::Deny(challenge::unavailable("The filter is misconfigured"));
-    };
+    let found = authenticate::find(config, rule.providers, &request);
+    let mut auth = Authenticator::new(config, known, request, &found);
     let realm = config.realm.as_str();
-    let (token, source) = match extract::extract(&provider.sources, request.headers, request.path) {
-        Extracted::Token { token, source } => (token, source),
-        Extracted::Missing => return Decision::Deny(challenge::missing_token(realm)),
-        Extracted::Invalid(why) => return Decision::Deny(challenge::invalid_request(realm, why)),
-    };
-    let idx = requires.provider;
-    let has_keys = !matches!(provider.keys, KeySource::None);
-    // A token this VM verified before needs no parsing and no cryptography, whatever else the
-    // provider does (only locally verified JWTs are in that cache); time and rules still apply.
-    let key = has_keys.then(|| known.token_key(&provider.name, &token));
-    let remembered = key.as_ref().and_then(|key| known.verified(key));
-    // Otherwise a provider with keys reads the token as a JWT; one that also introspects sends
-    // tokens that are not JWT-shaped to introspection instead.
-    let parsed = match (remembered, has_keys, &provider.introspection) {
-        (None, true, None) => Some(jwt::parse(&token)),
-        (None, true, Some(_)) => jwt::parse_if_jwt(&token),
-        _ => None,
-    };
-    // The verified-token cache key and expiry (ms) of a token verified just now.
-    let mut fresh = None;
-    let claims = if let Some(claims) = remembered {
-        if let Err(why) = claims::check(claims, &provider.claims, request.now) {
-            return Decision::Deny(challenge::invalid_token(realm, why.description()));
-        }
-        Cow::Borrowed(claims)
-    } else if let Some(parsed) = parsed {
-        let (keys, may_refetch) = match known.keys_now(idx) {
-            KeysNow::Ready { keys, may_refetch } => (keys, may_refetch),
-            KeysNow::Pending => {
-                return Decision::Wait {
-                    provider: idx,
-                    refetch: false,
-                }
-            }
-            KeysNow::Unavailable => return Decision::Deny(challenge::unavailable(NO_KEYS)),
-        };
-        let check = |alg: Alg, key: &Jwk, input: &[u8], sig: &[u8]| {
-            known.check_signature(alg, key, input, sig)
-        };
-        let verdict = parsed
-            .map_err(AuthError::from)
-            .and_then(|jws| authenticate_parsed(provider, keys, jws, request.now, &check));
-        match verdict {
-            Ok(claims) => {
-                let now_ms = request.now.saturating_mul(1000);
-                let exp_ms = claims
-                    .get("exp")
-                    .and_then(Value::as_f64)
-                    .map_or(u64::MAX, |e| (e.max(0.0) * 1000.0) as u64);
-                let until = exp_ms.min(now_ms.saturating_add(MAX_VERIFIED_CACHE_MS));
-                let key = key.unwrap_or_else(|| known.token_key(&provider.name, &token));
-                fresh = Some((key, until));
-                Cow::Owned(claims)
-            }
-            Err(AuthError::Token(jwt::TokenError::UnknownKey)) if may_refetch => {
-                return Decision::Wait {
-                    provider: idx,
-                    refetch: true,
-                }
-            }
-            Err(why) => return Decision::Deny(challenge::invalid_token(realm, why.description())),
-        }
-    } else {
-        match known.introspected(idx, &token) {
-            Cached::Miss => {
-                return Decision::Introspect {
-                    provider: idx,
-                    token,
-                }
-            }
-            Cached::Inactive => {
-                return Decision::Deny(challenge::invalid_token(
-                    realm,
-                    "The access token is not active",
-                ))
-            }
-            Cached::Active(claims) => {
-                // The server vouches for the token; its answer need not carry `exp`, but every
-                // date, issuer and audience it does carry is checked as for a JWT.
-                if let Err(why) = claims::check_vouched(claims, &provider.claims, request.now) {
-                    return Decision::Deny(challenge::invalid_token(realm, why.description()));
-                }
-                Cow::Borrowed(claims)
+    match requirement::evaluate(requires, &mut auth) {
+        Outcome::Pass(accepted) => {
+            forward.passed = if accepted.providers.is_empty() {
+                Passed::Anonymous
+            } else {
+                Passed::Authenticated
+            };
+            match auth.pass(rule, accepted, &mut forward) {
+                Ok(()) => inject(rule, forward, known),
+                Err(why) => Decision::Deny(challenge::invalid_request(realm, why)),
             }
         }
-    };
-    if !claims::has_scopes(&claims, &requires.scopes) {
-        return Decision::Deny(challenge::insufficient_scope(realm, &requires.scopes));
+        Outcome::Fail(failure) => Decision::Deny(answer(realm, failure)),
+        Outcome::Wait(Pending::Keys { provider, refetch }) => Decision::Wait { provider, refetch },
+        Outcome::Wait(Pending::Introspection { provider }) => match auth.token(provider) {
+            Some(token) => Decision::Introspect {
+                provider,
+                token: token.to_string(),
+            },
+            None => Decision::Deny(challenge::unavailable("The filter is misconfigured")),
+        },
     }
-    forward.passed = Passed::Authenticated;
-    for ch in &provider.claim_to_headers {
-        if let Some(value) = claim_header_value(&claims, &ch.claim) {
-            forward.set.push((ch.header.clone(), value));
-        }
+}
+
+/// The owned headers this request carries (only those need a removal).
+fn owned_present(config: &Config, headers: &[(&str, &[u8])]) -> Vec<String> {
+    config
+        .owned_headers
+        .iter()
+        .filter(|owned| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(owned)))
+        .cloned()
+        .collect()
+}
+
+/// A CORS preflight: `OPTIONS` with `Origin` and `Access-Control-Request-Method`.
+fn is_preflight(headers: &[(&str, &[u8])]) -> bool {
+    let has = |name: &str| headers.iter().any(|(n, v)| *n == name && !v.is_empty());
+    headers
+        .iter()
+        .any(|(n, v)| *n == ":method" && *v == b"OPTIONS")
+        && has("origin")
+        && has("access-control-request-method")
+}
+
+/// The RFC 6750 answer to a failed requirement.
+fn answer(realm: &str, failure: Failure<'_>) -> Challenge {
+    match failure {
+        Failure::Missing => challenge::missing_token(realm),
+        Failure::Malformed(why) => challenge::invalid_request(realm, why),
+        Failure::Invalid { description, .. } => challenge::invalid_token(realm, description),
+        Failure::Insufficient {
+            scopes,
+            scope_missing,
+        } => challenge::insufficient_scope(realm, &scopes, scope_missing),
+        Failure::Unavailable(why) => challenge::unavailable(why),
     }
-    if !provider.forward {
-        match source {
-            Source::Header { name, .. } => forward.remove.push(name),
-            Source::Param(param) => forward.path = Some(extract::strip_param(request.path, &param)),
-        }
-    }
-    // What a decision on the cached token will need, moved out of the claims just verified.
-    if let (Some((key, until)), Cow::Owned(mut claims)) = (fresh, claims) {
-        claims.retain(|name, _| is_needed(provider, name));
-        forward.verified = Some(Verified { key, claims, until });
-    }
-    inject(rule, forward, known)
 }
 
 /// Lets an allowed request go, with the rule's upstream client token in `Authorization` when it
@@ -337,130 +276,6 @@ fn inject(rule: &Rule, mut forward: Forward, known: &dyn Known) -> Decision {
             verified: forward.verified,
         },
         CredentialNow::Unavailable => Decision::Deny(challenge::unavailable(NO_CREDENTIAL)),
-    }
-}
-
-/// Why a token was not accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthError {
-    Token(jwt::TokenError),
-    Claims(claims::ClaimError),
-}
-
-impl AuthError {
-    /// The fixed `error_description`; it never echoes the token.
-    pub fn description(self) -> &'static str {
-        match self {
-            AuthError::Token(e) => e.description(),
-            AuthError::Claims(e) => e.description(),
-        }
-    }
-}
-
-impl From<jwt::TokenError> for AuthError {
-    fn from(e: jwt::TokenError) -> Self {
-        AuthError::Token(e)
-    }
-}
-
-impl From<claims::ClaimError> for AuthError {
-    fn from(e: claims::ClaimError) -> Self {
-        AuthError::Claims(e)
-    }
-}
-
-/// Verifies a token of `provider` with `keys` (in Wasm) and checks its claims.
-pub fn authenticate(
-    provider: &Provider,
-    keys: &[Jwk],
-    token: &str,
-    now: u64,
-) -> Result<Map<String, Value>, AuthError> {
-    authenticate_with(provider, keys, token, now, &|alg, key, input, sig| {
-        jwt::verify::verify(alg, &key.material, input, sig)
-    })
-}
-
-/// [`authenticate`] with signature checks done by `check`.
-pub fn authenticate_with(
-    provider: &Provider,
-    keys: &[Jwk],
-    token: &str,
-    now: u64,
-    check: jwt::Check<'_>,
-) -> Result<Map<String, Value>, AuthError> {
-    authenticate_parsed(provider, keys, jwt::parse(token)?, now, check)
-}
-
-/// [`authenticate_with`] for a token already parsed.
-fn authenticate_parsed(
-    provider: &Provider,
-    keys: &[Jwk],
-    jws: jwt::Jws<'_>,
-    now: u64,
-    check: jwt::Check<'_>,
-) -> Result<Map<String, Value>, AuthError> {
-    jwt::verify_signature_with(&jws, keys, check)?;
-    claims::check(&jws.claims, &provider.claims, now)?;
-    Ok(jws.claims)
-}
-
-/// The header value for claim `name`: a top-level claim of that exact name, or else a dotted
-/// path into nested objects. Strings as they are, numbers and booleans as JSON text, arrays of
-/// those joined with commas; objects, nulls and values with control characters give no header.
-pub fn claim_header_value(claims: &Map<String, Value>, name: &str) -> Option<String> {
-    let value = claims.get(name).or_else(|| {
-        let mut parts = name.split('.');
-        let first = claims.get(parts.next()?)?;
-        parts.try_fold(first, |v, part| v.as_object()?.get(part))
-    })?;
-    let scalar = |v: &Value| match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    };
-    let text = match value {
-        Value::Array(items) => {
-            let parts: Option<Vec<String>> = items.iter().map(scalar).collect();
-            parts?.join(",")
-        }
-        other => scalar(other)?,
-    };
-    // A header value may not carry CR, LF, NUL or other controls (RFC 9110 §5.5).
-    if text.chars().any(|c| c.is_control()) {
-        return None;
-    }
-    Some(text)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn claim_values() {
-        let Value::Object(c) = json!({
-            "sub": "alice", "n": 3, "b": true, "roles": ["a", "b"],
-            "realm_access": {"roles": ["x"]}, "a.b": "flat", "a": {"b": "nested"},
-            "bad": "x\r\ny", "obj": {"k": 1}, "mixed": ["a", {"k": 1}], "nul": null
-        }) else {
-            unreachable!()
-        };
-        let v = |n: &str| claim_header_value(&c, n);
-        assert_eq!(v("sub").as_deref(), Some("alice"));
-        assert_eq!(v("n").as_deref(), Some("3"));
-        assert_eq!(v("b").as_deref(), Some("true"));
-        assert_eq!(v("roles").as_deref(), Some("a,b"));
-        assert_eq!(v("realm_access.roles").as_deref(), Some("x"));
-        assert_eq!(v("a.b").as_deref(), Some("flat"));
-        assert_eq!(v("bad"), None);
-        assert_eq!(v("obj"), None);
-        assert_eq!(v("mixed"), None);
-        assert_eq!(v("nul"), None);
-        assert_eq!(v("missing"), None);
-        assert_eq!(v("sub.x"), None);
     }
 }
 
@@ -600,7 +415,7 @@ mod flow {
         let Decision::Allow(f) = go(&LocalKeys(&c), "/api", now) else {
             panic!()
         };
-        let v = f.verified.expect("a verified token to cache");
+        let [v] = <[Verified; 1]>::try_from(f.verified).expect("one verified token to cache");
         assert_eq!(v.key, LocalKeys(&c).token_key("corp", &token));
         assert_eq!(v.until, (now + 60) * 1000);
         assert!(v.claims.contains_key("sub") && v.claims.contains_key("scope"));
@@ -613,7 +428,7 @@ mod flow {
         let Decision::Allow(f) = go(&hit, "/admin", now) else {
             panic!()
         };
-        assert_eq!(f.verified, None);
+        assert_eq!(f.verified, vec![]);
         assert_eq!(f.set, vec![("x-user".to_string(), "alice".to_string())]);
         assert_eq!(
             denied(&go(&hit, "/api", now + 120)),
@@ -1025,7 +840,7 @@ mod flow {
             Decision::AwaitCredential {
                 client: 0,
                 verified,
-            } => assert!(verified.is_some()),
+            } => assert_eq!(verified.len(), 1),
             other => panic!("{other:?}"),
         }
         let d = decide_with(CredentialNow::Unavailable, "/open", &[]);

@@ -178,6 +178,23 @@ pub fn extract(sources: &[Source], headers: &[(&str, &[u8])], path: &str) -> Ext
                     }
                 }
             }
+            Source::Cookie(cookie) => {
+                for pair in cookie_pairs(headers) {
+                    let Some((name, value)) = pair else {
+                        return Extracted::Invalid("The cookies are not valid text");
+                    };
+                    if name != cookie || value.is_empty() {
+                        continue;
+                    }
+                    if !is_b64token(value) {
+                        return Extracted::Invalid(
+                            "The bearer token contains characters a bearer token cannot contain",
+                        );
+                    }
+                    count += 1;
+                    found = Some((value.to_string(), source.clone()));
+                }
+            }
             Source::Param(param) => {
                 for (name, value) in query_pairs(path) {
                     if form_decode(name).as_deref() != Some(param.as_str()) {
@@ -205,6 +222,49 @@ pub fn extract(sources: &[Source], headers: &[(&str, &[u8])], path: &str) -> Ext
         (1, Some((token, source))) => Extracted::Token { token, source },
         _ => Extracted::Invalid("The request carries more than one token"),
     }
+}
+
+/// The `name=value` pairs of every `Cookie` header (RFC 6265 §5.4: `; `-separated; a value may
+/// be quoted). `None` for a header that is not text. An empty value is no token.
+fn cookie_pairs<'a>(
+    headers: &'a [(&'a str, &'a [u8])],
+) -> impl Iterator<Item = Option<(&'a str, &'a str)>> + 'a {
+    headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
+        .flat_map(|(_, value)| {
+            let text = std::str::from_utf8(value);
+            let not_text = text.is_err().then_some(None);
+            text.unwrap_or("")
+                .split(';')
+                .map(|piece| Some(cookie_pair(piece)))
+                .chain(not_text)
+        })
+}
+
+fn cookie_pair(piece: &str) -> (&str, &str) {
+    const SPACE: [char; 2] = [' ', '\t'];
+    let (name, value) = piece.split_once('=').unwrap_or((piece, ""));
+    let value = value.trim_matches(SPACE);
+    let value = value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(value);
+    (name.trim_matches(SPACE), value)
+}
+
+/// The `Cookie` header without the cookies `names` (every value of the header joined, as one
+/// header), or `None` when no other cookie remains.
+pub fn without_cookies(headers: &[(&str, &[u8])], names: &[&str]) -> Option<String> {
+    let kept: Vec<&str> = headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
+        .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+        .flat_map(|text| text.split(';'))
+        .map(|piece| piece.trim_matches([' ', '\t']))
+        .filter(|piece| !piece.is_empty() && !names.contains(&cookie_pair(piece).0))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("; "))
 }
 
 /// The `:path` with every occurrence of query parameter `param` removed.

@@ -126,6 +126,81 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
 }
 
+/// The path (member names, and `[i]` for array elements) to the first value nested `depth`
+/// levels deep in the JSON text `bytes`, read without building the document: for naming the
+/// field of a document too deep for the parser. `None` if nothing is that deep.
+pub fn path_at_depth(bytes: &[u8], depth: usize) -> Option<Vec<String>> {
+    // One frame per open object or array: the member name or element index inside it.
+    let mut frames: Vec<(bool, String, usize)> = Vec::new();
+    let mut key = String::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                let (text, end) = string_at(bytes, i)?;
+                // A string right after `{` or `,` inside an object is a member name.
+                if matches!(frames.last(), Some((true, k, _)) if k.is_empty()) {
+                    key = text;
+                }
+                i = end;
+                continue;
+            }
+            b':' => {
+                if let Some((true, k, _)) = frames.last_mut() {
+                    *k = std::mem::take(&mut key);
+                }
+            }
+            b',' => match frames.last_mut() {
+                Some((true, k, _)) => k.clear(),
+                Some((false, _, n)) => *n += 1,
+                None => {}
+            },
+            open @ (b'{' | b'[') => {
+                frames.push((open == b'{', String::new(), 0));
+                if frames.len() > depth {
+                    return Some(steps(&frames[..frames.len() - 1]));
+                }
+            }
+            b'}' | b']' => {
+                frames.pop();
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The steps of a path through `frames`.
+fn steps(frames: &[(bool, String, usize)]) -> Vec<String> {
+    frames
+        .iter()
+        .map(|(object, key, n)| {
+            if *object {
+                key.clone()
+            } else {
+                format!("[{n}]")
+            }
+        })
+        .collect()
+}
+
+/// The JSON string opening at `start` (its raw text, escapes kept) and the index past it.
+fn string_at(bytes: &[u8], start: usize) -> Option<(String, usize)> {
+    let mut i = start + 1;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b'"' => {
+                let text = String::from_utf8_lossy(&bytes[start + 1..i]).into_owned();
+                return Some((text, i + 1));
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +236,43 @@ mod tests {
         // Deep nesting hits serde_json's recursion limit: an error, not a stack overflow.
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000));
         assert_eq!(parse_object(deep.as_bytes()), Err(JsonError::Invalid));
+    }
+
+    #[test]
+    fn paths_to_deep_values() {
+        let text = br#"{"a": "x,[{", "rules": [{"m": 1}, {"requires": {"requires_any": {"requirements": [[1]]}}}]}"#;
+        assert_eq!(
+            path_at_depth(text, 5),
+            Some(
+                ["rules", "[1]", "requires", "requires_any", "requirements"]
+                    .map(String::from)
+                    .to_vec()
+            )
+        );
+        assert_eq!(
+            path_at_depth(text, 6),
+            Some(
+                [
+                    "rules",
+                    "[1]",
+                    "requires",
+                    "requires_any",
+                    "requirements",
+                    "[0]"
+                ]
+                .map(String::from)
+                .to_vec()
+            )
+        );
+        assert_eq!(path_at_depth(text, 7), None);
+        assert_eq!(
+            path_at_depth(br#"{"k\"{": [[[]]]}"#, 3),
+            Some(vec![
+                "k\\\"{".to_string(),
+                "[0]".to_string(),
+                "[0]".to_string()
+            ])
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! `host` is the thin proxy-wasm shell (its own ABI bindings and exports); it exists only in the
 //! Wasm build.
 
+pub mod authenticate;
 pub mod cache;
 pub mod challenge;
 pub mod claims;
@@ -12,10 +13,14 @@ pub mod credentials;
 pub mod decision;
 pub mod extract;
 pub mod headers;
+pub mod identity;
 pub mod introspection;
 pub mod json;
 pub mod jwt;
+pub mod regex;
 pub mod remote;
+pub mod requirement;
+pub mod route;
 pub mod throttle;
 
 #[cfg(test)]

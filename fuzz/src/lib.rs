@@ -12,6 +12,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
+use oauth_filter::authenticate;
 use oauth_filter::cache;
 use oauth_filter::challenge::DenyReason;
 use oauth_filter::claims;
@@ -21,6 +22,7 @@ use oauth_filter::decision::{
 };
 use oauth_filter::extract::{self, Extracted};
 use oauth_filter::headers;
+use oauth_filter::identity;
 use oauth_filter::introspection::{self, Answer, Failure};
 use oauth_filter::jwt::keys::{self, Alg, Jwk, KeyMaterial, KeySet};
 use oauth_filter::jwt::{self, host, verify};
@@ -222,8 +224,12 @@ fn decide_and_check(config: &Config, known: &dyn Known, request: Request<'_>) ->
                 );
                 assert!(!value.chars().any(char::is_control), "{value:?}");
             }
-            if let Some(verified) = &forward.verified {
-                assert_eq!(forward.passed, Passed::Authenticated);
+            for verified in &forward.verified {
+                // Verified by some provider the rule consulted, on a request that got through.
+                assert!(matches!(
+                    forward.passed,
+                    Passed::Authenticated | Passed::Anonymous
+                ));
                 assert!(verified.until <= request.now * 1000 + MAX_VERIFIED_CACHE_MS);
             }
         }
@@ -286,7 +292,7 @@ fn check_claims(claims: &Map<String, Value>) {
         .map(String::as_str)
         .chain(["sub", "a.b", "realm_access.roles"])
     {
-        if let Some(value) = decision::claim_header_value(claims, name) {
+        if let Some(value) = identity::claim_value(claims, name) {
             assert!(!value.chars().any(char::is_control), "{value:?}");
         }
     }
@@ -386,7 +392,7 @@ pub fn jwt(data: &[u8]) {
             signed = jwt::verify_signature(jws, keys).is_ok();
         }
         let provider = &config.providers[0];
-        if let Ok(claims) = decision::authenticate(provider, keys, text, NOW) {
+        if let Ok(claims) = authenticate::authenticate(provider, keys, text, NOW) {
             assert!(signed, "authenticated without a valid signature");
             check_claims(&claims);
         }
@@ -409,7 +415,7 @@ pub fn jwt(data: &[u8]) {
             let text = std::str::from_utf8(&token).expect("an allowed token is text");
             let provider = &config.providers[0];
             let accepted =
-                decision::authenticate(provider, keys, text.trim_start_matches(' '), NOW);
+                authenticate::authenticate(provider, keys, text.trim_start_matches(' '), NOW);
             assert!(accepted.is_ok(), "{accepted:?}");
         }
     }
@@ -575,7 +581,9 @@ pub fn config(data: &[u8]) {
     }
     for rule in &config.rules {
         if let Some(requires) = &rule.requires {
-            assert!(requires.provider < config.providers.len());
+            let count = config.providers.len();
+            assert!(requires.providers(count).iter().all(|p| p < count));
+            assert_eq!(rule.providers, requires.providers(count));
         }
     }
     let token = good_token();

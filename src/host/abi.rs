@@ -143,6 +143,12 @@ mod sys {
             data: *mut *mut u8,
             size: *mut usize,
         ) -> u32;
+        pub fn proxy_set_property(
+            path: *const u8,
+            path_size: usize,
+            value: *const u8,
+            value_size: usize,
+        ) -> u32;
         pub fn proxy_define_metric(kind: u32, name: *const u8, size: usize, id: *mut u32) -> u32;
         pub fn proxy_increment_metric(id: u32, offset: i64) -> u32;
         pub fn proxy_record_metric(id: u32, value: u64) -> u32;
@@ -334,6 +340,15 @@ pub fn call_foreign_function(name: &str, args: &[u8]) -> Result<Option<Vec<u8>>,
         )
     };
     check(code).map(|()| take(data, size))
+}
+
+/// Sets property `name` of the current stream; Envoy keeps it as filter state `wasm.NAME`,
+/// which later filters (RBAC's `filter_state` principal) and access logs read.
+pub fn set_property(name: &str, value: &[u8]) -> Result<(), Status> {
+    // A one-step path: the name itself (steps of longer paths are separated by NUL bytes).
+    check(unsafe {
+        sys::proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len())
+    })
 }
 
 pub fn define_metric(kind: MetricType, name: &str) -> Result<u32, Status> {

@@ -68,11 +68,21 @@ pub fn process(vm: &Rc<RefCell<Vm>>, context_id: u32, resumed: bool) -> Action {
         };
         decision::decide(&state.config, state, request)
     };
-    let mut decision = decide();
-    let changed = match &decision {
+    let first = decide();
+    let decision = if look_again(vm, &first, now, context_id) {
+        decide()
+    } else {
+        first
+    };
+    act(vm, decision, context_id, resumed, now)
+}
+
+/// Whether what the VM knows may have changed for `decision`: keys or tokens this VM never saw
+/// may be in shared data already (another VM fetched them since this VM's last tick), and a
+/// request that needs an upstream token starts its fetch.
+fn look_again(vm: &Rc<RefCell<Vm>>, decision: &Decision, now: u64, context_id: u32) -> bool {
+    match decision {
         Decision::Deny(c) if c.reason == DenyReason::Unavailable => {
-            // Keys or tokens this VM never saw may be in shared data already (another VM
-            // fetched them since this VM's last tick): look before answering 503.
             let mut changed = false;
             let mut state = vm.borrow_mut();
             for p in 0..state.remotes.len() {
@@ -83,72 +93,84 @@ pub fn process(vm: &Rc<RefCell<Vm>>, context_id: u32, resumed: bool) -> Action {
             }
             changed
         }
-        // No upstream token yet: take one another VM obtained, or start the fetch now.
         Decision::AwaitCredential { client, .. } => {
             credentials::start(vm, *client, now, context_id)
         }
         _ => false,
-    };
-    if changed {
-        decision = decide();
     }
-    let state = vm.borrow();
+}
+
+/// Carries out `decision` for request `context_id`.
+fn act(
+    vm: &Rc<RefCell<Vm>>,
+    decision: Decision,
+    context_id: u32,
+    resumed: bool,
+    now: u64,
+) -> Action {
     match decision {
-        Decision::Allow(forward) => {
-            apply(&forward);
-            state.metrics.passed(forward.passed);
-            if let Some(client) = forward.injected.and_then(|c| state.clients.get(c)) {
-                client.metrics.injection();
-            }
-            drop(state);
-            if let Some(client) = forward.injected {
-                vm.borrow_mut().sent_token(context_id, client);
-            }
-            remember(vm, forward.verified, now);
-            if resumed {
-                abi::resume_http_request();
-            }
-            Action::Continue
-        }
-        Decision::Deny(challenge) => deny(&challenge, Some(&state)),
+        Decision::Allow(forward) => allow(vm, forward, context_id, resumed, now),
+        Decision::Deny(challenge) => deny(&challenge, Some(&vm.borrow())),
         Decision::Introspect { provider, token } => {
-            drop(state);
             introspect::start(vm, context_id, provider, token, resumed)
         }
         Decision::AwaitCredential { client, verified } => {
-            drop(state);
             remember(vm, verified, now);
-            let mut state = vm.borrow_mut();
-            let timeout = state
+            let timeout = vm
+                .borrow()
                 .clients
                 .get(client)
                 .map_or(0, |c| c.spec.endpoint.timeout_ms);
-            state.waiters.push(Waiter {
-                context_id,
-                awaited: Awaited::Credential(client),
-                deadline: now + timeout + WAIT_SLACK_MS,
-            });
-            Action::Pause
+            pause(vm, context_id, Awaited::Credential(client), now + timeout)
         }
         Decision::Wait { provider, refetch } => {
-            drop(state);
-            let mut state = vm.borrow_mut();
-            let budget = state
-                .remotes
-                .get(provider)
-                .and_then(Option::as_ref)
-                .map_or(0, |r| r.fetch_budget_ms());
-            if let Some(Some(remote)) = state.remotes.get_mut(provider) {
-                remote.want_refetch |= refetch;
-            }
-            state.waiters.push(Waiter {
-                context_id,
-                awaited: Awaited::Keys(provider),
-                deadline: now + budget + WAIT_SLACK_MS,
-            });
-            Action::Pause
+            let budget = {
+                let mut state = vm.borrow_mut();
+                let remote = state.remotes.get_mut(provider).and_then(Option::as_mut);
+                remote.map_or(0, |r| {
+                    r.want_refetch |= refetch;
+                    r.fetch_budget_ms()
+                })
+            };
+            pause(vm, context_id, Awaited::Keys(provider), now + budget)
         }
     }
+}
+
+/// Applies an allowed request's changes and lets it go.
+fn allow(
+    vm: &Rc<RefCell<Vm>>,
+    forward: Forward,
+    context_id: u32,
+    resumed: bool,
+    now: u64,
+) -> Action {
+    apply(&forward);
+    {
+        let state = vm.borrow();
+        state.metrics.passed(forward.passed);
+        if let Some(client) = forward.injected.and_then(|c| state.clients.get(c)) {
+            client.metrics.injection();
+        }
+    }
+    if let Some(client) = forward.injected {
+        vm.borrow_mut().sent_token(context_id, client);
+    }
+    remember(vm, forward.verified, now);
+    if resumed {
+        abi::resume_http_request();
+    }
+    Action::Continue
+}
+
+/// Pauses request `context_id` until `awaited` changes, or `until` (plus slack) has passed.
+fn pause(vm: &Rc<RefCell<Vm>>, context_id: u32, awaited: Awaited, until: u64) -> Action {
+    vm.borrow_mut().waiters.push(Waiter {
+        context_id,
+        awaited,
+        deadline: until + WAIT_SLACK_MS,
+    });
+    Action::Pause
 }
 
 /// Sends `call` (a form POST built by the core); its call token, or why it could not be sent.
@@ -167,13 +189,15 @@ pub fn dispatch_post(call: &crate::introspection::Call) -> Result<u32, String> {
     .map_err(|status| format!("cannot call cluster {} ({status:?})", call.cluster))
 }
 
-/// Keeps the claims of a token verified just now in the verified-token cache.
-fn remember(vm: &Rc<RefCell<Vm>>, verified: Option<Verified>, now: u64) {
-    if let Some(v) = verified {
+/// Keeps the claims of tokens verified just now in the verified-token cache.
+fn remember(vm: &Rc<RefCell<Vm>>, verified: Vec<Verified>, now: u64) {
+    if verified.is_empty() {
+        return;
+    }
+    let mut state = vm.borrow_mut();
+    for v in verified {
         let size = cache::json_size(&v.claims);
-        vm.borrow_mut()
-            .verified
-            .insert(v.key, v.claims, size, v.until, now);
+        state.verified.insert(v.key, v.claims, size, v.until, now);
     }
 }
 
@@ -224,5 +248,8 @@ fn apply(forward: &Forward) {
     }
     if let Some(path) = &forward.path {
         let _ = abi::set_map_value(REQUEST, ":path", Some(path.as_bytes()));
+    }
+    for (key, value) in &forward.filter_state {
+        let _ = abi::set_property(key, value.as_bytes());
     }
 }

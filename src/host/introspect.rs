@@ -8,7 +8,6 @@ use super::abi::{self, Action};
 use super::http;
 use super::vm::Vm;
 use crate::cache::{self, Key, TtlCache};
-use crate::challenge;
 use crate::config::Introspection;
 use crate::introspection::{self, Answer};
 use crate::json;
@@ -24,11 +23,15 @@ const MAX_SHARED_ENTRY: usize = 8 * 1024;
 const MAX_SHARED_SLOTS: usize = 65_536;
 /// The per-VM cache's byte budget, per provider.
 const MAX_LOCAL_BYTES: usize = 32 * 1024 * 1024;
-/// The description of the 503 answered when introspection gives no usable answer.
-const FAILED: &str = "The token cannot be introspected";
 
 /// A cached answer: the claims of an active token, or `None` for an inactive one.
 pub type Cached = Rc<Option<Map<String, Value>>>;
+
+/// What the calls of one request brought so far, by token hash: an answer, or `None` for a call
+/// that failed. A request decided again after a call keeps what its earlier calls brought, so
+/// answers that are not cached (`cache_duration: 0s`) are not asked for again, and a failure
+/// is decided by the core (an `allow_missing_or_failed` rule passes; others get 503).
+pub type Delivered = Vec<(Key, Option<Cached>)>;
 
 /// One provider's introspection state in this VM.
 pub struct Intro {
@@ -115,11 +118,12 @@ impl Intro {
     }
 }
 
-/// A call under way for one token, and the requests waiting for its answer. The call is made
-/// from the root context, so its answer arrives even if the request that caused it went away.
+/// A call under way for one token, and the requests waiting for its answer (with what their
+/// earlier calls brought). The call is made from the root context, so its answer arrives even
+/// if the request that caused it went away.
 pub struct Pending {
     pub provider: usize,
-    pub waiters: Vec<u32>,
+    pub waiters: Vec<(u32, Delivered)>,
     pub deadline: u64,
     pub started: u64,
 }
@@ -131,8 +135,22 @@ pub struct Calls {
     pub pending: HashMap<Key, Pending>,
     /// Which token hash each call token is for.
     pub by_call: HashMap<u32, Key>,
-    /// The answer being handed to waiting requests right now.
-    pub fresh: Option<(Key, Cached)>,
+    /// What the request being decided right now was brought (see [`Delivered`]).
+    pub fresh: Delivered,
+}
+
+/// Decides request `context_id` again with `delivered` as what its calls brought (the current
+/// effective context is the request's).
+fn decide_with(
+    vm: &Rc<RefCell<Vm>>,
+    context_id: u32,
+    delivered: Delivered,
+    resumed: bool,
+) -> Action {
+    let before = std::mem::replace(&mut vm.borrow_mut().calls.fresh, delivered);
+    let action = http::process(vm, context_id, resumed);
+    vm.borrow_mut().calls.fresh = before;
+    action
 }
 
 /// The shell's side of `Decision::Introspect`: answer from the shared cache, join a call under
@@ -145,36 +163,33 @@ pub fn start(
     resumed: bool,
 ) -> Action {
     let now = abi::now_ms();
-    let (key, from_shared) = {
+    let (key, from_shared, mut delivered) = {
         let state = vm.borrow();
         let Some(Some(intro)) = state.intros.get(provider) else {
-            drop(state);
-            return fail_one(vm, "introspection is not configured");
+            return http::deny(
+                &crate::challenge::unavailable("The filter is misconfigured"),
+                Some(&state),
+            );
         };
         let key = cache::key(&intro.name, &token);
-        (key, intro.read_shared(&key, now))
+        (key, intro.read_shared(&key, now), state.calls.fresh.clone())
     };
     if let Some((answer, until)) = from_shared {
-        let mut state = vm.borrow_mut();
-        if let Some(Some(intro)) = state.intros.get_mut(provider) {
+        if let Some(Some(intro)) = vm.borrow_mut().intros.get_mut(provider) {
             let size = answer_size(&answer);
             intro.cache.insert(key, answer.clone(), size, until, now);
         }
-        state.calls.fresh = Some((key, answer));
-        drop(state);
-        let action = http::process(vm, context_id, resumed);
-        vm.borrow_mut().calls.fresh = None;
-        return action;
+        delivered.push((key, Some(answer)));
+        return decide_with(vm, context_id, delivered, resumed);
     }
     let mut state = vm.borrow_mut();
     state.metrics.introspection_miss();
     if let Some(pending) = state.calls.pending.get_mut(&key) {
-        pending.waiters.push(context_id);
+        pending.waiters.push((context_id, delivered));
         return Action::Pause;
     }
     let Some(Some(intro)) = state.intros.get(provider) else {
-        drop(state);
-        return fail_one(vm, "introspection is not configured");
+        return Action::Pause;
     };
     let deadline = now + intro.config.endpoint.timeout_ms + http::WAIT_SLACK_MS;
     // From the root context: the answer must reach every waiter, whatever becomes of this one.
@@ -189,7 +204,7 @@ pub fn start(
                 key,
                 Pending {
                     provider,
-                    waiters: vec![context_id],
+                    waiters: vec![(context_id, delivered)],
                     deadline,
                     started: now,
                 },
@@ -202,7 +217,8 @@ pub fn start(
                 intro.log_failure(now, &why);
             }
             drop(state);
-            fail_one(vm, FAILED)
+            delivered.push((key, None));
+            decide_with(vm, context_id, delivered, resumed)
         }
     }
 }
@@ -210,10 +226,6 @@ pub fn start(
 fn dispatch(config: &Introspection, token: &str) -> Result<u32, String> {
     let call = introspection::request(config, token).ok_or("the endpoint URL is not usable")?;
     http::dispatch_post(&call)
-}
-
-fn fail_one(vm: &Rc<RefCell<Vm>>, why: &str) -> Action {
-    http::deny(&challenge::unavailable(why), Some(&vm.borrow()))
 }
 
 fn answer_size(answer: &Cached) -> usize {
@@ -240,55 +252,79 @@ pub fn answered(vm: &Rc<RefCell<Vm>>, call: u32, status: Option<&str>, body: &[u
         (key, pending)
     };
     let result = introspection::parse(status, body);
-    {
-        let mut state = vm.borrow_mut();
-        state
-            .metrics
-            .introspection_latency(now.saturating_sub(pending.started));
-        match &result {
-            Ok(answer) => {
-                let cached: Cached = Rc::new(match answer {
-                    Answer::Active(claims) => Some(claims.clone()),
-                    Answer::Inactive => None,
-                });
-                let mut evicted = 0;
-                if let Some(Some(intro)) = state.intros.get_mut(pending.provider) {
-                    let until = intro.until(&cached, now);
-                    if until > now {
-                        let size = answer_size(&cached);
-                        evicted = intro.cache.insert(key, cached.clone(), size, until, now);
-                        intro.write_shared(&key, &cached, until);
-                    }
-                }
-                state.metrics.introspection_evicted(evicted);
-                state.calls.fresh = Some((key, cached));
-            }
-            Err(failure) => {
-                state.metrics.introspection_failed();
-                if let Some(Some(intro)) = state.intros.get_mut(pending.provider) {
-                    intro.log_failure(now, &failure.describe());
-                }
-            }
-        }
-    }
-    http::in_contexts(pending.waiters, back_to, |waiter| {
-        if result.is_ok() {
-            http::process(vm, waiter, true);
-        } else {
-            fail_one(vm, FAILED);
-        }
-    });
-    vm.borrow_mut().calls.fresh = None;
+    let cached = record(vm, &pending, key, &result, now);
+    wake(vm, pending.waiters, key, cached, back_to);
 }
 
-/// From the root's tick: answer 503 to requests that waited too long.
+/// Caches a call's answer (or counts and logs its failure); the answer to hand to the waiters.
+fn record(
+    vm: &Rc<RefCell<Vm>>,
+    pending: &Pending,
+    key: Key,
+    result: &Result<Answer, introspection::Failure>,
+    now: u64,
+) -> Option<Cached> {
+    let mut state = vm.borrow_mut();
+    state
+        .metrics
+        .introspection_latency(now.saturating_sub(pending.started));
+    match result {
+        Ok(answer) => {
+            let cached: Cached = Rc::new(match answer {
+                Answer::Active(claims) => Some(claims.clone()),
+                Answer::Inactive => None,
+            });
+            let mut evicted = 0;
+            if let Some(Some(intro)) = state.intros.get_mut(pending.provider) {
+                let until = intro.until(&cached, now);
+                if until > now {
+                    let size = answer_size(&cached);
+                    evicted = intro.cache.insert(key, cached.clone(), size, until, now);
+                    intro.write_shared(&key, &cached, until);
+                }
+            }
+            state.metrics.introspection_evicted(evicted);
+            Some(cached)
+        }
+        Err(failure) => {
+            state.metrics.introspection_failed();
+            if let Some(Some(intro)) = state.intros.get_mut(pending.provider) {
+                intro.log_failure(now, &failure.describe());
+            }
+            None
+        }
+    }
+}
+
+/// Decides again on every request that waited for the call for `key`, with its answer (`None`:
+/// the call failed or took too long). `back_to`: the effective context to restore.
+fn wake(
+    vm: &Rc<RefCell<Vm>>,
+    waiters: Vec<(u32, Delivered)>,
+    key: Key,
+    answer: Option<Cached>,
+    back_to: u32,
+) {
+    let ids: Vec<u32> = waiters.iter().map(|(id, _)| *id).collect();
+    let mut waiters = waiters;
+    http::in_contexts(ids, back_to, |id| {
+        let Some(at) = waiters.iter().position(|(w, _)| *w == id) else {
+            return;
+        };
+        let (_, mut delivered) = waiters.swap_remove(at);
+        delivered.push((key, answer.clone()));
+        decide_with(vm, id, delivered, true);
+    });
+}
+
+/// From the root's tick: requests that waited too long for a call are decided as if it failed.
 pub fn tick(vm: &Rc<RefCell<Vm>>, now: u64, root: u32) {
-    let late: Vec<u32> = {
+    let late: Vec<(Key, Vec<(u32, Delivered)>)> = {
         let mut state = vm.borrow_mut();
         let mut late = Vec::new();
-        state.calls.pending.retain(|_, p| {
+        state.calls.pending.retain(|key, p| {
             if p.deadline <= now {
-                late.append(&mut p.waiters);
+                late.push((*key, std::mem::take(&mut p.waiters)));
                 false
             } else {
                 true
@@ -296,7 +332,7 @@ pub fn tick(vm: &Rc<RefCell<Vm>>, now: u64, root: u32) {
         });
         late
     };
-    http::in_contexts(late, root, |_| {
-        fail_one(vm, FAILED);
-    });
+    for (key, waiters) in late {
+        wake(vm, waiters, key, None, root);
+    }
 }

@@ -8,6 +8,8 @@ use crate::decision::Passed;
 #[derive(Debug, Default, Clone)]
 pub struct Metrics {
     authenticated: Option<u32>,
+    anonymous: Option<u32>,
+    preflight: Option<u32>,
     public: Option<u32>,
     no_rule: Option<u32>,
     denied: [Option<u32>; DenyReason::ALL.len()],
@@ -43,6 +45,8 @@ impl Metrics {
     pub fn define() -> Metrics {
         Metrics {
             authenticated: counter("oauth_filter.allowed"),
+            anonymous: counter("oauth_filter.anonymous"),
+            preflight: counter("oauth_filter.cors_preflight"),
             public: counter("oauth_filter.public"),
             no_rule: counter("oauth_filter.no_rule"),
             denied: DenyReason::ALL.map(|r| counter(&format!("oauth_filter.denied.{}", r.name()))),
@@ -118,6 +122,8 @@ impl Metrics {
     pub fn passed(&self, passed: Passed) {
         bump(match passed {
             Passed::Authenticated => self.authenticated,
+            Passed::Anonymous => self.anonymous,
+            Passed::Preflight => self.preflight,
             Passed::Public => self.public,
             Passed::NoRule => self.no_rule,
         });

@@ -12,7 +12,7 @@ use super::shared;
 use super::vm::{Awaited, Step, Vm};
 use crate::challenge;
 use crate::config::{split_url, Config, HttpUri};
-use crate::decision::{NO_CREDENTIAL, NO_KEYS};
+use crate::decision::NO_CREDENTIAL;
 use crate::jwt::keys::{parse_jwks, MAX_JWKS_BYTES};
 use crate::remote::{self, Record};
 use std::cell::RefCell;
@@ -350,7 +350,9 @@ fn wake(vm: &Rc<RefCell<Vm>>, p: usize) {
     });
 }
 
-/// Answers 503 to requests that waited longer than their fetch could take.
+/// Decides again, without waiting any more, on requests that waited longer than their fetch
+/// could take (the core answers 503, or lets an `allow_missing_or_failed` rule pass), and
+/// answers 503 to those that waited as long for an upstream token.
 fn expire_waiters(vm: &Rc<RefCell<Vm>>, now: u64) {
     let (late, root) = {
         let mut state = vm.borrow_mut();
@@ -359,14 +361,17 @@ fn expire_waiters(vm: &Rc<RefCell<Vm>>, now: u64) {
         (late, state.root_context_id)
     };
     let late: Vec<super::vm::Waiter> = late;
-    let keys = challenge::unavailable(NO_KEYS);
     let credential = challenge::unavailable(NO_CREDENTIAL);
     http::in_contexts(late.iter().map(|w| w.context_id), root, |id| {
-        let awaited = late.iter().find(|w| w.context_id == id).map(|w| w.awaited);
-        let answer = match awaited {
-            Some(Awaited::Credential(_)) => &credential,
-            _ => &keys,
-        };
-        http::deny(answer, Some(&vm.borrow()));
+        match late.iter().find(|w| w.context_id == id).map(|w| w.awaited) {
+            Some(Awaited::Keys(p)) => {
+                vm.borrow_mut().gave_up = Some(p);
+                http::process(vm, id, true);
+                vm.borrow_mut().gave_up = None;
+            }
+            _ => {
+                http::deny(&credential, Some(&vm.borrow()));
+            }
+        }
     });
 }

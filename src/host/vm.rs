@@ -154,6 +154,8 @@ pub struct Vm {
     pub secret: cache::Secret,
     /// The time of the request being decided (ms), for the refetch rate limit.
     pub now_ms: u64,
+    /// The provider whose keys the request being decided waited for too long.
+    pub gave_up: Option<usize>,
 }
 
 impl Vm {
@@ -239,6 +241,7 @@ impl Vm {
             verified: TtlCache::new(VERIFIED_ENTRIES, VERIFIED_BYTES),
             secret: cache::Secret(secret.0, secret.1),
             now_ms: 0,
+            gave_up: None,
         }
     }
 
@@ -366,24 +369,22 @@ impl Known for Vm {
             return Cached::Miss;
         };
         let key = cache::key(&intro.name, token);
-        let (answer, hit) = match &self.calls.fresh {
-            Some((fresh, answer)) if *fresh == key => (Some(answer), false),
-            _ => (intro.cache.peek(&key, self.now_ms), true),
+        // What this request's own calls brought comes first (it may not be cached at all).
+        let delivered = self.calls.fresh.iter().rev().find(|(k, _)| *k == key);
+        let answer = match delivered {
+            Some((_, None)) => return Cached::Failed,
+            Some((_, Some(answer))) => answer.as_ref(),
+            None => match intro.cache.peek(&key, self.now_ms) {
+                Some(answer) => {
+                    self.metrics.introspection_hit();
+                    answer.as_ref()
+                }
+                None => return Cached::Miss,
+            },
         };
-        match answer.map(|a| a.as_ref()) {
-            Some(Some(claims)) => {
-                if hit {
-                    self.metrics.introspection_hit();
-                }
-                Cached::Active(claims)
-            }
-            Some(None) => {
-                if hit {
-                    self.metrics.introspection_hit();
-                }
-                Cached::Inactive
-            }
-            None => Cached::Miss,
+        match answer {
+            Some(claims) => Cached::Active(claims),
+            None => Cached::Inactive,
         }
     }
 
@@ -399,6 +400,8 @@ impl Known for Vm {
                     keys: &r.keys,
                     may_refetch: r.record.refetch_allowed(self.now_ms),
                 },
+                // The request waited as long as the fetch may take: no more waiting.
+                Some(_) if self.gave_up == Some(provider) => KeysNow::Unavailable,
                 Some(r) if r.record.failures > 0 => KeysNow::Unavailable,
                 _ => KeysNow::Pending,
             },

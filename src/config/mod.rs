@@ -3,18 +3,29 @@
 //! Every error names the field it is about (`providers.corp.audiences[1]: ...`), so the one log
 //! line Envoy shows when it refuses a configuration tells the operator what to fix. Unknown
 //! fields are refused too: a misspelt `audience` must not silently switch a check off.
+//!
+//! `provider` reads a provider, `client` an upstream client; rules are read here, their `match`
+//! by [`crate::route`] and their `requires` by [`crate::requirement`].
 
-use crate::claims::ClaimRules;
-use crate::jwt::keys::{self, Jwk};
+mod client;
+mod provider;
+
+pub use client::{ClientAuth, UpstreamClient, DEFAULT_REFRESH_MARGIN_MS};
+pub use provider::{
+    ClaimHeader, ClaimState, Introspection, KeySource, Provider, RemoteJwks, Source,
+    DEFAULT_CACHE_DURATION_MS, DEFAULT_CACHE_ENTRIES, DEFAULT_CLOCK_SKEW,
+    DEFAULT_NEGATIVE_CACHE_MS, MAX_CLOCK_SKEW,
+};
+
+use crate::requirement::{self, ProviderSet, Requirement};
+use crate::route::{self, RouteMatch};
 use serde_json::{Map, Value};
 use std::fmt;
 
 /// The realm sent in challenges when the configuration names none.
 pub const DEFAULT_REALM: &str = "api";
-/// The default `clock_skew_seconds`, as in Envoy's `jwt_authn`.
-pub const DEFAULT_CLOCK_SKEW: u64 = 60;
-/// The largest `clock_skew_seconds` accepted.
-pub const MAX_CLOCK_SKEW: u64 = 3600;
+/// The default timeout of calls to the identity provider.
+pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 
 /// A refused configuration: which field, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,7 +44,11 @@ impl fmt::Display for ConfigError {
     }
 }
 
-fn err<T>(field: impl Into<String>, reason: impl Into<String>) -> Result<T, ConfigError> {
+#[inline(never)]
+pub(crate) fn err<T>(
+    field: impl Into<String>,
+    reason: impl Into<String>,
+) -> Result<T, ConfigError> {
     Err(ConfigError {
         field: field.into(),
         reason: reason.into(),
@@ -44,67 +59,30 @@ fn err<T>(field: impl Into<String>, reason: impl Into<String>) -> Result<T, Conf
 #[derive(Debug)]
 pub struct Config {
     pub realm: String,
+    /// `bypass_cors_preflight`: CORS preflights pass without a token.
+    pub bypass_cors_preflight: bool,
     pub providers: Vec<Provider>,
     pub rules: Vec<Rule>,
-    /// Every header name the filter writes (`claim_to_headers`): removed from every request
-    /// before anything else, so a client can never supply them itself.
+    /// Every header name the filter writes (`claim_to_headers`, `forward_payload_header`):
+    /// removed from every request before anything else, so a client can never supply them.
     pub owned_headers: Vec<String>,
     /// `upstream_credentials`: the OAuth clients whose tokens the filter injects upstream.
     pub clients: Vec<UpstreamClient>,
 }
 
-/// Where a provider looks for a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    /// A request header (lower-case name) whose value starts with `prefix` (ASCII
-    /// case-insensitive); the token is the rest. A prefix ending in a space is an auth scheme,
-    /// as in `Bearer `: one or more spaces may follow it.
-    Header { name: String, prefix: String },
-    /// A query parameter.
-    Param(String),
-}
-
-/// A claim copied into a request header on success.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClaimHeader {
-    pub header: String,
-    /// A top-level claim name, or a dotted path into nested objects (`realm_access.roles`).
-    pub claim: String,
-}
-
-/// A named token issuer and how to check its tokens.
-#[derive(Debug)]
-pub struct Provider {
-    pub name: String,
-    pub claims: ClaimRules,
-    pub keys: KeySource,
-    /// RFC 7662 introspection of tokens that are not JWTs (all tokens, without `keys`).
-    pub introspection: Option<Introspection>,
-    pub sources: Vec<Source>,
-    pub forward: bool,
-    pub claim_to_headers: Vec<ClaimHeader>,
-}
-
-/// Where a provider's verification keys come from.
-#[derive(Debug)]
-pub enum KeySource {
-    /// No JWT keys: every token is introspected.
-    None,
-    /// `local_jwks`: keys fixed in the configuration.
-    Local(Vec<Jwk>),
-    /// `remote_jwks` or `discovery`: keys fetched, cached and refreshed by the filter.
-    Remote(RemoteJwks),
-}
-
-/// A key set fetched from the identity provider.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteJwks {
-    /// Where the JWKS is; `None` when discovery finds it.
-    pub jwks: Option<HttpUri>,
-    /// The discovery document (OIDC Discovery or RFC 8414), when the JWKS is found through it.
-    pub discovery: Option<HttpUri>,
-    /// How long a fetched key set is used before it is refreshed, in milliseconds.
-    pub cache_duration_ms: u64,
+pub struct Rule {
+    pub matcher: RouteMatch,
+    /// `None`: the request passes without a token.
+    pub requires: Option<Requirement>,
+    /// `inject`: index into [`Config::clients`]; the request goes upstream with that client's
+    /// token in `Authorization` (replacing the caller's).
+    pub inject: Option<usize>,
+    /// The providers `requires` may consult (all of them under `allow_missing`).
+    pub providers: ProviderSet,
+    /// Whether those providers read tokens from more than one place (header, parameter or
+    /// cookie name): only then can a request carry credentials a pass did not check.
+    pub several_places: bool,
 }
 
 /// Envoy's `HttpUri`: a URL, the Envoy cluster that reaches it, and a timeout.
@@ -171,133 +149,23 @@ pub fn parse_duration(text: &str) -> Option<u64> {
     seconds.checked_mul(1000)?.checked_add(millis)
 }
 
-/// How the filter authenticates to the introspection endpoint (RFC 6749 §2.3.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientAuth {
-    /// `Authorization: Basic` with the form-urlencoded id and secret.
-    Basic,
-    /// `client_id` and `client_secret` in the form body.
-    Post,
-}
-
-/// `introspection`: RFC 7662 token introspection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Introspection {
-    pub endpoint: HttpUri,
-    pub client_id: String,
-    pub client_secret: String,
-    pub auth: ClientAuth,
-    pub token_type_hint: Option<String>,
-    /// Active answers are cached until the earlier of their `exp` and this (ms).
-    pub cache_duration_ms: u64,
-    /// Inactive answers are cached this long (ms); 0: not cached.
-    pub negative_cache_duration_ms: u64,
-    /// The most answers kept, per VM and in the cache shared by the VMs.
-    pub cache_entries: usize,
-}
-
-/// `upstream_credentials.<name>`: an OAuth client the filter is, to call an upstream with a
-/// token it obtains itself (the client credentials grant, RFC 6749 §4.4).
-#[derive(Clone, PartialEq, Eq)]
-pub struct UpstreamClient {
-    /// Letters, digits, `-` and `_` (it names metrics and shared data).
-    pub name: String,
-    /// `token_endpoint.http_uri`.
-    pub endpoint: HttpUri,
-    pub client_id: String,
-    pub client_secret: String,
-    pub auth: ClientAuth,
-    /// Requested as `scope`, space-separated; none: the server's default.
-    pub scopes: Vec<String>,
-    /// Sent as `audience` (the parameter Auth0, Okta and others use).
-    pub audience: Option<String>,
-    /// Sent as `resource` (RFC 8707): an absolute URI without a fragment.
-    pub resource: Option<String>,
-    /// A token is refreshed this long before it expires, or at half its lifetime when that is
-    /// sooner (ms).
-    pub refresh_margin_ms: u64,
-}
-
-/// The secret stays out of every `{:?}`.
-impl fmt::Debug for UpstreamClient {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UpstreamClient")
-            .field("name", &self.name)
-            .field("endpoint", &self.endpoint)
-            .field("client_id", &self.client_id)
-            .field("client_secret", &"<redacted>")
-            .field("auth", &self.auth)
-            .field("scopes", &self.scopes)
-            .field("audience", &self.audience)
-            .field("resource", &self.resource)
-            .field("refresh_margin_ms", &self.refresh_margin_ms)
-            .finish()
-    }
-}
-
-/// The default `refresh_margin` of an upstream client.
-pub const DEFAULT_REFRESH_MARGIN_MS: u64 = 60_000;
-
-/// The default `introspection.negative_cache_duration`.
-pub const DEFAULT_NEGATIVE_CACHE_MS: u64 = 10_000;
-/// The default `introspection.cache_entries`.
-pub const DEFAULT_CACHE_ENTRIES: usize = 10_000;
-
-/// The default `cache_duration` of fetched keys, as in `jwt_authn`.
-pub const DEFAULT_CACHE_DURATION_MS: u64 = 300_000;
-/// The default timeout of calls to the identity provider.
-pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
-
-/// Which requests a rule is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PathMatch {
-    Prefix(String),
-    Exact(String),
-}
-
-impl PathMatch {
-    /// Whether `path` (without its query) fits.
-    pub fn matches(&self, path: &str) -> bool {
-        match self {
-            PathMatch::Prefix(prefix) => path.starts_with(prefix.as_str()),
-            PathMatch::Exact(exact) => path == exact,
-        }
-    }
-}
-
-/// What a rule demands of the request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Requirement {
-    /// Index into [`Config::providers`].
-    pub provider: usize,
-    pub scopes: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rule {
-    pub matcher: PathMatch,
-    /// `None`: the request passes without a token.
-    pub requires: Option<Requirement>,
-    /// `inject`: index into [`Config::clients`]; the request goes upstream with that client's
-    /// token in `Authorization` (replacing the caller's).
-    pub inject: Option<usize>,
-}
-
 /// A view of one JSON object that knows its own path, for error messages.
-struct Obj<'a> {
-    map: &'a Map<String, Value>,
-    path: String,
+pub(crate) struct Obj<'a> {
+    pub map: &'a Map<String, Value>,
+    pub path: String,
 }
 
 impl<'a> Obj<'a> {
-    fn new(value: &'a Value, path: String) -> Result<Self, ConfigError> {
+    #[inline(never)]
+    pub fn new(value: &'a Value, path: String) -> Result<Self, ConfigError> {
         match value {
             Value::Object(map) => Ok(Obj { map, path }),
             _ => err(path, "must be a JSON object"),
         }
     }
 
-    fn field(&self, name: &str) -> String {
+    #[inline(never)]
+    pub fn field(&self, name: &str) -> String {
         if self.path.is_empty() {
             name.to_string()
         } else {
@@ -305,7 +173,8 @@ impl<'a> Obj<'a> {
         }
     }
 
-    fn only(&self, known: &[&str]) -> Result<(), ConfigError> {
+    #[inline(never)]
+    pub fn only(&self, known: &[&str]) -> Result<(), ConfigError> {
         match self.map.keys().find(|k| !known.contains(&k.as_str())) {
             Some(unknown) => err(
                 self.field(unknown),
@@ -315,11 +184,13 @@ impl<'a> Obj<'a> {
         }
     }
 
-    fn get(&self, name: &str) -> Option<&'a Value> {
+    #[inline(never)]
+    pub fn get(&self, name: &str) -> Option<&'a Value> {
         self.map.get(name)
     }
 
-    fn string(&self, name: &str) -> Result<Option<&'a str>, ConfigError> {
+    #[inline(never)]
+    pub fn string(&self, name: &str) -> Result<Option<&'a str>, ConfigError> {
         match self.get(name) {
             None => Ok(None),
             Some(Value::String(s)) if !s.is_empty() => Ok(Some(s)),
@@ -327,12 +198,14 @@ impl<'a> Obj<'a> {
         }
     }
 
-    fn required_string(&self, name: &str) -> Result<&'a str, ConfigError> {
+    #[inline(never)]
+    pub fn required_string(&self, name: &str) -> Result<&'a str, ConfigError> {
         self.string(name)?
             .map_or_else(|| err(self.field(name), "is required"), Ok)
     }
 
-    fn boolean(&self, name: &str, default: bool) -> Result<bool, ConfigError> {
+    #[inline(never)]
+    pub fn boolean(&self, name: &str, default: bool) -> Result<bool, ConfigError> {
         match self.get(name) {
             None => Ok(default),
             Some(Value::Bool(b)) => Ok(*b),
@@ -340,13 +213,15 @@ impl<'a> Obj<'a> {
         }
     }
 
-    fn object(&self, name: &str) -> Result<Option<Obj<'a>>, ConfigError> {
+    #[inline(never)]
+    pub fn object(&self, name: &str) -> Result<Option<Obj<'a>>, ConfigError> {
         self.get(name)
             .map(|v| Obj::new(v, self.field(name)))
             .transpose()
     }
 
-    fn array(&self, name: &str) -> Result<Option<&'a Vec<Value>>, ConfigError> {
+    #[inline(never)]
+    pub fn array(&self, name: &str) -> Result<Option<&'a Vec<Value>>, ConfigError> {
         match self.get(name) {
             None => Ok(None),
             Some(Value::Array(items)) => Ok(Some(items)),
@@ -354,8 +229,26 @@ impl<'a> Obj<'a> {
         }
     }
 
+    /// The objects of array `name`, each with its path (`name[i]`).
+    #[inline(never)]
+    pub fn objects(&self, name: &str) -> Result<Vec<Obj<'a>>, ConfigError> {
+        let items = self.array(name)?.map_or(&[][..], Vec::as_slice);
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| Obj::new(item, format!("{}[{i}]", self.field(name))))
+            .collect()
+    }
+
     /// A duration field in milliseconds, within `min..=max`.
-    fn duration(&self, name: &str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+    #[inline(never)]
+    pub fn duration(
+        &self,
+        name: &str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<u64, ConfigError> {
         let Some(text) = self.string(name)? else {
             return Ok(default);
         };
@@ -373,7 +266,8 @@ impl<'a> Obj<'a> {
     }
 
     /// An Envoy `HttpUri` object: `uri` (required unless `uri_optional`), `cluster`, `timeout`.
-    fn http_uri(&self, name: &str, uri_optional: bool) -> Result<Option<HttpUri>, ConfigError> {
+    #[inline(never)]
+    pub fn http_uri(&self, name: &str, uri_optional: bool) -> Result<Option<HttpUri>, ConfigError> {
         let Some(h) = self.object(name)? else {
             return Ok(None);
         };
@@ -399,7 +293,8 @@ impl<'a> Obj<'a> {
     }
 
     /// An array of non-empty strings, each checked by `valid`.
-    fn strings(
+    #[inline(never)]
+    pub fn strings(
         &self,
         name: &str,
         valid: impl Fn(&str) -> Result<(), &'static str>,
@@ -424,12 +319,12 @@ impl<'a> Obj<'a> {
     }
 }
 
-fn any_string(_: &str) -> Result<(), &'static str> {
+pub(crate) fn any_string(_: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
 /// An HTTP header name (RFC 9110 token) that the filter may read or write.
-fn header_name(name: &str) -> Result<(), &'static str> {
+pub(crate) fn header_name(name: &str) -> Result<(), &'static str> {
     let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
     if !name.chars().all(tchar) {
         return Err("is not a valid HTTP header name");
@@ -437,27 +332,8 @@ fn header_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// A header the filter may set from a claim: not a pseudo-header, not one that frames or
-/// routes the request.
-fn writable_header(name: &str) -> Result<(), &'static str> {
-    header_name(name)?;
-    let reserved = [
-        "host",
-        "authorization",
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "te",
-        "upgrade",
-    ];
-    if reserved.contains(&name.to_ascii_lowercase().as_str()) {
-        return Err("is a header the filter must not overwrite");
-    }
-    Ok(())
-}
-
 /// A scope token (RFC 6749 §3.3): printable ASCII except space, `"` and `\`.
-fn scope_token(scope: &str) -> Result<(), &'static str> {
+pub(crate) fn scope_token(scope: &str) -> Result<(), &'static str> {
     if scope
         .bytes()
         .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
@@ -469,7 +345,7 @@ fn scope_token(scope: &str) -> Result<(), &'static str> {
 }
 
 /// A value that can stand inside a quoted string of a challenge without escaping.
-fn quotable(text: &str) -> Result<(), &'static str> {
+pub(crate) fn quotable(text: &str) -> Result<(), &'static str> {
     if text
         .bytes()
         .all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\')
@@ -480,46 +356,37 @@ fn quotable(text: &str) -> Result<(), &'static str> {
     }
 }
 
+const TOP_LEVEL: [&str; 5] = [
+    "providers",
+    "rules",
+    "realm",
+    "upstream_credentials",
+    "bypass_cors_preflight",
+];
+
 impl Config {
     /// Parses and validates the plugin configuration.
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
         let root = match serde_json::from_slice::<Value>(bytes) {
             Ok(v) => v,
-            Err(e) => return err("", format!("configuration is not valid JSON ({e})")),
+            Err(e) => return Err(not_json(bytes, &e)),
         };
         let top = Obj::new(&root, String::new())?;
-        top.only(&["providers", "rules", "realm", "upstream_credentials"])?;
+        top.only(&TOP_LEVEL)?;
 
         let realm = top.string("realm")?.unwrap_or(DEFAULT_REALM);
         if let Err(why) = quotable(realm) {
             return err("realm", why);
         }
-
-        let mut clients = Vec::new();
-        if let Some(c) = top.object("upstream_credentials")? {
-            for (name, value) in c.map {
-                clients.push(upstream_client(name, value)?);
-            }
-        }
-
-        // A filter that only injects credentials needs no provider.
-        let mut providers = Vec::new();
-        match top.object("providers")? {
-            Some(p) => {
-                for (name, value) in p.map {
-                    providers.push(provider(name, value)?);
-                }
-            }
-            None if !clients.is_empty() => {}
-            None => return err("providers", "is required"),
-        }
-        if providers.is_empty() && clients.is_empty() {
-            return err(
-                "providers",
-                "must name at least one provider (or give upstream_credentials)",
-            );
-        }
-
+        let clients = match top.object("upstream_credentials")? {
+            Some(c) => c
+                .map
+                .iter()
+                .map(|(name, value)| client::upstream_client(name, value))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        };
+        let mut providers = providers(&top, !clients.is_empty())?;
         let Some(rule_values) = top.array("rules")? else {
             return err("rules", "is required (an empty array protects nothing)");
         };
@@ -527,323 +394,66 @@ impl Config {
         for (i, value) in rule_values.iter().enumerate() {
             rules.push(rule(i, value, &providers, &clients)?);
         }
-
-        let mut owned_headers: Vec<String> = Vec::new();
-        for p in &providers {
-            for ch in &p.claim_to_headers {
-                if !owned_headers.contains(&ch.header) {
-                    owned_headers.push(ch.header.clone());
-                }
-            }
-        }
+        provider::keep_claims(&mut providers, &rules);
         Ok(Config {
             realm: realm.to_string(),
+            bypass_cors_preflight: top.boolean("bypass_cors_preflight", false)?,
+            owned_headers: provider::owned_headers(&providers),
             providers,
             rules,
-            owned_headers,
             clients,
         })
     }
+
+    /// The first rule whose match fits a request with this path (query excluded) and headers.
+    pub fn rule_for(&self, path: &str, headers: &[(&str, &[u8])]) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.matcher.matches(path, headers))
+    }
 }
 
-fn provider(name: &str, value: &Value) -> Result<Provider, ConfigError> {
-    let p = Obj::new(value, format!("providers.{name}"))?;
-    if let Err(why) = quotable(name) {
-        return err(p.path, format!("the provider name {why}"));
+/// Why a configuration is not JSON. A document nested deeper than the parser goes (a
+/// requirement tree thousands of levels deep) is named by the field where it gets too deep.
+fn not_json(bytes: &[u8], e: &serde_json::Error) -> ConfigError {
+    let deep = e.to_string().contains("recursion limit");
+    match crate::json::path_at_depth(bytes, 100).filter(|_| deep) {
+        Some(path) => ConfigError {
+            field: requirement::deep_field(&path),
+            reason: format!(
+                "is nested too deeply (requirements nest at most {} levels)",
+                requirement::MAX_DEPTH
+            ),
+        },
+        None => ConfigError {
+            field: String::new(),
+            reason: format!("configuration is not valid JSON ({e})"),
+        },
     }
-    p.only(&[
-        "issuer",
-        "audiences",
-        "local_jwks",
-        "remote_jwks",
-        "discovery",
-        "introspection",
-        "from_headers",
-        "from_params",
-        "forward",
-        "claim_to_headers",
-        "clock_skew_seconds",
-        "require_expiration",
-        "max_lifetime",
-    ])?;
+}
 
-    let issuer = p.string("issuer")?.map(str::to_owned);
-    let audiences = p.strings("audiences", any_string)?;
-    if audiences.as_ref().is_some_and(Vec::is_empty) {
+/// `providers`: required unless the filter only injects upstream credentials.
+fn providers(top: &Obj<'_>, has_clients: bool) -> Result<Vec<Provider>, ConfigError> {
+    let providers = match top.object("providers")? {
+        Some(p) => p
+            .map
+            .iter()
+            .map(|(name, value)| provider::provider(name, value))
+            .collect::<Result<Vec<_>, _>>()?,
+        None if has_clients => Vec::new(),
+        None => return err("providers", "is required"),
+    };
+    if providers.is_empty() && !has_clients {
         return err(
-            p.field("audiences"),
-            "must not be empty (leave it out to accept any audience)",
+            "providers",
+            "must name at least one provider (or give upstream_credentials)",
         );
     }
-
-    let introspection = p
-        .object("introspection")?
-        .map(|i| introspection(&i))
-        .transpose()?;
-    let keys = key_source(&p, issuer.as_deref(), introspection.is_some())?;
-
-    let clock_skew_seconds = match p.get("clock_skew_seconds") {
-        None => DEFAULT_CLOCK_SKEW,
-        Some(v) => match v.as_u64() {
-            Some(s) if s <= MAX_CLOCK_SKEW => s,
-            _ => {
-                return err(
-                    p.field("clock_skew_seconds"),
-                    format!("must be a whole number of seconds from 0 to {MAX_CLOCK_SKEW}"),
-                )
-            }
-        },
-    };
-
-    let max_lifetime_seconds = match p.get("max_lifetime") {
-        None => None,
-        Some(v) => match v.as_str().and_then(parse_duration) {
-            Some(ms) if ms >= 1000 && ms % 1000 == 0 => Some(ms / 1000),
-            _ => {
-                return err(
-                    p.field("max_lifetime"),
-                    "must be a whole number of seconds of at least 1, such as \"86400s\"",
-                )
-            }
-        },
-    };
-
-    let mut sources = Vec::new();
-    if let Some(items) = p.array("from_headers")? {
-        for (i, item) in items.iter().enumerate() {
-            let h = Obj::new(item, format!("{}[{i}]", p.field("from_headers")))?;
-            h.only(&["name", "value_prefix"])?;
-            let header = h.required_string("name")?;
-            if let Err(why) = header_name(header) {
-                return err(h.field("name"), why);
-            }
-            let prefix = match h.get("value_prefix") {
-                None => "",
-                Some(Value::String(s)) => s.as_str(),
-                Some(_) => return err(h.field("value_prefix"), "must be a string"),
-            };
-            sources.push(Source::Header {
-                name: header.to_ascii_lowercase(),
-                prefix: prefix.to_string(),
-            });
-        }
-    }
-    for param in p.strings("from_params", any_string)?.unwrap_or_default() {
-        sources.push(Source::Param(param));
-    }
-    if sources.is_empty() {
-        if p.get("from_headers").is_some() || p.get("from_params").is_some() {
-            return err(
-                p.field("from_headers"),
-                "from_headers and from_params are both empty: the provider could never see a token",
-            );
-        }
-        sources.push(Source::Header {
-            name: "authorization".into(),
-            prefix: "Bearer ".into(),
-        });
-    }
-
-    let mut claim_to_headers = Vec::new();
-    if let Some(items) = p.array("claim_to_headers")? {
-        for (i, item) in items.iter().enumerate() {
-            let c = Obj::new(item, format!("{}[{i}]", p.field("claim_to_headers")))?;
-            c.only(&["header_name", "claim_name"])?;
-            let header = c.required_string("header_name")?;
-            if let Err(why) = writable_header(header) {
-                return err(c.field("header_name"), why);
-            }
-            if sources.iter().any(
-                |s| matches!(s, Source::Header { name, .. } if name.eq_ignore_ascii_case(header)),
-            ) {
-                return err(
-                    c.field("header_name"),
-                    "is also a header the provider reads tokens from",
-                );
-            }
-            claim_to_headers.push(ClaimHeader {
-                header: header.to_ascii_lowercase(),
-                claim: c.required_string("claim_name")?.to_string(),
-            });
-        }
-    }
-
-    Ok(Provider {
-        name: name.to_string(),
-        claims: ClaimRules {
-            issuer,
-            audiences: audiences.unwrap_or_default(),
-            require_expiration: p.boolean("require_expiration", true)?,
-            clock_skew_seconds,
-            max_lifetime_seconds,
-        },
-        keys,
-        introspection,
-        sources,
-        forward: p.boolean("forward", false)?,
-        claim_to_headers,
-    })
-}
-
-/// Exactly one of `local_jwks`, `remote_jwks` and `discovery`.
-fn key_source(
-    p: &Obj<'_>,
-    issuer: Option<&str>,
-    introspects: bool,
-) -> Result<KeySource, ConfigError> {
-    let given: Vec<&str> = ["local_jwks", "remote_jwks", "discovery"]
-        .into_iter()
-        .filter(|k| p.get(k).is_some())
-        .collect();
-    match given.as_slice() {
-        ["local_jwks"] => {
-            let jwks = p.object("local_jwks")?;
-            jwks.map_or_else(
-                || err(p.field("local_jwks"), "is required"),
-                |j| local_jwks(&j),
-            )
-            .map(KeySource::Local)
-        }
-        ["remote_jwks"] => {
-            let Some(r) = p.object("remote_jwks")? else {
-                return err(p.field("remote_jwks"), "is required");
-            };
-            r.only(&["http_uri", "cache_duration"])?;
-            let Some(jwks) = r.http_uri("http_uri", false)? else {
-                return err(r.field("http_uri"), "is required");
-            };
-            Ok(KeySource::Remote(RemoteJwks {
-                jwks: Some(jwks),
-                discovery: None,
-                cache_duration_ms: r.duration(
-                    "cache_duration",
-                    DEFAULT_CACHE_DURATION_MS,
-                    1000,
-                    86_400_000,
-                )?,
-            }))
-        }
-        ["discovery"] => {
-            let Some(d) = p.object("discovery")? else {
-                return err(p.field("discovery"), "is required");
-            };
-            d.only(&["http_uri", "cache_duration"])?;
-            let Some(mut doc) = d.http_uri("http_uri", true)? else {
-                return err(d.field("http_uri"), "is required (at least its cluster)");
-            };
-            let Some(issuer) = issuer else {
-                return err(
-                    p.field("issuer"),
-                    "is required with discovery: the discovered issuer must equal it",
-                );
-            };
-            if doc.uri.is_empty() {
-                if split_url(issuer).is_none() {
-                    return err(
-                        p.field("issuer"),
-                        "must be an http(s) URL for discovery (or give discovery.http_uri.uri)",
-                    );
-                }
-                doc.uri = format!(
-                    "{}/.well-known/openid-configuration",
-                    issuer.trim_end_matches('/')
-                );
-            }
-            Ok(KeySource::Remote(RemoteJwks {
-                jwks: None,
-                discovery: Some(doc),
-                cache_duration_ms: d.duration(
-                    "cache_duration",
-                    DEFAULT_CACHE_DURATION_MS,
-                    1000,
-                    86_400_000,
-                )?,
-            }))
-        }
-        [] if introspects => Ok(KeySource::None),
-        [] => err(
-            p.field("local_jwks"),
-            "the provider has no keys: give local_jwks, remote_jwks, discovery or introspection",
-        ),
-        _ => err(
-            p.path.clone(),
-            format!("give only one of {}", given.join(", ")),
-        ),
-    }
-}
-
-fn introspection(i: &Obj<'_>) -> Result<Introspection, ConfigError> {
-    i.only(&[
-        "http_uri",
-        "client_id",
-        "client_secret",
-        "auth_method",
-        "token_type_hint",
-        "cache_duration",
-        "negative_cache_duration",
-        "cache_entries",
-    ])?;
-    let Some(endpoint) = i.http_uri("http_uri", false)? else {
-        return err(i.field("http_uri"), "is required");
-    };
-    let auth = client_auth(i)?;
-    let cache_entries = match i.get("cache_entries") {
-        None => DEFAULT_CACHE_ENTRIES,
-        Some(v) => match v.as_u64() {
-            Some(n) if (1..=1_000_000).contains(&n) => n as usize,
-            _ => {
-                return err(
-                    i.field("cache_entries"),
-                    "must be a whole number from 1 to 1000000",
-                )
-            }
-        },
-    };
-    Ok(Introspection {
-        endpoint,
-        client_id: i.required_string("client_id")?.to_string(),
-        client_secret: i.required_string("client_secret")?.to_string(),
-        auth,
-        token_type_hint: i.string("token_type_hint")?.map(str::to_owned),
-        cache_duration_ms: i.duration(
-            "cache_duration",
-            DEFAULT_CACHE_DURATION_MS,
-            0,
-            86_400_000,
-        )?,
-        negative_cache_duration_ms: i.duration(
-            "negative_cache_duration",
-            DEFAULT_NEGATIVE_CACHE_MS,
-            0,
-            3_600_000,
-        )?,
-        cache_entries,
-    })
-}
-
-/// `local_jwks`: an Envoy DataSource; only `inline_string` can be read from inside Wasm.
-fn local_jwks(jwks: &Obj<'_>) -> Result<Vec<Jwk>, ConfigError> {
-    jwks.only(&["inline_string", "filename"])?;
-    if jwks.get("filename").is_some() {
+    if providers.len() > requirement::MAX_PROVIDERS {
         return err(
-            jwks.field("filename"),
-            "a Wasm filter cannot read files; put the JWKS in inline_string",
+            "providers",
+            format!("has more than {} providers", requirement::MAX_PROVIDERS),
         );
     }
-    let text = jwks.required_string("inline_string")?;
-    let field = jwks.field("inline_string");
-    let set = keys::parse_jwks(text.as_bytes()).map_err(|why| ConfigError {
-        field: field.clone(),
-        reason: format!("the JWKS is {why}"),
-    })?;
-    // Inline keys are the operator's own: a bad one is a configuration mistake, not a key to skip.
-    if let Some(problem) = set.problems.first() {
-        return err(field, problem.clone());
-    }
-    if set.keys.is_empty() {
-        return err(field, "the JWKS has no usable signing key");
-    }
-    Ok(set.keys)
+    Ok(providers)
 }
 
 fn rule(
@@ -854,33 +464,13 @@ fn rule(
 ) -> Result<Rule, ConfigError> {
     let r = Obj::new(value, format!("rules[{i}]"))?;
     r.only(&["match", "requires", "inject"])?;
-    let m = match r.object("match")? {
-        Some(m) => m,
+    let matcher = match r.object("match")? {
+        Some(m) => route::parse(&m)?,
         None => return err(r.field("match"), "is required"),
     };
-    m.only(&["prefix", "path"])?;
-    let matcher = match (m.string("prefix")?, m.string("path")?) {
-        (Some(prefix), None) => PathMatch::Prefix(prefix.to_string()),
-        (None, Some(path)) => PathMatch::Exact(path.to_string()),
-        _ => return err(m.path, "needs exactly one of prefix or path"),
-    };
-    let (PathMatch::Prefix(p) | PathMatch::Exact(p)) = &matcher;
-    if !p.starts_with('/') {
-        return err(m.path, "must start with '/'");
-    }
-    let requires = match r.object("requires")? {
+    let requires = match r.get("requires") {
         None => None,
-        Some(q) => {
-            q.only(&["provider_name", "scopes"])?;
-            let name = q.required_string("provider_name")?;
-            let Some(provider) = providers.iter().position(|p| p.name == name) else {
-                return err(q.field("provider_name"), "names no provider in providers");
-            };
-            Some(Requirement {
-                provider,
-                scopes: q.strings("scopes", scope_token)?.unwrap_or_default(),
-            })
-        }
+        Some(q) => Some(requirement::parse(q, r.field("requires"), providers, 1)?),
     };
     let inject = match r.string("inject")? {
         None => None,
@@ -889,100 +479,16 @@ fn rule(
             None => return err(r.field("inject"), "names no client in upstream_credentials"),
         },
     };
+    let consulted = requires
+        .as_ref()
+        .map_or_else(ProviderSet::default, |q| q.providers(providers.len()));
     Ok(Rule {
         matcher,
         requires,
         inject,
+        several_places: provider::several_places(providers, consulted),
+        providers: consulted,
     })
-}
-
-/// An `upstream_credentials` entry.
-fn upstream_client(name: &str, value: &Value) -> Result<UpstreamClient, ConfigError> {
-    let c = Obj::new(value, format!("upstream_credentials.{name}"))?;
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return err(
-            c.path,
-            "the client name must be letters, digits, '-' and '_' (it names metrics)",
-        );
-    }
-    c.only(&[
-        "token_endpoint",
-        "client_id",
-        "client_secret",
-        "auth_method",
-        "scopes",
-        "audience",
-        "resource",
-        "refresh_margin",
-    ])?;
-    let Some(t) = c.object("token_endpoint")? else {
-        return err(c.field("token_endpoint"), "is required");
-    };
-    t.only(&["http_uri"])?;
-    let Some(endpoint) = t.http_uri("http_uri", false)? else {
-        return err(t.field("http_uri"), "is required");
-    };
-    let audience = c.string("audience")?.map(str::to_owned);
-    let resource = c.string("resource")?.map(str::to_owned);
-    if let Some(resource) = &resource {
-        // RFC 8707 §2: an absolute URI, without a fragment.
-        let scheme = resource.split_once(':').map_or("", |(s, _)| s);
-        let absolute = scheme.starts_with(|ch: char| ch.is_ascii_alphabetic())
-            && scheme
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || "+-.".contains(ch));
-        if !absolute || resource.contains('#') || resource.chars().any(char::is_whitespace) {
-            return err(
-                c.field("resource"),
-                "must be an absolute URI without a fragment (RFC 8707)",
-            );
-        }
-    }
-    if audience.is_some() && resource.is_some() {
-        return err(
-            c.path,
-            "give audience or resource, not both (resource is the RFC 8707 parameter)",
-        );
-    }
-    Ok(UpstreamClient {
-        name: name.to_string(),
-        endpoint,
-        client_id: c.required_string("client_id")?.to_string(),
-        client_secret: c.required_string("client_secret")?.to_string(),
-        auth: client_auth(&c)?,
-        scopes: c.strings("scopes", scope_token)?.unwrap_or_default(),
-        audience,
-        resource,
-        refresh_margin_ms: c.duration(
-            "refresh_margin",
-            DEFAULT_REFRESH_MARGIN_MS,
-            1000,
-            86_400_000,
-        )?,
-    })
-}
-
-/// `auth_method`: how the filter authenticates as an OAuth client.
-fn client_auth(o: &Obj<'_>) -> Result<ClientAuth, ConfigError> {
-    match o.string("auth_method")? {
-        None | Some("client_secret_basic") => Ok(ClientAuth::Basic),
-        Some("client_secret_post") => Ok(ClientAuth::Post),
-        Some(_) => err(
-            o.field("auth_method"),
-            "must be client_secret_basic or client_secret_post",
-        ),
-    }
-}
-
-impl Config {
-    /// The first rule whose match fits `path` (without its query).
-    pub fn rule_for(&self, path: &str) -> Option<&Rule> {
-        self.rules.iter().find(|r| r.matcher.matches(path))
-    }
 }
 
 #[cfg(test)]
@@ -1036,25 +542,13 @@ mod tests {
             }]
         );
         assert_eq!(c.owned_headers, vec!["x-user".to_string()]);
-        assert_eq!(c.rule_for("/public/x").unwrap().requires, None);
-        assert_eq!(
-            c.rule_for("/admin")
-                .unwrap()
-                .requires
-                .as_ref()
-                .unwrap()
-                .scopes,
-            vec!["admin"]
-        );
-        assert_eq!(
-            c.rule_for("/admin/x")
-                .unwrap()
-                .requires
-                .as_ref()
-                .unwrap()
-                .scopes,
-            Vec::<String>::new()
-        );
+        let scopes = |path: &str| match c.rule_for(path, &[]).and_then(|r| r.requires.as_ref()) {
+            Some(Requirement::Provider(leaf)) => Some(leaf.scopes.clone()),
+            _ => None,
+        };
+        assert_eq!(c.rule_for("/public/x", &[]).unwrap().requires, None);
+        assert_eq!(scopes("/admin"), Some(vec!["admin".to_string()]));
+        assert_eq!(scopes("/admin/x"), Some(vec![]));
     }
 
     #[test]
@@ -1261,11 +755,11 @@ mod tests {
             ),
             (
                 Box::new(|v| v["rules"][0]["match"] = json!({"prefix": "a"})),
-                "rules[0].match: must start with '/'",
+                "rules[0].match.prefix: must start with '/'",
             ),
             (
                 Box::new(|v| v["rules"][0]["match"] = json!({"safe_regex": ".*"})),
-                "rules[0].match.safe_regex: unknown field",
+                "rules[0].match.safe_regex: must be a JSON object",
             ),
             (
                 Box::new(|v| v["realm"] = json!("a\"b")),
