@@ -41,13 +41,6 @@ pub fn find(config: &Config, consulted: ProviderSet, request: &Request<'_>) -> V
     found
 }
 
-/// A token as the parser left it.
-enum Shape<'a> {
-    /// Not three segments with a JSON header: an opaque token.
-    NotJwt,
-    Jwt(Result<Jws<'a>, TokenError>),
-}
-
 /// Where a genuine token's claims are.
 #[derive(Clone, Copy)]
 enum Claims<'a> {
@@ -78,7 +71,7 @@ pub struct Authenticator<'a> {
     found: &'a [Extracted],
     verdicts: Vec<Option<Verdict<'a>>>,
     /// Tokens parsed so far, with the provider whose token each is.
-    parsed: Vec<(usize, Shape<'a>)>,
+    parsed: Vec<(usize, Result<Jws<'a>, TokenError>)>,
 }
 
 impl<'a> Authenticator<'a> {
@@ -123,7 +116,7 @@ impl<'a> Authenticator<'a> {
         match claims {
             Claims::Known(map) => Some(map),
             Claims::Parsed(i) => match self.parsed.get(i) {
-                Some((_, Shape::Jwt(Ok(jws)))) => Some(&jws.claims),
+                Some((_, Ok(jws))) => Some(&jws.claims),
                 _ => None,
             },
         }
@@ -151,45 +144,48 @@ impl<'a> Authenticator<'a> {
             };
         }
         let at = self.parse(p, token);
-        let introspects = provider.introspection.is_some();
-        match self.parsed.get(at).map(|(_, shape)| shape) {
-            Some(Shape::Jwt(Ok(jws))) if foreign(provider, &jws.claims) => {
+        let parsed = at.and_then(|at| Some((at, &self.parsed.get(at)?.1)));
+        match parsed {
+            Some((_, Ok(jws))) if foreign(provider, &jws.claims) => {
                 Verdict::Refused(Failure::Invalid {
                     description: claims::ClaimError::WrongIssuer.description(),
                     foreign: true,
                 })
             }
-            Some(Shape::Jwt(Ok(_))) if has_keys => {
+            Some((at, Ok(_))) if has_keys => {
                 let key = key.unwrap_or_else(|| self.known.token_key(&provider.name, token));
                 self.verify(p, at, key)
             }
-            Some(Shape::Jwt(Err(e))) if has_keys => invalid(e.description()),
-            Some(Shape::NotJwt) if !introspects => invalid(if token.len() > jwt::MAX_TOKEN_BYTES {
-                TokenError::TooLarge.description()
-            } else {
-                TokenError::Malformed.description()
-            }),
+            Some((_, Err(e))) if has_keys => invalid(e.description()),
+            None if provider.introspection.is_none() => {
+                invalid(if token.len() > jwt::MAX_TOKEN_BYTES {
+                    TokenError::TooLarge.description()
+                } else {
+                    TokenError::Malformed.description()
+                })
+            }
             _ => self.introspected(p, token),
         }
     }
 
-    /// The index in `parsed` of provider `p`'s token, parsing it if no provider did yet.
-    fn parse(&mut self, p: usize, token: &'a str) -> usize {
-        let same = |(owner, _): &(usize, Shape<'a>)| self.token(*owner) == Some(token);
+    /// The index in `parsed` of provider `p`'s token, parsing it if no provider did yet; `None`
+    /// for a token that is not JWT-shaped (not kept: telling one costs less than remembering).
+    fn parse(&mut self, p: usize, token: &'a str) -> Option<usize> {
+        let same =
+            |(owner, _): &(usize, Result<Jws<'a>, TokenError>)| self.token(*owner) == Some(token);
         if let Some(at) = self.parsed.iter().position(same) {
-            return at;
+            return Some(at);
         }
-        let shape = match jwt::parse_if_jwt(token) {
-            Some(parsed) => Shape::Jwt(parsed),
-            None => Shape::NotJwt,
-        };
-        self.parsed.push((p, shape));
-        self.parsed.len() - 1
+        #[cfg(test)]
+        tests::PARSES.with(|n| n.set(n.get() + 1));
+        let parsed = jwt::parse_if_jwt(token)?;
+        self.parsed.push((p, parsed));
+        Some(self.parsed.len() - 1)
     }
 
     /// Checks the signature of the token parsed at `at` with provider `p`'s keys.
     fn verify(&self, p: usize, at: usize, key: cache::TokenKey) -> Verdict<'a> {
-        let Some((_, Shape::Jwt(Ok(jws)))) = self.parsed.get(at) else {
+        let Some((_, Ok(jws))) = self.parsed.get(at) else {
             return invalid(TokenError::Malformed.description());
         };
         let (keys, may_refetch): (&[Jwk], bool) = match self.known.keys_now(p) {
@@ -352,7 +348,7 @@ impl<'a> Authenticator<'a> {
         let mut out = Vec::with_capacity(list.len());
         for (i, (p, at, key, until)) in list.iter().enumerate() {
             let shared = list[i + 1..].iter().any(|(_, other, _, _)| other == at);
-            let Some((_, Shape::Jwt(Ok(jws)))) = self.parsed.get_mut(*at) else {
+            let Some((_, Ok(jws))) = self.parsed.get_mut(*at) else {
                 continue;
             };
             let mut claims = if shared {
@@ -436,4 +432,487 @@ pub fn authenticate(
     jwt::verify_signature(&jws, keys).map_err(AuthError::Token)?;
     claims::check(&jws.claims, &provider.claims, now).map_err(AuthError::Claims)?;
     Ok(jws.claims)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cache;
+    use crate::challenge::DenyReason;
+    use crate::config::{Config, KeySource};
+    use crate::decision::{
+        decide, Cached, CredentialNow, Decision, Forward, KeysNow, Known, Passed, Request,
+    };
+    use crate::jwt::keys::{Alg, Jwk};
+    use crate::testkit::{good_claims, jwks, now, Signer};
+    use serde_json::{json, Map, Value};
+    use std::cell::{Cell, RefCell};
+    use std::sync::OnceLock;
+
+    thread_local! {
+        /// Tokens parsed by this thread's authenticators.
+        pub(super) static PARSES: Cell<usize> = const { Cell::new(0) };
+    }
+
+    struct Keys {
+        corp: Signer,
+        partner: Signer,
+    }
+
+    fn keys() -> &'static Keys {
+        static K: OnceLock<Keys> = OnceLock::new();
+        K.get_or_init(|| Keys {
+            corp: Signer::es256("corp-1"),
+            partner: Signer::es256("partner-1"),
+        })
+    }
+
+    /// Three providers and rules for each tree shape; `web` reads a cookie, `opaque`
+    /// introspects.
+    fn config() -> Config {
+        let k = keys();
+        let doc = json!({
+            "bypass_cors_preflight": true,
+            "providers": {
+                "corp": {"issuer": "https://corp", "audiences": ["api"],
+                         "local_jwks": {"inline_string": jwks(&[k.corp.jwk()])},
+                         "claim_to_headers": [{"header_name": "x-user", "claim_name": "sub"}],
+                         "claim_to_filter_state": [{"key": "oauth.sub", "claim_name": "sub"}],
+                         "forward_payload_header": "x-jwt-payload"},
+                "partner": {"issuer": "https://partner", "audiences": ["api"],
+                            "local_jwks": {"inline_string": jwks(&[k.partner.jwk()])},
+                            "from_headers": [{"name": "x-partner-token"}],
+                            "claim_to_headers": [{"header_name": "x-partner", "claim_name": "sub"}]},
+                "web": {"issuer": "https://corp", "audiences": ["api"],
+                        "local_jwks": {"inline_string": jwks(&[k.corp.jwk()])},
+                        "from_cookies": ["session"],
+                        "claim_to_headers": [{"header_name": "x-web-user", "claim_name": "sub"}]},
+                "opaque": {"issuer": "https://corp",
+                           "introspection": {"http_uri": {"uri": "http://idp/i", "cluster": "idp"},
+                                             "client_id": "gw", "client_secret": "s"},
+                           "claim_to_headers": [{"header_name": "x-opaque-user", "claim_name": "sub"}]}
+            },
+            "rules": [
+                {"match": {"prefix": "/any"}, "requires": {"requires_any": {"requirements": [
+                    {"provider_name": "corp"}, {"provider_name": "partner"}]}}},
+                {"match": {"prefix": "/all"}, "requires": {"requires_all": {"requirements": [
+                    {"provider_name": "corp"}, {"provider_name": "partner"}]}}},
+                {"match": {"prefix": "/browser"}, "requires": {"requires_any": {"requirements": [
+                    {"provider_name": "corp"}, {"provider_name": "web"}]}}},
+                {"match": {"prefix": "/either"}, "requires": {"requires_any": {"requirements": [
+                    {"provider_name": "corp"}, {"provider_name": "opaque"}]}}},
+                {"match": {"prefix": "/optional"}, "requires": {"requires_any": {"requirements": [
+                    {"provider_name": "corp"}, {"allow_missing": {}}]}}},
+                {"match": {"prefix": "/lenient"}, "requires": {"allow_missing_or_failed": {}}},
+                {"match": {"prefix": "/admin"}, "requires": {
+                    "provider_and_audiences": {"provider_name": "corp", "audiences": ["admin-api"]},
+                    "claims": [{"claim_name": "realm_access.roles", "values": ["admin"]}]}},
+                {"match": {"prefix": "/scoped"}, "requires": {"provider_name": "corp", "scopes": ["read", "write"],
+                    "claims": [{"claim_name": "tier", "values": ["gold"]}]}},
+                {"match": {"prefix": "/"}, "requires": {"provider_name": "corp"}}
+            ]
+        });
+        Config::from_json(doc.to_string().as_bytes()).unwrap()
+    }
+
+    /// Local keys, one introspection answer for every token, and a record of the signature
+    /// checks made (by key id).
+    struct View<'a> {
+        config: &'a Config,
+        answer: Cached<'a>,
+        checks: RefCell<Vec<Option<String>>>,
+        keys_down: bool,
+    }
+
+    impl<'a> View<'a> {
+        fn new(config: &'a Config) -> View<'a> {
+            View {
+                config,
+                answer: Cached::Miss,
+                checks: RefCell::new(vec![]),
+                keys_down: false,
+            }
+        }
+    }
+
+    impl Known for View<'_> {
+        fn keys_now(&self, p: usize) -> KeysNow<'_> {
+            match &self.config.providers[p].keys {
+                KeySource::Local(_) if self.keys_down => KeysNow::Unavailable,
+                KeySource::Local(keys) => KeysNow::Ready {
+                    keys,
+                    may_refetch: false,
+                },
+                _ => KeysNow::Unavailable,
+            }
+        }
+        fn verified(&self, _: &cache::TokenKey) -> Option<&Map<String, Value>> {
+            None
+        }
+        fn introspected(&self, _: usize, _: &str) -> Cached<'_> {
+            self.answer
+        }
+        fn check_signature(&self, alg: Alg, key: &Jwk, input: &[u8], sig: &[u8]) -> bool {
+            self.checks.borrow_mut().push(key.kid.clone());
+            crate::jwt::verify::verify(alg, &key.material, input, sig)
+        }
+        fn credential(&self, _: usize) -> CredentialNow<'_> {
+            CredentialNow::Unavailable
+        }
+    }
+
+    fn go(view: &View<'_>, method: &str, path: &str, headers: &[(&str, &str)]) -> Decision {
+        let mut all: Vec<(&str, &[u8])> = vec![(":method", method.as_bytes())];
+        all.extend(headers.iter().map(|(n, v)| (*n, v.as_bytes())));
+        let request = Request {
+            path,
+            headers: &all,
+            now: now(),
+        };
+        decide(view.config, view, request)
+    }
+
+    fn allowed(d: Decision) -> Forward {
+        match d {
+            Decision::Allow(f) => f,
+            other => panic!("not allowed: {other:?}"),
+        }
+    }
+
+    fn denied(d: &Decision) -> (u32, DenyReason, String) {
+        match d {
+            Decision::Deny(c) => (
+                c.status,
+                c.reason,
+                c.www_authenticate.clone().unwrap_or_default(),
+            ),
+            other => panic!("not denied: {other:?}"),
+        }
+    }
+
+    fn bearer(signer: &Signer, claims: &Value) -> String {
+        format!("Bearer {}", signer.token(claims))
+    }
+
+    #[test]
+    fn requires_any_tries_only_the_providers_the_token_names() {
+        let c = config();
+        let view = View::new(&c);
+        let partner = keys().partner.token(&good_claims("https://partner", "api"));
+        let f = allowed(go(&view, "GET", "/any", &[("x-partner-token", &partner)]));
+        assert_eq!(f.passed, Passed::Authenticated);
+        assert_eq!(f.set, vec![("x-partner".to_string(), "alice".to_string())]);
+        assert_eq!(f.remove, vec!["x-partner-token".to_string()]);
+        // corp never saw a token; partner checked one signature with its own key.
+        assert_eq!(*view.checks.borrow(), vec![Some("partner-1".to_string())]);
+        // A partner-issued token in corp's header: corp refuses it without cryptography.
+        let view = View::new(&c);
+        let d = go(
+            &view,
+            "GET",
+            "/any",
+            &[("authorization", &format!("Bearer {partner}"))],
+        );
+        let (status, reason, challenge) = denied(&d);
+        assert_eq!((status, reason), (401, DenyReason::InvalidToken));
+        assert!(challenge.contains("issuer is not accepted"), "{challenge}");
+        assert!(view.checks.borrow().is_empty());
+    }
+
+    #[test]
+    fn one_token_is_parsed_once_for_every_provider_that_reads_it() {
+        let c = config();
+        let mut view = View::new(&c);
+        view.answer = Cached::Inactive;
+        // /optional: corp, then allow_missing over every provider. corp and opaque read the
+        // bearer token (a partner's): one parse, and both rule themselves out by its issuer.
+        let partner = bearer(&keys().partner, &good_claims("https://partner", "api"));
+        PARSES.with(|n| n.set(0));
+        let d = go(&view, "GET", "/optional", &[("authorization", &partner)]);
+        assert_eq!(denied(&d).1, DenyReason::InvalidToken);
+        assert_eq!(PARSES.with(Cell::get), 1);
+        assert!(view.checks.borrow().is_empty());
+        // A provider's verdict is reached once, whatever number of leaves ask for it: corp's
+        // leaf fails on time, allow_missing asks corp again, then opaque (inactive).
+        let mut claims = good_claims("https://corp", "api");
+        claims["exp"] = json!(now() - 3600);
+        let d = go(
+            &view,
+            "GET",
+            "/optional",
+            &[("authorization", &bearer(&keys().corp, &claims))],
+        );
+        assert_eq!(denied(&d).1, DenyReason::InvalidToken);
+        assert_eq!(view.checks.borrow().len(), 1);
+    }
+
+    #[test]
+    fn requires_all_takes_both_identities() {
+        let c = config();
+        let view = View::new(&c);
+        let corp = bearer(&keys().corp, &good_claims("https://corp", "api"));
+        let mut claims = good_claims("https://partner", "api");
+        claims["sub"] = json!("svc");
+        let partner = keys().partner.token(&claims);
+        let f = allowed(go(
+            &view,
+            "GET",
+            "/all",
+            &[("authorization", &corp), ("x-partner-token", &partner)],
+        ));
+        assert!(f.set.contains(&("x-user".to_string(), "alice".to_string())));
+        assert!(f
+            .set
+            .contains(&("x-partner".to_string(), "svc".to_string())));
+        assert_eq!(
+            f.remove,
+            vec!["authorization".to_string(), "x-partner-token".to_string()]
+        );
+        let d = go(&view, "GET", "/all", &[("authorization", &corp)]);
+        assert_eq!(
+            denied(&d),
+            (
+                401,
+                DenyReason::MissingToken,
+                "Bearer realm=\"api\"".to_string()
+            )
+        );
+    }
+
+    #[test]
+    fn credentials_in_two_places_must_all_be_checked() {
+        let c = config();
+        let view = View::new(&c);
+        let corp = keys().corp.token(&good_claims("https://corp", "api"));
+        let cookie = format!("theme=dark; session={corp}; lang=en");
+        // The cookie alone: accepted, and cut from the Cookie header (forward is false).
+        let f = allowed(go(&view, "GET", "/browser", &[("cookie", &cookie)]));
+        assert_eq!(f.set[0], ("x-web-user".to_string(), "alice".to_string()));
+        assert!(f
+            .set
+            .contains(&("cookie".to_string(), "theme=dark; lang=en".to_string())));
+        // The same token in the header and the cookie: two credentials, one checked.
+        let d = go(
+            &view,
+            "GET",
+            "/browser",
+            &[
+                ("authorization", &format!("Bearer {corp}")),
+                ("cookie", &cookie),
+            ],
+        );
+        let (status, reason, challenge) = denied(&d);
+        assert_eq!((status, reason), (400, DenyReason::InvalidRequest));
+        assert!(
+            challenge.contains("more than one credential"),
+            "{challenge}"
+        );
+        // Garbage in the other place is a credential too.
+        let d = go(
+            &view,
+            "GET",
+            "/browser",
+            &[
+                ("authorization", &format!("Bearer {corp}")),
+                ("cookie", "session=a b"),
+            ],
+        );
+        assert_eq!(denied(&d).0, 400);
+        // Two session cookies: 400 from extraction; an empty one is no token.
+        let d = go(
+            &view,
+            "GET",
+            "/browser",
+            &[("cookie", &format!("session={corp}; session={corp}"))],
+        );
+        assert_eq!(denied(&d).0, 400);
+        let d = go(&view, "GET", "/browser", &[("cookie", "session=")]);
+        assert_eq!(denied(&d).1, DenyReason::MissingToken);
+        // The only cookie, cut: the header goes.
+        let f = allowed(go(
+            &view,
+            "GET",
+            "/browser",
+            &[("cookie", &format!("session=\"{corp}\""))],
+        ));
+        assert!(f.remove.contains(&"cookie".to_string()));
+    }
+
+    #[test]
+    fn introspection_providers_take_part() {
+        let c = config();
+        let mut view = View::new(&c);
+        assert_eq!(
+            go(
+                &view,
+                "GET",
+                "/either",
+                &[("authorization", "Bearer opaque-1")]
+            ),
+            Decision::Introspect {
+                provider: 1,
+                token: "opaque-1".into()
+            }
+        );
+        // A corp JWT passes with corp; opaque is not asked.
+        let corp = bearer(&keys().corp, &good_claims("https://corp", "api"));
+        let f = allowed(go(&view, "GET", "/either", &[("authorization", &corp)]));
+        assert_eq!(f.set[0].0, "x-user");
+        let Value::Object(answer) = json!({"active": true, "sub": "ivy", "exp": now() + 60}) else {
+            unreachable!()
+        };
+        view.answer = Cached::Active(&answer);
+        let f = allowed(go(
+            &view,
+            "GET",
+            "/either",
+            &[("authorization", "Bearer opaque-1")],
+        ));
+        assert_eq!(
+            f.set,
+            vec![("x-opaque-user".to_string(), "ivy".to_string())]
+        );
+        view.answer = Cached::Failed;
+        let d = go(
+            &view,
+            "GET",
+            "/either",
+            &[("authorization", "Bearer opaque-1")],
+        );
+        assert_eq!(denied(&d).0, 503);
+        // allow_missing_or_failed lets it through, without identity.
+        let f = allowed(go(
+            &view,
+            "GET",
+            "/lenient",
+            &[("authorization", "Bearer opaque-1")],
+        ));
+        assert_eq!((f.passed, f.set.len()), (Passed::Anonymous, 0));
+    }
+
+    #[test]
+    fn optional_and_lenient_authentication() {
+        let c = config();
+        let mut view = View::new(&c);
+        // The introspecting provider is asked for every token nobody else accepts.
+        view.answer = Cached::Inactive;
+        let f = allowed(go(&view, "GET", "/optional", &[]));
+        assert_eq!((f.passed, f.set.len()), (Passed::Anonymous, 0));
+        let corp = bearer(&keys().corp, &good_claims("https://corp", "api"));
+        let f = allowed(go(&view, "GET", "/optional", &[("authorization", &corp)]));
+        assert_eq!(f.passed, Passed::Authenticated);
+        assert_eq!(
+            denied(&go(
+                &view,
+                "GET",
+                "/optional",
+                &[("authorization", "Bearer x.y.z")]
+            ))
+            .1,
+            DenyReason::InvalidToken
+        );
+        // Keys unreachable: allow_missing_or_failed passes, without identity; a plain rule 503s.
+        view.keys_down = true;
+        let f = allowed(go(&view, "GET", "/lenient", &[("authorization", &corp)]));
+        assert_eq!(
+            (f.passed, f.set.len(), f.remove.len()),
+            (Passed::Anonymous, 0, 0)
+        );
+        assert_eq!(
+            denied(&go(&view, "GET", "/any", &[("authorization", &corp)])).0,
+            503
+        );
+    }
+
+    #[test]
+    fn audiences_claims_and_scopes_of_a_leaf() {
+        let c = config();
+        let view = View::new(&c);
+        let mut claims = good_claims("https://corp", "admin-api");
+        claims["realm_access"] = json!({"roles": ["viewer", "admin"]});
+        let admin = bearer(&keys().corp, &claims);
+        assert_eq!(
+            allowed(go(&view, "GET", "/admin", &[("authorization", &admin)])).passed,
+            Passed::Authenticated
+        );
+        // The leaf's audiences replace the provider's: the same token fails elsewhere.
+        assert_eq!(
+            denied(&go(&view, "GET", "/x", &[("authorization", &admin)])).1,
+            DenyReason::InvalidToken
+        );
+        claims["realm_access"] = json!({"roles": ["viewer"]});
+        let viewer = bearer(&keys().corp, &claims);
+        let (status, _, challenge) =
+            denied(&go(&view, "GET", "/admin", &[("authorization", &viewer)]));
+        assert_eq!(status, 403);
+        assert!(
+            challenge.contains("lacks a claim") && !challenge.contains("scope=\""),
+            "{challenge}"
+        );
+        let mut claims = good_claims("https://corp", "api");
+        claims["scope"] = json!("read write");
+        claims["tier"] = json!("silver");
+        let (status, _, challenge) = denied(&go(
+            &view,
+            "GET",
+            "/scoped",
+            &[("authorization", &bearer(&keys().corp, &claims))],
+        ));
+        assert_eq!(status, 403);
+        assert!(challenge.ends_with("scope=\"read write\""), "{challenge}");
+        claims["tier"] = json!(["bronze", "gold"]);
+        let f = allowed(go(
+            &view,
+            "GET",
+            "/scoped",
+            &[("authorization", &bearer(&keys().corp, &claims))],
+        ));
+        assert_eq!(f.passed, Passed::Authenticated);
+    }
+
+    #[test]
+    fn identity_for_what_comes_after() {
+        let c = config();
+        let view = View::new(&c);
+        let token = keys().corp.token(&good_claims("https://corp", "api"));
+        let f = allowed(go(
+            &view,
+            "GET",
+            "/x",
+            &[
+                ("authorization", &format!("Bearer {token}")),
+                ("x-jwt-payload", "forged"),
+            ],
+        ));
+        let payload = token.split('.').nth(1).unwrap();
+        assert!(f
+            .set
+            .contains(&("x-jwt-payload".to_string(), payload.to_string())));
+        assert!(f.remove.contains(&"x-jwt-payload".to_string()));
+        assert_eq!(
+            f.filter_state,
+            vec![("oauth.sub".to_string(), "alice".to_string())]
+        );
+        assert_eq!(f.verified.len(), 1);
+    }
+
+    #[test]
+    fn cors_preflights_pass_without_a_token() {
+        let c = config();
+        let view = View::new(&c);
+        let preflight = [
+            ("origin", "https://app"),
+            ("access-control-request-method", "POST"),
+        ];
+        let f = allowed(go(&view, "OPTIONS", "/any", &preflight));
+        assert_eq!(f.passed, Passed::Preflight);
+        // Not a preflight: an OPTIONS without the CORS headers, or a GET with them.
+        assert_eq!(
+            denied(&go(&view, "OPTIONS", "/any", &[("origin", "https://app")])).1,
+            DenyReason::MissingToken
+        );
+        assert_eq!(
+            denied(&go(&view, "GET", "/any", &preflight)).1,
+            DenyReason::MissingToken
+        );
+    }
 }

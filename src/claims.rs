@@ -209,6 +209,9 @@ pub fn scopes(claims: &Map<String, Value>) -> Vec<&str> {
 
 /// Whether the token grants every one of `required`.
 pub fn has_scopes(claims: &Map<String, Value>, required: &[String]) -> bool {
+    if required.is_empty() {
+        return true;
+    }
     let granted = scopes(claims);
     required.iter().all(|r| granted.contains(&r.as_str()))
 }
@@ -392,6 +395,57 @@ mod tests {
             ..rules()
         };
         assert_eq!(check(&obj(json!({"exp":exp})), &open, NOW), Ok(()));
+    }
+
+    #[test]
+    fn introspection_answers_may_leave_out_iss() {
+        let r = rules();
+        let exp = NOW + 100;
+        let without = obj(json!({"aud": "api", "exp": exp}));
+        assert_eq!(check_vouched(&without, &r, NOW), Ok(()));
+        assert_eq!(check(&without, &r, NOW), Err(ClaimError::WrongIssuer));
+        for iss in [json!("https://evil"), json!(null), json!(["https://idp"])] {
+            let c = obj(json!({"iss": iss, "aud": "api", "exp": exp}));
+            assert_eq!(
+                check_vouched(&c, &r, NOW),
+                Err(ClaimError::WrongIssuer),
+                "{iss}"
+            );
+        }
+        // Another leaf's audiences replace the provider's.
+        let c = obj(json!({"iss": "https://idp", "aud": "admin", "exp": exp}));
+        assert_eq!(check(&c, &r, NOW), Err(ClaimError::WrongAudience));
+        assert_eq!(check_for(&c, &r, &["admin".into()], NOW, false), Ok(()));
+    }
+
+    #[test]
+    fn claim_conditions() {
+        let condition = |claim: &str, values: &[&str]| ClaimCondition {
+            claim: claim.into(),
+            values: values.iter().map(|v| v.to_string()).collect(),
+        };
+        let c = obj(json!({
+            "tier": "gold", "groups": ["eng", "ops"], "n": 3, "admin": true,
+            "realm_access": {"roles": ["viewer", "admin"]}, "tenant": {"id": "t1"},
+            "nested": [["eng"]], "obj": {"eng": 1}
+        }));
+        let cases = [
+            (condition("tier", &["silver", "gold"]), true),
+            (condition("tier", &["Gold"]), false),
+            (condition("groups", &["ops"]), true),
+            (condition("groups", &["dev"]), false),
+            (condition("realm_access.roles", &["admin"]), true),
+            (condition("tenant.id", &["t1"]), true),
+            (condition("tenant", &["t1"]), false),
+            (condition("n", &["3"]), true),
+            (condition("admin", &["true"]), true),
+            (condition("nested", &["eng"]), false),
+            (condition("obj", &["eng"]), false),
+            (condition("missing", &["x"]), false),
+        ];
+        for (cond, expected) in cases {
+            assert_eq!(cond.holds(&c), expected, "{cond:?}");
+        }
     }
 
     #[test]

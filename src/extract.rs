@@ -410,6 +410,41 @@ mod tests {
     }
 
     #[test]
+    fn cookies() {
+        let s = vec![Source::Cookie("session".into())];
+        let one = |v: &str| extract(&s, &h(&[("cookie", v)]), "/");
+        assert_eq!(one("session=abc"), token("abc", &s[0]));
+        assert_eq!(one("a=1; session=abc; b=2"), token("abc", &s[0]));
+        assert_eq!(one("a=1;session=\"abc\""), token("abc", &s[0]));
+        assert_eq!(one("sessionx=abc; xsession=abc"), Extracted::Missing);
+        assert_eq!(one("session="), Extracted::Missing);
+        assert_eq!(one("session"), Extracted::Missing);
+        assert!(matches!(one("session=a b"), Extracted::Invalid(_)));
+        assert!(matches!(one("session=a; session=a"), Extracted::Invalid(_)));
+        // HTTP/2 may send each cookie in a header of its own.
+        let two = h(&[("cookie", "session=a"), ("cookie", "session=b")]);
+        assert!(matches!(extract(&s, &two, "/"), Extracted::Invalid(_)));
+        let split = h(&[("cookie", "a=1"), ("cookie", "session=b")]);
+        assert_eq!(extract(&s, &split, "/"), token("b", &s[0]));
+        let bad_utf8 = vec![("cookie", &b"session=\xff"[..])];
+        assert!(matches!(extract(&s, &bad_utf8, "/"), Extracted::Invalid(_)));
+        // Many cookies by that name, however many: one clear refusal.
+        let many = vec!["session=x"; 500].join("; ");
+        assert!(matches!(one(&many), Extracted::Invalid(_)));
+        assert_eq!(
+            without_cookies(
+                &h(&[("cookie", "a=1; session=x"), ("cookie", "b=2")]),
+                &["session"]
+            ),
+            Some("a=1; b=2".to_string())
+        );
+        assert_eq!(
+            without_cookies(&h(&[("cookie", "session=x")]), &["session"]),
+            None
+        );
+    }
+
+    #[test]
     fn strips_only_the_token_parameter() {
         assert_eq!(strip_param("/a?access_token=x", "access_token"), "/a");
         assert_eq!(

@@ -70,8 +70,17 @@ impl ProviderSet {
         self.0 == 0
     }
 
+    /// The providers in the set, in order (one step per member, not per possible member).
     pub fn iter(self) -> impl Iterator<Item = usize> {
-        (0..MAX_PROVIDERS).filter(move |i| self.contains(*i))
+        let mut rest = self.0;
+        std::iter::from_fn(move || {
+            if rest == 0 {
+                return None;
+            }
+            let next = rest.trailing_zeros() as usize;
+            rest &= rest - 1;
+            Some(next)
+        })
     }
 }
 
@@ -349,9 +358,8 @@ pub fn parse(
             })
         }
         _ => {
-            match q.object(kind)? {
-                Some(empty) if empty.map.is_empty() => {}
-                _ => return err(q.field(kind), "must be an empty object, {}"),
+            if !matches!(q.get(kind), Some(Value::Object(empty)) if empty.is_empty()) {
+                return err(q.field(kind), "must be an empty object, {}");
             }
             Ok(if kind == "allow_missing" {
                 Requirement::AllowMissing
@@ -460,4 +468,475 @@ pub fn deep_field(path: &[String]) -> String {
         }
     }
     short.unwrap_or(field)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use serde_json::json;
+
+    /// Leaf outcomes from a table, by provider; remembers which providers were asked.
+    struct Table {
+        outcomes: Vec<Outcome<'static>>,
+        asked: Vec<usize>,
+    }
+
+    impl<'a> Leaves<'a> for Table {
+        fn leaf(&mut self, leaf: &'a Leaf) -> Outcome<'a> {
+            self.plain(leaf.provider)
+        }
+        fn plain(&mut self, provider: usize) -> Outcome<'a> {
+            self.asked.push(provider);
+            self.outcomes[provider].clone()
+        }
+        fn providers(&self) -> usize {
+            self.outcomes.len()
+        }
+    }
+
+    fn p(provider: usize) -> Requirement {
+        Requirement::Provider(Leaf {
+            provider,
+            audiences: None,
+            scopes: vec![],
+            claims: vec![],
+        })
+    }
+    fn any_of(items: Vec<Requirement>) -> Requirement {
+        Requirement::Any(items)
+    }
+    fn all_of(items: Vec<Requirement>) -> Requirement {
+        Requirement::All(items)
+    }
+
+    fn pass(providers: &[usize], lenient: bool) -> Outcome<'static> {
+        let set = providers
+            .iter()
+            .fold(ProviderSet::default(), |s, p| s.with(ProviderSet::one(*p)));
+        Outcome::Pass(Accepted {
+            providers: set,
+            lenient,
+        })
+    }
+    const MISSING: Outcome<'static> = Outcome::Fail(Failure::Missing);
+    const INVALID: Outcome<'static> = Outcome::Fail(Failure::Invalid {
+        description: "bad",
+        foreign: false,
+    });
+    const FOREIGN: Outcome<'static> = Outcome::Fail(Failure::Invalid {
+        description: "issuer",
+        foreign: true,
+    });
+    const UNAVAILABLE: Outcome<'static> = Outcome::Fail(Failure::Unavailable("down"));
+    const MALFORMED: Outcome<'static> = Outcome::Fail(Failure::Malformed("two"));
+    fn insufficient(scopes: &[&'static str]) -> Outcome<'static> {
+        Outcome::Fail(Failure::Insufficient {
+            scopes: scopes.to_vec(),
+            scope_missing: true,
+        })
+    }
+    fn wait(provider: usize) -> Outcome<'static> {
+        Outcome::Wait(Pending::Introspection { provider })
+    }
+
+    #[test]
+    fn tree_semantics() {
+        let ok = |i| pass(&[i], false);
+        let rows: Vec<(&str, Requirement, Vec<Outcome<'static>>, Outcome<'static>)> = vec![
+            ("leaf", p(0), vec![ok(0)], ok(0)),
+            (
+                "any: a later pass",
+                any_of(vec![p(0), p(1)]),
+                vec![MISSING, ok(1)],
+                ok(1),
+            ),
+            (
+                "any: refused beats missing",
+                any_of(vec![p(0), p(1)]),
+                vec![INVALID, MISSING],
+                INVALID,
+            ),
+            (
+                "any: the provider the token is for speaks",
+                any_of(vec![p(0), p(1)]),
+                vec![FOREIGN, INVALID],
+                INVALID,
+            ),
+            (
+                "any: only foreign refusals",
+                any_of(vec![p(0), p(1)]),
+                vec![FOREIGN, FOREIGN],
+                FOREIGN,
+            ),
+            (
+                "any: accepted but lacking beats refused",
+                any_of(vec![p(0), p(1)]),
+                vec![insufficient(&["a"]), INVALID],
+                insufficient(&["a"]),
+            ),
+            (
+                "any: unreachable beats lacking (never a pass)",
+                any_of(vec![p(0), p(1)]),
+                vec![UNAVAILABLE, insufficient(&["a"])],
+                UNAVAILABLE,
+            ),
+            (
+                "any: unreachable beats missing",
+                any_of(vec![p(0), p(1)]),
+                vec![MISSING, UNAVAILABLE],
+                UNAVAILABLE,
+            ),
+            (
+                "any: malformed beats waiting",
+                any_of(vec![p(0), p(1)]),
+                vec![MALFORMED, wait(1)],
+                MALFORMED,
+            ),
+            (
+                "any: a pass wins over malformed (the authenticator checks places)",
+                any_of(vec![p(0), p(1)]),
+                vec![MALFORMED, ok(1)],
+                ok(1),
+            ),
+            (
+                "any: wait for what may still pass",
+                any_of(vec![p(0), p(1)]),
+                vec![wait(0), INVALID],
+                wait(0),
+            ),
+            (
+                "all: both",
+                all_of(vec![p(0), p(1)]),
+                vec![ok(0), ok(1)],
+                pass(&[0, 1], false),
+            ),
+            (
+                "all: one missing",
+                all_of(vec![p(0), p(1)]),
+                vec![ok(0), MISSING],
+                MISSING,
+            ),
+            (
+                "all: a definite failure beats unreachable",
+                all_of(vec![p(0), p(1)]),
+                vec![UNAVAILABLE, MISSING],
+                MISSING,
+            ),
+            (
+                "all: unreachable fails",
+                all_of(vec![p(0), p(1)]),
+                vec![UNAVAILABLE, ok(1)],
+                UNAVAILABLE,
+            ),
+            (
+                "all: no wait once it fails",
+                all_of(vec![p(0), p(1)]),
+                vec![wait(0), INVALID],
+                INVALID,
+            ),
+            (
+                "all: wait",
+                all_of(vec![p(0), p(1)]),
+                vec![wait(0), ok(1)],
+                wait(0),
+            ),
+            (
+                "all: wait rather than 503",
+                all_of(vec![p(0), p(1)]),
+                vec![UNAVAILABLE, wait(1)],
+                wait(1),
+            ),
+            (
+                "all: every lacking scope listed once",
+                all_of(vec![p(0), p(1)]),
+                vec![insufficient(&["a"]), insufficient(&["b", "a"])],
+                insufficient(&["a", "b"]),
+            ),
+            (
+                "all: lacking beats refused",
+                all_of(vec![p(0), p(1)]),
+                vec![insufficient(&["a"]), INVALID],
+                insufficient(&["a"]),
+            ),
+            (
+                "all: malformed first",
+                all_of(vec![p(0), p(1)]),
+                vec![insufficient(&["a"]), MALFORMED],
+                MALFORMED,
+            ),
+            (
+                "allow_missing: no token",
+                Requirement::AllowMissing,
+                vec![MISSING, MISSING],
+                pass(&[], false),
+            ),
+            (
+                "allow_missing: a bad token",
+                Requirement::AllowMissing,
+                vec![MISSING, INVALID],
+                INVALID,
+            ),
+            (
+                "allow_missing: a good token",
+                Requirement::AllowMissing,
+                vec![FOREIGN, ok(1)],
+                ok(1),
+            ),
+            (
+                "allow_missing: waits",
+                Requirement::AllowMissing,
+                vec![wait(0), MISSING],
+                wait(0),
+            ),
+            (
+                "allow_missing: unreachable",
+                Requirement::AllowMissing,
+                vec![UNAVAILABLE, MISSING],
+                UNAVAILABLE,
+            ),
+            (
+                "allow_missing_or_failed: no token",
+                Requirement::AllowMissingOrFailed,
+                vec![MISSING],
+                pass(&[], true),
+            ),
+            (
+                "allow_missing_or_failed: failed and unreachable",
+                Requirement::AllowMissingOrFailed,
+                vec![INVALID, UNAVAILABLE],
+                pass(&[], true),
+            ),
+            (
+                "allow_missing_or_failed: identity when it can",
+                Requirement::AllowMissingOrFailed,
+                vec![FOREIGN, ok(1)],
+                pass(&[1], true),
+            ),
+            (
+                "allow_missing_or_failed: waits for identity",
+                Requirement::AllowMissingOrFailed,
+                vec![wait(0)],
+                wait(0),
+            ),
+            (
+                "any[p, allow_missing]: bad token",
+                any_of(vec![p(0), Requirement::AllowMissing]),
+                vec![INVALID],
+                INVALID,
+            ),
+            (
+                "any[p, allow_missing]: none",
+                any_of(vec![p(0), Requirement::AllowMissing]),
+                vec![MISSING],
+                pass(&[], false),
+            ),
+            (
+                "any[p, allow_missing_or_failed]: unreachable",
+                any_of(vec![p(0), Requirement::AllowMissingOrFailed]),
+                vec![UNAVAILABLE],
+                pass(&[], true),
+            ),
+            (
+                "no identity from a failed branch",
+                any_of(vec![all_of(vec![p(0), p(1)]), p(2)]),
+                vec![ok(0), INVALID, ok(2)],
+                ok(2),
+            ),
+            (
+                "nested",
+                all_of(vec![
+                    any_of(vec![p(0), p(1)]),
+                    any_of(vec![p(2), Requirement::AllowMissingOrFailed]),
+                ]),
+                vec![INVALID, ok(1), INVALID],
+                pass(&[1], true),
+            ),
+        ];
+        for (name, tree, outcomes, expected) in rows {
+            let mut table = Table {
+                outcomes,
+                asked: vec![],
+            };
+            assert_eq!(evaluate(&tree, &mut table), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn any_stops_at_the_first_pass() {
+        let tree = any_of(vec![p(0), p(1), p(2)]);
+        let mut table = Table {
+            outcomes: vec![MISSING, pass(&[1], false), wait(2)],
+            asked: vec![],
+        };
+        assert_eq!(evaluate(&tree, &mut table), pass(&[1], false));
+        assert_eq!(table.asked, vec![0, 1]);
+        // requires_all asks every part, for the most specific answer.
+        let tree = all_of(vec![p(0), p(1), p(2)]);
+        let mut table = Table {
+            outcomes: vec![MISSING, INVALID, wait(2)],
+            asked: vec![],
+        };
+        assert_eq!(evaluate(&tree, &mut table), INVALID);
+        assert_eq!(table.asked, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn provider_sets() {
+        let s = ProviderSet::one(0).with(ProviderSet::one(127));
+        assert!(s.contains(0) && s.contains(127) && !s.contains(1) && !s.contains(128));
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![0, 127]);
+        assert_eq!(ProviderSet::all(128).iter().count(), 128);
+        assert!(ProviderSet::one(128).is_empty());
+        let tree = any_of(vec![p(3), all_of(vec![p(1), p(3)])]);
+        assert_eq!(tree.providers(5).iter().collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(Requirement::AllowMissing.providers(3).iter().count(), 3);
+    }
+
+    fn with_requires(requires: Value) -> Result<Config, String> {
+        with_requires_text(&requires.to_string())
+    }
+
+    fn with_requires_text(requires: &str) -> Result<Config, String> {
+        let keys =
+            crate::testkit::jwks(&[crate::testkit::Signer::hmac("HS256", "k", &[1; 32]).jwk()]);
+        let providers = json!({
+            "corp": {"issuer": "https://corp", "local_jwks": {"inline_string": keys}},
+            "partner": {"issuer": "https://partner", "local_jwks": {"inline_string": keys}}
+        });
+        // As text: a tree too deep for serde_json's recursion limit is too deep to build as a
+        // `Value` here, too.
+        let doc = format!(
+            r#"{{"providers": {providers}, "rules": [{{"match": {{"prefix": "/"}}, "requires": {requires}}}]}}"#
+        );
+        Config::from_json(doc.as_bytes()).map_err(|e| e.to_string())
+    }
+
+    /// `depth` groups nested inside one another, around two leaves, as JSON text.
+    fn nested(depth: usize) -> String {
+        let open = r#"{"requires_any": {"requirements": ["#.repeat(depth);
+        let close = r#", {"provider_name": "partner"}]}}"#.repeat(depth);
+        format!(r#"{open}{{"provider_name": "corp"}}{close}"#)
+    }
+
+    #[test]
+    fn parses_jwt_authn_shapes() {
+        let c = with_requires(json!({"requires_any": {"requirements": [
+            {"provider_and_audiences": {"provider_name": "partner", "audiences": ["a"]}, "scopes": ["s"]},
+            {"provider_name": "corp", "claims": [{"claim_name": "realm_access.roles", "values": ["admin"]}]},
+            {"requires_all": {"requirements": [{"provider_name": "corp"}, {"allow_missing": {}}]}},
+            {"allow_missing_or_failed": {}}
+        ]}}))
+        .unwrap();
+        let Some(Requirement::Any(items)) = &c.rules[0].requires else {
+            panic!()
+        };
+        assert_eq!(items.len(), 4);
+        let Requirement::Provider(leaf) = &items[0] else {
+            panic!()
+        };
+        assert_eq!(
+            (leaf.provider, leaf.audiences.clone()),
+            (1, Some(vec!["a".to_string()]))
+        );
+        assert_eq!(c.rules[0].providers, ProviderSet::all(2));
+        // Claims the conditions read are kept for cached tokens.
+        assert!(c.providers[0]
+            .kept_claims
+            .contains(&"realm_access".to_string()));
+        assert!(with_requires_text(&nested(MAX_DEPTH)).is_ok());
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        let cases = [
+            (
+                json!({"requires_some": {}}),
+                "rules[0].requires.requires_some: unknown field",
+            ),
+            (json!({}), "rules[0].requires: needs one of provider_name"),
+            (
+                json!({"provider_name": "corp", "allow_missing": {}}),
+                "rules[0].requires: give only one of provider_name, allow_missing",
+            ),
+            (
+                json!({"requires_any": {"requirements": [{"provider_name": "corp"}]}}),
+                "rules[0].requires.requires_any.requirements: needs at least 2",
+            ),
+            (
+                json!({"requires_all": {"requirements": []}}),
+                "rules[0].requires.requires_all.requirements: needs at least 2",
+            ),
+            (
+                json!({"requires_all": {"requirement": []}}),
+                "rules[0].requires.requires_all.requirement: unknown field",
+            ),
+            (
+                json!({"requires_any": {"requirements": [{"provider_name": "corp"}, {"provider_name": "nobody"}]}}),
+                "rules[0].requires.requires_any.requirements[1].provider_name: names no provider",
+            ),
+            (
+                json!({"allow_missing": {"x": 1}}),
+                "rules[0].requires.allow_missing: must be an empty object",
+            ),
+            (
+                json!({"allow_missing": true}),
+                "rules[0].requires.allow_missing: must be an empty object",
+            ),
+            (
+                json!({"allow_missing": {}, "scopes": ["a"]}),
+                "rules[0].requires.scopes: applies to a provider",
+            ),
+            (
+                json!({"requires_any": {"requirements": [{"provider_name": "corp"}, {"provider_name": "partner"}]}, "claims": []}),
+                "rules[0].requires.claims: applies to a provider",
+            ),
+            (
+                json!({"provider_and_audiences": {"provider_name": "corp"}}),
+                "rules[0].requires.provider_and_audiences.audiences: must list",
+            ),
+            (
+                json!({"provider_and_audiences": {"provider_name": "x", "audiences": ["a"]}}),
+                "rules[0].requires.provider_and_audiences.provider_name: names no provider",
+            ),
+            (
+                json!({"provider_name": "corp", "claims": [{"claim_name": "groups"}]}),
+                "rules[0].requires.claims[0].values: must list",
+            ),
+            (
+                json!({"provider_name": "corp", "claims": [{"claim_name": "groups", "values": []}]}),
+                "rules[0].requires.claims[0].values: must list",
+            ),
+            (
+                json!({"provider_name": "corp", "claims": [{"claim": "groups", "values": ["a"]}]}),
+                "rules[0].requires.claims[0].claim: unknown field",
+            ),
+            (
+                json!({"provider_name": "corp", "acr_values": ["x"]}),
+                "rules[0].requires.acr_values: unknown field",
+            ),
+        ];
+        for (requires, expected) in cases {
+            let e = with_requires(requires.clone()).unwrap_err();
+            assert!(
+                e.starts_with(expected),
+                "{requires}: {e:?} does not start with {expected:?}"
+            );
+        }
+        let e = with_requires_text(&nested(MAX_DEPTH + 1)).unwrap_err();
+        let deepest = "rules[0].requires".to_string()
+            + &".requires_any.requirements[0]".repeat(MAX_DEPTH)
+            + ".requires_any: is nested too deeply";
+        assert!(e.starts_with(&deepest), "{e}");
+    }
+
+    #[test]
+    fn a_tree_deeper_than_the_json_parser_goes_is_named_too() {
+        let e = with_requires_text(&nested(5_000)).unwrap_err();
+        let field = "rules[0].requires".to_string()
+            + &".requires_any.requirements[0]".repeat(MAX_DEPTH)
+            + ".requires_any: is nested too deeply";
+        assert!(e.starts_with(&field), "{}", &e[..e.len().min(300)]);
+        assert!(!e.contains('\n') && e.len() < 400, "{e}");
+    }
 }

@@ -174,6 +174,13 @@ fn parse_jwk(jwk: &Map<String, Value>) -> Result<Option<Jwk>, String> {
             return Ok(None);
         }
     }
+    // RFC 7517 §4.3: a key whose `key_ops` lacks "verify" may not verify signatures.
+    match jwk.get("key_ops") {
+        None => {}
+        Some(Value::Array(ops)) if ops.iter().any(|op| op.as_str() == Some("verify")) => {}
+        Some(Value::Array(_)) => return Ok(None),
+        Some(_) => return Err("\"key_ops\" is not an array".to_string()),
+    }
     let alg = match text("alg")? {
         None => None,
         Some(name) => match Alg::from_name(name) {
@@ -238,11 +245,17 @@ fn parse_jwk(jwk: &Map<String, Value>) -> Result<Option<Jwk>, String> {
     Ok(Some(key))
 }
 
-fn rsa_key(n: &[u8], e: &[u8]) -> Result<KeyMaterial, String> {
-    let n = BigUint::from_bytes_be(n);
+fn rsa_key(modulus: &[u8], e: &[u8]) -> Result<KeyMaterial, String> {
+    let n = BigUint::from_bytes_be(modulus);
     let bits = n.bits();
     if bits < MIN_RSA_BITS {
         return Err(format!("RSA modulus of {bits} bits, under {MIN_RSA_BITS}"));
+    }
+    if has_roca_structure(modulus) {
+        return Err(
+            "RSA modulus with the ROCA structure (CVE-2017-15361): its private key can be computed"
+                .to_string(),
+        );
     }
     let key = RsaPublicKey::new_with_max_size(n, BigUint::from_bytes_be(e), MAX_RSA_BITS)
         .map_err(|_| "not a valid RSA public key".to_string())?;
@@ -250,14 +263,140 @@ fn rsa_key(n: &[u8], e: &[u8]) -> Result<KeyMaterial, String> {
     Ok(KeyMaterial::Rsa(key))
 }
 
-/// The SEC1 uncompressed encoding of a point whose coordinates must be exactly `len` bytes.
+/// The SEC1 uncompressed encoding of a point with coordinates of `len` bytes. Shorter ones are
+/// left-padded with zeros, as BoringSSL and `jwt_authn` read them (some JWKS drop a leading
+/// zero byte: jwt_verify_lib's P-521 test key has a 65-byte `y`); longer ones are refused.
 fn sec1(x: &[u8], y: &[u8], len: usize) -> Result<Vec<u8>, String> {
-    if x.len() != len || y.len() != len {
-        return Err(format!("EC coordinates must be {len} bytes"));
+    if x.len() > len || y.len() > len {
+        return Err(format!("EC coordinates longer than {len} bytes"));
     }
     let mut point = Vec::with_capacity(1 + 2 * len);
     point.push(0x04);
-    point.extend_from_slice(x);
-    point.extend_from_slice(y);
+    for coordinate in [x, y] {
+        point.resize(point.len() + len - coordinate.len(), 0);
+        point.extend_from_slice(coordinate);
+    }
     Ok(point)
+}
+
+/// The primes whose residues fingerprint ROCA moduli (the published detector's set).
+const ROCA_PRIMES: [u32; 38] = [
+    3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89, 97,
+    101, 103, 107, 109, 113, 127, 131, 137, 139, 149, 151, 157, 163, 167,
+];
+
+/// Whether an RSA modulus (big-endian bytes) has the structure of the keys Infineon's RSALib
+/// generated (ROCA, CVE-2017-15361): its primes are `k·M + 65537^a mod M` for a primorial `M`,
+/// so the modulus modulo each small prime of `M` lies in the subgroup 65537 generates. A random
+/// modulus passes all 38 tests with a probability near 2^-154; a ROCA one always does.
+pub fn has_roca_structure(modulus: &[u8]) -> bool {
+    ROCA_PRIMES.iter().all(|&p| {
+        let residue = modulus
+            .iter()
+            .fold(0u32, |r, &b| (r * 256 + u32::from(b)) % p);
+        let generator = 65_537 % p;
+        let mut power = 1;
+        loop {
+            if power == residue {
+                return true;
+            }
+            power = power * generator % p;
+            if power == 1 {
+                return false;
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{b64, jwks, Signer};
+    use serde_json::json;
+
+    /// The public modulus of the RSA key with the ROCA structure in Project Wycheproof's
+    /// `json_web_key_test.json` (group `jws_rsa_roca_key`, kid `kid-rsa-roca-sign`), whose
+    /// vector expects it refused.
+    const WYCHEPROOF_ROCA_N: &str = "AanFpofbj7KjD4Lf-N2hVMKR7yewSyXhhbirIMTGpfYEhZ_lnt5UoK98DnKIgArXGTu3MaW_HhFw16HGaTDUHqPrId7fe4r11CqRw09yBFuW79V8sYIwHdzCaWflUI6auImYbVfoN9_nD5n8N8SY9DwXw7mwZM9wREPXoDPgOoIWl6q_MPsp7n0zs3Z5ZaiQWOOzl1S9OhwAfSiiOwz6efnXEaxuTEtPd7BjSx7NaFka8Dx9U7YqXy2RFj1O9PjyaDGuRh7YXsX3iMUSP_wSyHQg_c_qHRtKUsNSGCT7OZg0hzm2KphtjnayKJvC64vAbROBR4Ubg6Bxg9IQVZ-QYyE";
+    /// The same file's ordinary RS256 key (group `rs256`), which it expects accepted.
+    const WYCHEPROOF_RS256_N: &str = "kqGboBfAWttWPCA-0cGRgsY6SaYoIARt0B_PkaEcIq9HPYNdu9n6UuWHuuTHrjF_ZoQW97r5HaAorNvrMEGTGdxCHZdEtkHvNVVmrtxTBLiQCbCozXhFoIrVcr3qUBrdGnNn_M3jJi7Wg7p_-x62nS5gNG875oyheRkutHsQXikFZwsN3q_TsPNOVlCiHy8mxzaFTUQGm-X8UYexFyAivlDSjgDJLAZSWfxd7k9Gxuwa3AUfQqQcVcegmgKGCaErQ3qQbh1x7WB6iopE3_-GZ8HMAVtR9AmrVscqYsnjhaCehfAI0iKKs8zXr8tISc0ORbaalrkk03H1ZrsEnDKEWQ";
+
+    fn modulus(text: &str) -> Vec<u8> {
+        b64url(text).unwrap()
+    }
+
+    #[test]
+    fn roca_moduli_are_refused() {
+        assert!(has_roca_structure(&modulus(WYCHEPROOF_ROCA_N)));
+        assert!(!has_roca_structure(&modulus(WYCHEPROOF_RS256_N)));
+        // A power of 65537 has the structure by construction; one more than it has not.
+        let power = (0..130).fold(BigUint::from(1u32), |acc, _| acc * BigUint::from(65_537u32));
+        assert!(has_roca_structure(&power.to_bytes_be()));
+        assert!(!has_roca_structure(&(power + 2u32).to_bytes_be()));
+        for _ in 0..3 {
+            let n = Signer::rsa("RS256", "k", 2048).jwk()["n"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            assert!(!has_roca_structure(&modulus(&n)));
+        }
+        let roca = json!({"kty": "RSA", "kid": "roca", "n": WYCHEPROOF_ROCA_N, "e": "AQAB"});
+        let fine = json!({"kty": "RSA", "kid": "fine", "n": WYCHEPROOF_RS256_N, "e": "AQAB"});
+        let set = parse_jwks(jwks(&[roca, fine]).as_bytes()).unwrap();
+        assert_eq!(set.keys.len(), 1);
+        assert_eq!(set.keys[0].kid.as_deref(), Some("fine"));
+        assert!(set.problems[0].starts_with("keys[0]: RSA modulus with the ROCA structure"));
+    }
+
+    #[test]
+    fn short_ec_coordinates_are_left_padded() {
+        let (signer, short) = Signer::es512_short_coordinate("p521");
+        let set = parse_jwks(jwks(std::slice::from_ref(&short)).as_bytes()).unwrap();
+        assert_eq!(set.problems, Vec::<String>::new());
+        let token = signer.token(&json!({"sub": "a"}));
+        let jws = crate::jwt::parse(&token).unwrap();
+        assert_eq!(crate::jwt::verify_signature(&jws, &set.keys), Ok(()));
+        // The DER key for the host's verifier is the padded point too.
+        let full = parse_jwks(jwks(&[signer.jwk()]).as_bytes()).unwrap();
+        assert_eq!(set.keys[0].spki, full.keys[0].spki);
+        // Longer than the curve's size: refused.
+        let mut long = signer.jwk();
+        let x = crate::jwt::b64url(long["x"].as_str().unwrap()).unwrap();
+        long["x"] = json!(b64([&[0u8][..], &x].concat()));
+        let set = parse_jwks(jwks(&[long]).as_bytes()).unwrap();
+        assert!(
+            set.problems[0].contains("longer than 66 bytes"),
+            "{:?}",
+            set.problems
+        );
+        // P-256 with a short coordinate: padded, then checked to be on the curve.
+        let short = json!({"kty": "EC", "crv": "P-256", "x": "AAAA", "y": "AAAA"});
+        let set = parse_jwks(jwks(&[short]).as_bytes()).unwrap();
+        assert!(
+            set.problems[0].contains("not a point on P-256"),
+            "{:?}",
+            set.problems
+        );
+    }
+
+    #[test]
+    fn key_ops_must_allow_verify() {
+        let signer = Signer::es256("ops");
+        let with_ops = |ops: Value| {
+            let mut jwk = signer.jwk();
+            jwk["key_ops"] = ops;
+            parse_jwks(jwks(&[jwk]).as_bytes()).unwrap()
+        };
+        assert_eq!(with_ops(json!(["verify"])).keys.len(), 1);
+        assert_eq!(with_ops(json!(["sign", "verify"])).keys.len(), 1);
+        for skipped in [json!(["encrypt"]), json!([]), json!(["sign"]), json!([7])] {
+            let set = with_ops(skipped.clone());
+            assert_eq!((set.keys.len(), set.problems.len()), (0, 0), "{skipped}");
+        }
+        let set = with_ops(json!("verify"));
+        assert_eq!(
+            set.problems,
+            vec!["keys[0]: \"key_ops\" is not an array".to_string()]
+        );
+    }
 }

@@ -136,6 +136,22 @@ impl Signer {
         jwk
     }
 
+    /// A P-521 signer whose public JWK (the second value) writes a coordinate with one byte
+    /// less than the curve's 66, its leading zero dropped, as jwt_verify_lib's test key does.
+    pub fn es512_short_coordinate(k: &str) -> (Signer, Value) {
+        loop {
+            let signer = Signer::es512(k);
+            let mut jwk = signer.jwk();
+            for c in ["y", "x"] {
+                let bytes = unb64(jwk[c].as_str().unwrap());
+                if bytes[0] == 0 {
+                    jwk[c] = json!(b64(&bytes[1..]));
+                    return (signer, jwk);
+                }
+            }
+        }
+    }
+
     /// Signs `input` with algorithm `alg` (any algorithm the key can do).
     pub fn sign_as(&self, alg: &str, input: &[u8]) -> Vec<u8> {
         use p256::ecdsa::signature::Signer as _;
