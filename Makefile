@@ -52,7 +52,7 @@ unit:
 	cargo test --lib
 
 integration: build envoy oidc
-	ENVOY_BIN=$(ENVOY_BIN) OAUTH_FILTER_WASM=$(WASM) cargo test --test envoy --test remote --test introspection --test credentials --test mesh
+	ENVOY_BIN=$(ENVOY_BIN) OAUTH_FILTER_WASM=$(WASM) cargo test --test envoy --test remote --test introspection --test credentials --test mesh --test policy
 
 # The bench's reference modules: Wasm filters that validate nothing, to show what the host charges
 # any Wasm filter (examples/floor_filter.rs, examples/floor_callbacks.rs; README, Performance).

@@ -58,10 +58,17 @@ fn maybe_fetch(vm: &Rc<RefCell<Vm>>, c: usize, now: u64) {
         let Some(client) = state.clients.get_mut(c) else {
             return;
         };
-        let due = client.in_flight.is_none()
-            && client.record.fetch_due(client.spec.refresh_margin_ms, now);
+        let margin = client.spec.refresh_margin_ms;
+        if client.in_flight.is_some() || !client.record.fetch_due(margin, now) {
+            return;
+        }
         let until = now + client.spec.endpoint.timeout_ms + 1000;
-        if !due || !shared::take_lease(&client.shared, me, now, until) {
+        let due = |r: &Record| r.fetch_due(margin, now);
+        let Some((record, due)) = shared::lease_if_due(&client.shared, me, now, until, due) else {
+            return;
+        };
+        client.record = record;
+        if !due {
             return;
         }
         let refresh = client.record.usable(now).is_some();

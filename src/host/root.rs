@@ -9,7 +9,7 @@ use super::http;
 use super::introspect;
 use super::metrics::Metrics;
 use super::shared;
-use super::vm::{Awaited, Step, Vm};
+use super::vm::{Awaited, Remote, Step, Vm};
 use crate::challenge;
 use crate::config::{split_url, Config, HttpUri};
 use crate::decision::NO_CREDENTIAL;
@@ -146,7 +146,7 @@ fn sync(vm: &Rc<RefCell<Vm>>, p: usize) {
 
 /// Starts a fetch if one is due and this VM gets the lease.
 fn maybe_fetch(vm: &Rc<RefCell<Vm>>, p: usize, now: u64) {
-    let (refused_refetch, call) = {
+    let (decide_again, call) = {
         let mut state = vm.borrow_mut();
         let me = state.id;
         let Some(Some(r)) = state.remotes.get_mut(p) else {
@@ -161,21 +161,39 @@ fn maybe_fetch(vm: &Rc<RefCell<Vm>>, p: usize, now: u64) {
         let refetch = r.want_refetch && r.record.refetch_allowed(now);
         let refused_refetch = r.want_refetch && !refetch;
         r.want_refetch = false;
-        let call = if r.record.fetch_due(r.spec.cache_duration_ms, now, refetch)
-            && shared::take_lease(&r.shared, me, now, now + r.fetch_budget_ms() + 1000)
-        {
-            let record = shared::update_record(&r.shared, |rec: &Record| rec.started(now, refetch));
-            r.install(record);
-            next_call(r.spec.discovery.as_ref(), r.spec.jwks.as_ref(), &r.record)
-        } else {
-            None
-        };
-        (refused_refetch, call)
+        let (changed, call) = start_fetch(r, me, now, refetch);
+        (refused_refetch || changed, call)
     };
     if let Some((step, uri)) = call {
         dispatch(vm, p, step, &uri);
-    } else if refused_refetch {
+    } else if decide_again {
         wake(vm, p);
+    }
+}
+
+/// Takes the lease and marks the fetch started if one is (still) due: whether what requests
+/// see changed (another VM stored keys meanwhile), and the first call to make.
+fn start_fetch(
+    r: &mut Remote,
+    me: u64,
+    now: u64,
+    refetch: bool,
+) -> (bool, Option<(Step, HttpUri)>) {
+    let cache_ms = r.spec.cache_duration_ms;
+    let until = now + r.fetch_budget_ms() + 1000;
+    let due = |rec: &Record| rec.fetch_due(cache_ms, now, refetch && rec.refetch_allowed(now));
+    if !due(&r.record) {
+        return (false, None);
+    }
+    match shared::lease_if_due(&r.shared, me, now, until, due) {
+        Some((_, true)) => {
+            let record = shared::update_record(&r.shared, |rec: &Record| rec.started(now, refetch));
+            r.install(record);
+            let call = next_call(r.spec.discovery.as_ref(), r.spec.jwks.as_ref(), &r.record);
+            (false, call)
+        }
+        Some((record, false)) => (r.install(record), None),
+        None => (false, None),
     }
 }
 

@@ -101,6 +101,28 @@ pub fn take_lease(keys: &Keys, me: u64, now: u64, until: u64) -> bool {
     abi::set_shared_data(&keys.lease, &lease.to_bytes(), cas).is_ok()
 }
 
+/// Takes the lease, then reads the record again: another VM may have stored what it fetched
+/// (and given the lease back) between this VM's last read and the lease. None when the lease is
+/// not to be had; else the record as it is now and whether a fetch is still `due` for it (when
+/// it is not, the lease is given back at once).
+pub fn lease_if_due<R: Shared>(
+    keys: &Keys,
+    me: u64,
+    now: u64,
+    until: u64,
+    due: impl Fn(&R) -> bool,
+) -> Option<(R, bool)> {
+    if !take_lease(keys, me, now, until) {
+        return None;
+    }
+    let (record, _) = read_record(keys);
+    let still = due(&record);
+    if !still {
+        release_lease(keys, me);
+    }
+    Some((record, still))
+}
+
 /// Gives the lease back early (after a fetch finished), if this VM still holds it.
 pub fn release_lease(keys: &Keys, me: u64) {
     if let Ok((Some(bytes), cas)) = abi::get_shared_data(&keys.lease) {

@@ -311,14 +311,11 @@ pub fn has_roca_structure(modulus: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::{b64, jwks, Signer};
+    use crate::testkit::{b64, jwks, Signer, WYCHEPROOF_ROCA_N};
     use serde_json::json;
 
-    /// The public modulus of the RSA key with the ROCA structure in Project Wycheproof's
-    /// `json_web_key_test.json` (group `jws_rsa_roca_key`, kid `kid-rsa-roca-sign`), whose
-    /// vector expects it refused.
-    const WYCHEPROOF_ROCA_N: &str = "AanFpofbj7KjD4Lf-N2hVMKR7yewSyXhhbirIMTGpfYEhZ_lnt5UoK98DnKIgArXGTu3MaW_HhFw16HGaTDUHqPrId7fe4r11CqRw09yBFuW79V8sYIwHdzCaWflUI6auImYbVfoN9_nD5n8N8SY9DwXw7mwZM9wREPXoDPgOoIWl6q_MPsp7n0zs3Z5ZaiQWOOzl1S9OhwAfSiiOwz6efnXEaxuTEtPd7BjSx7NaFka8Dx9U7YqXy2RFj1O9PjyaDGuRh7YXsX3iMUSP_wSyHQg_c_qHRtKUsNSGCT7OZg0hzm2KphtjnayKJvC64vAbROBR4Ubg6Bxg9IQVZ-QYyE";
-    /// The same file's ordinary RS256 key (group `rs256`), which it expects accepted.
+    /// Wycheproof's ordinary RS256 key of the same file (group `rs256`), which it expects
+    /// accepted.
     const WYCHEPROOF_RS256_N: &str = "kqGboBfAWttWPCA-0cGRgsY6SaYoIARt0B_PkaEcIq9HPYNdu9n6UuWHuuTHrjF_ZoQW97r5HaAorNvrMEGTGdxCHZdEtkHvNVVmrtxTBLiQCbCozXhFoIrVcr3qUBrdGnNn_M3jJi7Wg7p_-x62nS5gNG875oyheRkutHsQXikFZwsN3q_TsPNOVlCiHy8mxzaFTUQGm-X8UYexFyAivlDSjgDJLAZSWfxd7k9Gxuwa3AUfQqQcVcegmgKGCaErQ3qQbh1x7WB6iopE3_-GZ8HMAVtR9AmrVscqYsnjhaCehfAI0iKKs8zXr8tISc0ORbaalrkk03H1ZrsEnDKEWQ";
 
     fn modulus(text: &str) -> Vec<u8> {

@@ -248,6 +248,11 @@ fn hmac_tag<M: Mac + hmac::digest::KeyInit>(key: &[u8], input: &[u8]) -> Vec<u8>
 }
 
 /// A JWKS document text holding these JWKs.
+/// The public modulus of the RSA key with the ROCA structure (CVE-2017-15361) in Project
+/// Wycheproof's `json_web_key_test.json` (group `jws_rsa_roca_key`, kid `kid-rsa-roca-sign`),
+/// whose test vector expects it refused.
+pub const WYCHEPROOF_ROCA_N: &str = "AanFpofbj7KjD4Lf-N2hVMKR7yewSyXhhbirIMTGpfYEhZ_lnt5UoK98DnKIgArXGTu3MaW_HhFw16HGaTDUHqPrId7fe4r11CqRw09yBFuW79V8sYIwHdzCaWflUI6auImYbVfoN9_nD5n8N8SY9DwXw7mwZM9wREPXoDPgOoIWl6q_MPsp7n0zs3Z5ZaiQWOOzl1S9OhwAfSiiOwz6efnXEaxuTEtPd7BjSx7NaFka8Dx9U7YqXy2RFj1O9PjyaDGuRh7YXsX3iMUSP_wSyHQg_c_qHRtKUsNSGCT7OZg0hzm2KphtjnayKJvC64vAbROBR4Ubg6Bxg9IQVZ-QYyE";
+
 pub fn jwks(keys: &[Value]) -> String {
     json!({ "keys": keys }).to_string()
 }
