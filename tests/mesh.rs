@@ -116,11 +116,11 @@ impl Example {
     }
 }
 
-/// Runs the Envoy bootstrap `path` as it is but for addresses (the listener and admin on free
+/// An example bootstrap running as it is but for addresses (the listener and admin on free
 /// loopback ports, cluster `demo_upstream` at a recording upstream, `demo_idp` at
-/// node-oidc-provider calling itself the issuer the configuration expects) and the module's
-/// path, then replays the README's walk-through against it.
-fn walk_through(path: &str) {
+/// node-oidc-provider calling itself the issuer the configuration expects), the module's path,
+/// and what `adjust` changes; with its authorization server and that issuer.
+fn run_bootstrap(path: &str, adjust: impl FnOnce(&mut Value)) -> (Example, Oidc, String) {
     let mut boot = yaml_documents(path).remove(0);
     let loopback =
         |port: u16| json!({"socket_address": {"address": "127.0.0.1", "port_value": port}});
@@ -142,10 +142,11 @@ fn walk_through(path: &str) {
         serde_json::from_str(config["configuration"]["value"].as_str().unwrap()).unwrap();
     let issuer = filter_config["providers"]["idp"]["issuer"]
         .as_str()
-        .unwrap();
+        .unwrap()
+        .to_string();
 
     let upstream = Upstream::start();
-    let idp = Oidc::start_as(free_port(), issuer).unwrap();
+    let idp = Oidc::start_as(free_port(), &issuer).unwrap();
     for cluster in boot["static_resources"]["clusters"].as_array_mut().unwrap() {
         let target = match cluster["name"].as_str().unwrap() {
             "demo_upstream" => upstream.port,
@@ -156,9 +157,16 @@ fn walk_through(path: &str) {
         cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] =
             loopback(target);
     }
+    adjust(&mut boot);
     let envoy = Envoy::start(&boot, port, admin).unwrap_or_else(|log| panic!("{path}: {log}"));
-    let example = Example { envoy, upstream };
+    (Example { envoy, upstream }, idp, issuer)
+}
 
+/// Runs the Envoy bootstrap `path` (see `run_bootstrap`), then replays the README's
+/// walk-through against it.
+fn walk_through(path: &str) {
+    let (example, idp, issuer) = run_bootstrap(path, |_| {});
+    let issuer = issuer.as_str();
     let reader = idp.token("https://orders.example", "orders:read");
     let admin_token = idp.token("https://orders.example", "orders:read orders:admin");
     assert_eq!(example.get("/public/status", None).0, 200, "{path}");
@@ -210,6 +218,82 @@ fn walk_through(path: &str) {
     assert_eq!(claims["scope"], "orders:admin", "{path}");
 }
 
+/// envoy/policy/envoy.yaml: the OAuth filter's `client_id` filter state decides Envoy's RBAC on
+/// /reports and appears in the access log; optional authentication on /catalog; the method
+/// selects the rule on /orders; CORS preflights pass.
+fn policy_example() {
+    let log = std::env::temp_dir().join(format!("policy-example-{}.log", free_port()));
+    let (example, idp, _) = run_bootstrap("envoy/policy/envoy.yaml", |boot| {
+        let hcm = &mut boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"];
+        hcm["access_log"][0]["typed_config"]["path"] = json!(log.display().to_string());
+    });
+    let resource = "https://orders.example";
+    let gateway = idp.token(resource, "orders:read orders:admin");
+    let service = support::client_token(
+        idp.port,
+        ("orders-service", "orders-service-secret"),
+        resource,
+        "orders:admin",
+    );
+    // RBAC after the OAuth filter: both pass it, only orders-service may read /reports.
+    let (status, seen) = example.get("/reports/daily", Some(&gateway));
+    assert_eq!((status, seen.is_none()), (403, true));
+    let (status, seen) = example.get("/reports/daily", Some(&service));
+    assert_eq!(status, 200);
+    assert_eq!(seen.unwrap().header("x-client-id"), Some("orders-service"));
+    let (status, seen) = example.get("/reports/daily", None);
+    assert_eq!((status, seen.is_none()), (401, true));
+    // Optional authentication: no token passes without identity, a bad one does not.
+    let (status, seen) = example.get("/catalog/items", None);
+    assert_eq!(status, 200);
+    assert_eq!(seen.unwrap().header("x-client-id"), None);
+    let (status, seen) = example.get("/catalog", Some(&gateway));
+    assert_eq!(
+        (status, seen.unwrap().header("x-client-id")),
+        (200, Some("gateway"))
+    );
+    assert_eq!(example.get("/catalog/items", Some("not-a-token")).0, 401);
+    // `/catalogue` is not under the separated prefix /catalog: the catch-all rule wants a token.
+    assert_eq!(example.get("/catalogue", None).0, 401);
+    // GET /orders wants orders:read; other methods fall to the catch-all (orders:admin).
+    let reader = idp.token(resource, "orders:read");
+    assert_eq!(example.get("/orders/7", Some(&reader)).0, 200);
+    let id = request_id();
+    let auth = format!("Bearer {reader}");
+    let headers: [(&str, &[u8]); 2] = [
+        ("x-test-id", id.as_bytes()),
+        ("authorization", auth.as_bytes()),
+    ];
+    let r = support::request(example.envoy.port, "DELETE", "/orders/7", &headers, None);
+    assert_eq!((r.status, example.upstream.saw(&id).is_none()), (403, true));
+    // A CORS preflight reaches the upstream without a token.
+    let id = request_id();
+    let preflight: [(&str, &[u8]); 3] = [
+        ("x-test-id", id.as_bytes()),
+        ("origin", b"https://app.example"),
+        ("access-control-request-method", b"DELETE"),
+    ];
+    let r = support::request(example.envoy.port, "OPTIONS", "/orders/7", &preflight, None);
+    assert_eq!((r.status, example.upstream.saw(&id).is_some()), (200, true));
+    // The access log names the caller of each request the OAuth filter accepted.
+    let wrote = |text: &str| {
+        (0..50).any(|_| {
+            let found = std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains(text);
+            if !found {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            found
+        })
+    };
+    assert!(wrote("\"GET /reports/daily\" 403 client=gateway"));
+    assert!(wrote("\"GET /reports/daily\" 200 client=orders-service"));
+    assert!(wrote("\"GET /catalog/items\" 200 client=-"));
+    let _ = std::fs::remove_file(&log);
+}
+
 fn main() {
     let mut run = support::Runner::new();
     let signer = Signer::es256("idp-1");
@@ -219,6 +303,10 @@ fn main() {
     });
     run.case("docker_compose_example_walk_through", || {
         walk_through("envoy/compose/envoy.yaml");
+    });
+
+    run.case("policy_example_feeds_rbac_and_the_access_log", || {
+        policy_example();
     });
 
     run.case("istio_wasmplugin_example_works_as_documented", || {

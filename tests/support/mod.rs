@@ -872,8 +872,15 @@ pub fn env_number(name: &str, default: u64) -> u64 {
 /// A client-credentials access token from the node-oidc-provider on `port`, for `resource` with
 /// `scope`, as client `gateway`.
 pub fn client_credentials_token(port: u16, resource: &str, scope: &str) -> String {
+    client_token(port, ("gateway", "gateway-secret"), resource, scope)
+}
+
+/// A client-credentials access token for `resource` with `scope`, as `client` (id, secret;
+/// a client of tests/oidc/server.mjs that authenticates with `client_secret_basic`).
+pub fn client_token(port: u16, client: (&str, &str), resource: &str, scope: &str) -> String {
     use base64::Engine;
-    let basic = base64::engine::general_purpose::STANDARD.encode("gateway:gateway-secret");
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", client.0, client.1));
     let auth = format!("Basic {basic}");
     let form = |s: &str| s.replace(':', "%3A").replace('/', "%2F").replace(' ', "+");
     let body = format!(
