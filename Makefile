@@ -41,8 +41,9 @@ tests/oidc/node_modules/.installed: tests/oidc/package.json tests/oidc/package-l
 	@touch $@
 
 # Envoy with the filter in front of a demo upstream; prints curl commands with demo tokens.
+# DEMO=policy runs envoy/policy/envoy.yaml (RBAC and the access log after the filter) instead.
 run: build envoy oidc
-	ENVOY_BIN=$(ENVOY_BIN) cargo run --quiet --profile tools --example demo
+	DEMO=$(DEMO) ENVOY_BIN=$(ENVOY_BIN) cargo run --quiet --profile tools --example demo
 
 # Everything: unit tests of the core (native) and the integration suite in the real Envoy.
 test: build envoy oidc

@@ -1,6 +1,8 @@
 //! `make run`: Envoy with the filter (envoy/envoy.yaml) in front of a demo upstream that echoes
 //! what it receives, a demo authorization server (node-oidc-provider) whose keys the filter finds
 //! by OIDC discovery, and ready-to-paste curl commands with real access tokens.
+//! `make run DEMO=policy` runs envoy/policy/envoy.yaml instead (RBAC and the access log after
+//! the filter) and prints its curls.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../tests/support/mod.rs"]
@@ -10,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const CONFIG: &str = "envoy/envoy.yaml";
+const POLICY_CONFIG: &str = "envoy/policy/envoy.yaml";
 const LISTEN: u16 = 10000;
 const ADMIN: u16 = 9901;
 const UPSTREAM: u16 = 8080;
@@ -20,10 +23,12 @@ fn main() {
     let wasm = support::root().join("target/wasm32-wasip1/release/oauth_filter.wasm");
     assert!(wasm.exists(), "build the module first: make build");
 
+    let policy = std::env::var("DEMO").is_ok_and(|d| d == "policy");
+    let config = if policy { POLICY_CONFIG } else { CONFIG };
     let idp = support::Oidc::start_on(IDP).unwrap_or_else(|why| panic!("{why}"));
     let _upstream = support::Upstream::start_on(UPSTREAM);
     let mut envoy = Command::new(support::envoy_bin())
-        .args(["-c", CONFIG, "--concurrency", "1", "--disable-hot-restart"])
+        .args(["-c", config, "--concurrency", "1", "--disable-hot-restart"])
         .args(["--log-level", "warn", "--component-log-level", "wasm:info"])
         .stdin(Stdio::null())
         .spawn()
@@ -37,6 +42,11 @@ fn main() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    if policy {
+        print_policy_curls(&idp);
+        let _ = envoy.wait();
+        return;
+    }
     let reader = idp.token("https://orders.example", "orders:read");
     let admin = idp.token("https://orders.example", "orders:read orders:admin");
     let forged = {
@@ -82,4 +92,39 @@ Press Ctrl-C to stop.
         issuer = idp.issuer
     );
     let _ = envoy.wait();
+}
+
+/// The curls of envoy/policy/envoy.yaml; Envoy's access log (on its stdout) names each caller.
+fn print_policy_curls(idp: &support::Oidc) {
+    let resource = "https://orders.example";
+    let gateway = idp.token(resource, "orders:read orders:admin");
+    let service = support::client_token(
+        idp.port,
+        ("orders-service", "orders-service-secret"),
+        resource,
+        "orders:admin",
+    );
+    let url = format!("http://127.0.0.1:{LISTEN}");
+    println!(
+        r#"
+Envoy is listening on {url}: the OAuth filter, then Envoy's RBAC filter reading the caller's
+client_id from the filter state the OAuth filter sets; the access log below names each caller.
+
+# /reports: both tokens pass the OAuth filter; RBAC lets only orders-service in (403 for gateway)
+curl -i -H "Authorization: Bearer {gateway}" {url}/reports/daily
+curl -i -H "Authorization: Bearer {service}" {url}/reports/daily
+
+# /catalog: a token is optional (none passes, a bad one is refused)
+curl -i {url}/catalog/items
+curl -i -H "Authorization: Bearer not-a-token" {url}/catalog/items
+
+# GET /orders wants orders:read; DELETE falls to the catch-all rule (orders:admin)
+curl -i -H "Authorization: Bearer {gateway}" {url}/orders/7
+
+# A CORS preflight reaches the upstream without a token
+curl -i -X OPTIONS -H "Origin: https://app.example" -H "Access-Control-Request-Method: DELETE" {url}/orders/7
+
+Press Ctrl-C to stop.
+"#
+    );
 }
