@@ -98,12 +98,7 @@ Press Ctrl-C to stop.
 fn print_policy_curls(idp: &support::Oidc) {
     let resource = "https://orders.example";
     let gateway = idp.token(resource, "orders:read orders:admin");
-    let service = support::client_token(
-        idp.port,
-        ("orders-service", "orders-service-secret"),
-        resource,
-        "orders:admin",
-    );
+    let service = idp.service_token(resource, "orders:admin");
     let url = format!("http://127.0.0.1:{LISTEN}");
     println!(
         r#"

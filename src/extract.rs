@@ -152,76 +152,97 @@ pub fn form_decode(text: &str) -> Option<String> {
 /// Looks for the token of a provider with `sources` in the request's headers (lower-case names,
 /// every value) and its `:path`.
 pub fn extract(sources: &[Source], headers: &[(&str, &[u8])], path: &str) -> Extracted {
-    let mut found: Option<(String, Source)> = None;
-    let mut count = 0usize;
+    let mut found = Found::default();
     for source in sources {
-        match source {
-            Source::Header { name, prefix } => {
-                let values: Vec<&[u8]> = headers
-                    .iter()
-                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-                    .map(|(_, v)| *v)
-                    .collect();
-                if values.len() > 1 && name == "authorization" {
-                    return Extracted::Invalid(
-                        "The request has more than one Authorization header",
-                    );
-                }
-                for value in values {
-                    match from_header_value(value, prefix) {
-                        HeaderValue::NotOurs => {}
-                        HeaderValue::Invalid(why) => return Extracted::Invalid(why),
-                        HeaderValue::Token(token) => {
-                            count += 1;
-                            found = Some((token, source.clone()));
-                        }
-                    }
-                }
-            }
-            Source::Cookie(cookie) => {
-                for pair in cookie_pairs(headers) {
-                    let Some((name, value)) = pair else {
-                        return Extracted::Invalid("The cookies are not valid text");
-                    };
-                    if name != cookie || value.is_empty() {
-                        continue;
-                    }
-                    if !is_b64token(value) {
-                        return Extracted::Invalid(
-                            "The bearer token contains characters a bearer token cannot contain",
-                        );
-                    }
-                    count += 1;
-                    found = Some((value.to_string(), source.clone()));
-                }
-            }
-            Source::Param(param) => {
-                for (name, value) in query_pairs(path) {
-                    if form_decode(name).as_deref() != Some(param.as_str()) {
-                        continue;
-                    }
-                    let Some(token) = form_decode(value) else {
-                        return Extracted::Invalid("The token parameter is not valid URL encoding");
-                    };
-                    if token.is_empty() {
-                        return Extracted::Invalid("The token parameter is empty");
-                    }
-                    if !is_b64token(&token) {
-                        return Extracted::Invalid(
-                            "The bearer token contains characters a bearer token cannot contain",
-                        );
-                    }
-                    count += 1;
-                    found = Some((token, source.clone()));
-                }
-            }
+        let looked = match source {
+            Source::Header { name, prefix } => in_headers(name, prefix, headers, &mut found),
+            Source::Cookie(cookie) => in_cookies(cookie, headers, &mut found),
+            Source::Param(param) => in_query(param, path, &mut found),
+        };
+        if let Err(why) = looked {
+            return Extracted::Invalid(why);
+        }
+        if let Some(token) = found.new.take() {
+            found.last = Some((token, source.clone()));
         }
     }
-    match (count, found) {
+    match (found.count, found.last) {
         (0, _) | (_, None) => Extracted::Missing,
         (1, Some((token, source))) => Extracted::Token { token, source },
         _ => Extracted::Invalid("The request carries more than one token"),
     }
+}
+
+/// The tokens seen so far: how many, the one of the source being read, the last with its source.
+#[derive(Default)]
+struct Found {
+    count: usize,
+    new: Option<String>,
+    last: Option<(String, Source)>,
+}
+
+impl Found {
+    fn add(&mut self, token: String) {
+        self.count += 1;
+        self.new = Some(token);
+    }
+}
+
+const NOT_B64TOKEN: &str = "The bearer token contains characters a bearer token cannot contain";
+
+fn in_headers(
+    name: &str,
+    prefix: &str,
+    headers: &[(&str, &[u8])],
+    found: &mut Found,
+) -> Result<(), &'static str> {
+    let mut values = headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name));
+    if name == "authorization" && values.clone().nth(1).is_some() {
+        return Err("The request has more than one Authorization header");
+    }
+    for (_, value) in values.by_ref() {
+        match from_header_value(value, prefix) {
+            HeaderValue::NotOurs => {}
+            HeaderValue::Invalid(why) => return Err(why),
+            HeaderValue::Token(token) => found.add(token),
+        }
+    }
+    Ok(())
+}
+
+fn in_cookies(
+    cookie: &str,
+    headers: &[(&str, &[u8])],
+    found: &mut Found,
+) -> Result<(), &'static str> {
+    for pair in cookie_pairs(headers) {
+        let (name, value) = pair.ok_or("The cookies are not valid text")?;
+        if name != cookie || value.is_empty() {
+            continue;
+        }
+        if !is_b64token(value) {
+            return Err(NOT_B64TOKEN);
+        }
+        found.add(value.to_string());
+    }
+    Ok(())
+}
+
+fn in_query(param: &str, path: &str, found: &mut Found) -> Result<(), &'static str> {
+    for (name, value) in query_pairs(path) {
+        if form_decode(name).as_deref() != Some(param) {
+            continue;
+        }
+        let token = form_decode(value).ok_or("The token parameter is not valid URL encoding")?;
+        if token.is_empty() {
+            return Err("The token parameter is empty");
+        }
+        if !is_b64token(&token) {
+            return Err(NOT_B64TOKEN);
+        }
+        found.add(token);
+    }
+    Ok(())
 }
 
 /// The `name=value` pairs of every `Cookie` header (RFC 6265 §5.4: `; `-separated; a value may

@@ -8,7 +8,7 @@ mod support;
 use serde_json::{json, Value};
 use std::time::Duration;
 use support::tokens::{b64, good_claims, jwks, now, Signer};
-use support::{bootstrap, free_port, request_id, Envoy, Response, Seen, Upstream};
+use support::{bootstrap, free_port, request_id, Envoy, Outcome, Upstream};
 
 const ISS: &str = "https://idp.test";
 const AUD: &str = "orders-api";
@@ -78,12 +78,6 @@ struct Env {
     keys: Keys,
 }
 
-/// What one request produced: the response, and the upstream's copy if it got there.
-struct Outcome {
-    response: Response,
-    seen: Option<Seen>,
-}
-
 impl Env {
     fn send(&self, path: &str, headers: &[(&str, &[u8])]) -> Outcome {
         let id = request_id();
@@ -91,7 +85,7 @@ impl Env {
         all.extend_from_slice(headers);
         let response = self.envoy.get(path, &all);
         let seen = self.upstream.saw(&id);
-        Outcome { response, seen }
+        Outcome { id, response, seen }
     }
 
     fn bearer(&self, path: &str, token: &str) -> Outcome {
@@ -101,14 +95,6 @@ impl Env {
 }
 
 impl Outcome {
-    /// Allowed: 200 from the upstream, which received the request.
-    fn allowed(&self) -> &Seen {
-        assert_eq!(self.response.status, 200, "body: {}", self.response.body);
-        self.seen
-            .as_ref()
-            .expect("the upstream did not receive an allowed request")
-    }
-
     /// Denied with `status`, a challenge that starts with `challenge`, the JSON body's `error`,
     /// and nothing at the upstream.
     fn denied(&self, status: u16, challenge: Option<&str>, error: &str) {

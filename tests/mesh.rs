@@ -230,12 +230,7 @@ fn policy_example() {
     });
     let resource = "https://orders.example";
     let gateway = idp.token(resource, "orders:read orders:admin");
-    let service = support::client_token(
-        idp.port,
-        ("orders-service", "orders-service-secret"),
-        resource,
-        "orders:admin",
-    );
+    let service = idp.service_token(resource, "orders:admin");
     // RBAC after the OAuth filter: both pass it, only orders-service may read /reports.
     let (status, seen) = example.get("/reports/daily", Some(&gateway));
     assert_eq!((status, seen.is_none()), (403, true));

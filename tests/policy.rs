@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use support::tokens::{good_claims, jwks, now, Signer, WYCHEPROOF_ROCA_N};
-use support::{free_port, request_id, Envoy, Reply, Response, Scripted, Seen, Upstream};
+use support::{free_port, request_id, Envoy, Outcome, Reply, Scripted, Upstream};
 
 const REALM: &str = "policy";
 
@@ -159,13 +159,6 @@ struct Env {
     access_log: PathBuf,
 }
 
-/// What one request produced: the response, and the upstream's copy if it got there.
-struct Outcome {
-    id: String,
-    response: Response,
-    seen: Option<Seen>,
-}
-
 impl Env {
     fn send(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Outcome {
         let id = request_id();
@@ -202,13 +195,6 @@ impl Env {
 }
 
 impl Outcome {
-    fn allowed(&self) -> &Seen {
-        assert_eq!(self.response.status, 200, "body: {}", self.response.body);
-        self.seen
-            .as_ref()
-            .expect("the upstream did not receive an allowed request")
-    }
-
     /// Denied by this filter: `status`, a challenge starting with `challenge` (none for 503),
     /// the body's `error`, and nothing at the upstream. The challenge is returned.
     fn denied(&self, status: u16, error: &str) -> String {

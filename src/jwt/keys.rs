@@ -169,17 +169,8 @@ fn parse_jwk(jwk: &Map<String, Value>) -> Result<Option<Jwk>, String> {
             Some(_) => Err(format!("\"{name}\" is not a string")),
         }
     };
-    if let Some(usage) = text("use")? {
-        if usage != "sig" {
-            return Ok(None);
-        }
-    }
-    // RFC 7517 §4.3: a key whose `key_ops` lacks "verify" may not verify signatures.
-    match jwk.get("key_ops") {
-        None => {}
-        Some(Value::Array(ops)) if ops.iter().any(|op| op.as_str() == Some("verify")) => {}
-        Some(Value::Array(_)) => return Ok(None),
-        Some(_) => return Err("\"key_ops\" is not an array".to_string()),
+    if !verifies(text("use")?, jwk.get("key_ops"))? {
+        return Ok(None);
     }
     let alg = match text("alg")? {
         None => None,
@@ -195,24 +186,7 @@ fn parse_jwk(jwk: &Map<String, Value>) -> Result<Option<Jwk>, String> {
     };
     let material = match text("kty")? {
         Some("RSA") => rsa_key(&member("n")?, &member("e")?)?,
-        Some("EC") => {
-            let (x, y) = (member("x")?, member("y")?);
-            match text("crv")? {
-                Some("P-256") => KeyMaterial::P256(
-                    p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1(&x, &y, 32)?)
-                        .map_err(|_| "not a point on P-256")?,
-                ),
-                Some("P-384") => KeyMaterial::P384(
-                    p384::ecdsa::VerifyingKey::from_sec1_bytes(&sec1(&x, &y, 48)?)
-                        .map_err(|_| "not a point on P-384")?,
-                ),
-                Some("P-521") => KeyMaterial::P521(
-                    p521::ecdsa::VerifyingKey::from_sec1_bytes(&sec1(&x, &y, 66)?)
-                        .map_err(|_| "not a point on P-521")?,
-                ),
-                _ => return Err("EC key with an unsupported \"crv\"".to_string()),
-            }
-        }
+        Some("EC") => ec_key(text("crv")?, &member("x")?, &member("y")?)?,
         Some("OKP") => match text("crv")? {
             Some("Ed25519") => KeyMaterial::Ed25519(
                 ed25519_compact::PublicKey::from_slice(&member("x")?)
@@ -243,6 +217,38 @@ fn parse_jwk(jwk: &Map<String, Value>) -> Result<Option<Jwk>, String> {
         }
     }
     Ok(Some(key))
+}
+
+/// Whether a key with this `use` and `key_ops` may verify signatures: `use` must be `sig` when
+/// given, and `key_ops` (RFC 7517 §4.3), when given, must list `verify`.
+fn verifies(usage: Option<&str>, ops: Option<&Value>) -> Result<bool, String> {
+    if usage.is_some_and(|u| u != "sig") {
+        return Ok(false);
+    }
+    match ops {
+        None => Ok(true),
+        Some(Value::Array(ops)) => Ok(ops.iter().any(|op| op.as_str() == Some("verify"))),
+        Some(_) => Err("\"key_ops\" is not an array".to_string()),
+    }
+}
+
+/// An EC public key from its curve name and coordinates (short ones left-padded by `sec1`).
+fn ec_key(crv: Option<&str>, x: &[u8], y: &[u8]) -> Result<KeyMaterial, String> {
+    Ok(match crv {
+        Some("P-256") => KeyMaterial::P256(
+            p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1(x, y, 32)?)
+                .map_err(|_| "not a point on P-256")?,
+        ),
+        Some("P-384") => KeyMaterial::P384(
+            p384::ecdsa::VerifyingKey::from_sec1_bytes(&sec1(x, y, 48)?)
+                .map_err(|_| "not a point on P-384")?,
+        ),
+        Some("P-521") => KeyMaterial::P521(
+            p521::ecdsa::VerifyingKey::from_sec1_bytes(&sec1(x, y, 66)?)
+                .map_err(|_| "not a point on P-521")?,
+        ),
+        _ => return Err("EC key with an unsupported \"crv\"".to_string()),
+    })
 }
 
 fn rsa_key(modulus: &[u8], e: &[u8]) -> Result<KeyMaterial, String> {

@@ -584,6 +584,23 @@ pub fn bootstrap_with(
     })
 }
 
+/// A request's answer, with its `x-test-id` and the upstream's copy of it if it got there.
+pub struct Outcome {
+    pub id: String,
+    pub response: Response,
+    pub seen: Option<Seen>,
+}
+
+impl Outcome {
+    /// Allowed: 200 from the upstream, which received the request.
+    pub fn allowed(&self) -> &Seen {
+        assert_eq!(self.response.status, 200, "body: {}", self.response.body);
+        self.seen
+            .as_ref()
+            .expect("the upstream did not receive an allowed request")
+    }
+}
+
 /// A running Envoy, killed on drop.
 pub struct Envoy {
     child: Child,
@@ -816,6 +833,16 @@ impl Oidc {
     /// A client-credentials access token for `resource` with `scope`, as client `gateway`.
     pub fn token(&self, resource: &str, scope: &str) -> String {
         client_credentials_token(self.port, resource, scope)
+    }
+
+    /// The same as client `orders-service` (whose secret is `orders-service-secret`).
+    pub fn service_token(&self, resource: &str, scope: &str) -> String {
+        client_token(
+            self.port,
+            ("orders-service", "orders-service-secret"),
+            resource,
+            scope,
+        )
     }
 }
 
