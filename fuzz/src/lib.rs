@@ -301,7 +301,7 @@ fn check_claims(claims: &Map<String, Value>) {
 /// `extract`: token extraction from arbitrary headers and query.
 ///
 /// Input: line 1 lists the provider's token sources, `;`-separated, each `h:<header>:<prefix>`
-/// or `q:<query parameter>` (none usable: `Authorization: Bearer`); line 2 is the `:path`; every
+/// or `q:<query parameter>` or `c:<cookie>` (none usable: `Authorization: Bearer`); line 2 is the `:path`; every
 /// further line is a header, `<name>:<value>` (the value any bytes but a newline).
 pub fn extract(data: &[u8]) {
     let mut lines = data.split(|b| *b == b'\n');
@@ -314,6 +314,7 @@ pub fn extract(data: &[u8]) {
                 prefix: prefix.to_string(),
             }),
             ["q", param] if !param.is_empty() => Some(Source::Param(param.to_string())),
+            ["c", cookie] if !cookie.is_empty() => Some(Source::Cookie(cookie.to_string())),
             _ => None,
         })
         .collect();
@@ -346,6 +347,17 @@ pub fn extract(data: &[u8]) {
                 assert!(
                     !matches!(again, Extracted::Token { .. }),
                     "{path:?} stripped of {param:?} is {stripped:?}, still with a token"
+                );
+            }
+            // A token taken from a cookie is gone from the Cookie header the upstream sees.
+            if let Source::Cookie(cookie) = &source {
+                let kept = extract::without_cookies(&request_headers, &[cookie.as_str()]);
+                let kept: Vec<(&str, &[u8])> =
+                    kept.iter().map(|c| ("cookie", c.as_bytes())).collect();
+                let again = extract::extract(std::slice::from_ref(&source), &kept, "/");
+                assert!(
+                    !matches!(again, Extracted::Token { .. }),
+                    "{kept:?} still has the {cookie:?} cookie"
                 );
             }
         }
