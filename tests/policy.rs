@@ -95,6 +95,7 @@ fn filter_config(k: &Keys, short_521: &Value) -> String {
             {"match": {"prefix": "/rbac-opaque"}, "requires": {"provider_name": "opaque"}},
             {"match": {"prefix": "/rbac"}, "requires": {"provider_name": "corp"}},
             {"match": {"prefix": "/any"}, "requires": any(json!({"provider_name": "corp"}), json!({"provider_name": "partner"}))},
+            {"match": {"prefix": "/mixed"}, "requires": any(json!({"provider_name": "opaque"}), json!({"provider_name": "corp"}))},
             {"match": {"prefix": "/all"}, "requires": {"requires_all": {"requirements": [
                 {"provider_name": "corp"}, {"provider_name": "partner"}]}}},
             {"match": {"prefix": "/optional"}, "requires": any(json!({"provider_name": "corp"}), json!({"allow_missing": {}}))},
@@ -301,6 +302,25 @@ fn main() {
         let challenge = env.bearer("/any/x", &stranger).denied(401, "invalid_token");
         assert!(challenge.contains("issuer is not accepted"), "{challenge}");
         env.get("/any/x", &[]).denied(401, "missing_token");
+    });
+
+    run.case("requires_any_with_an_introspection_provider", || {
+        // The introspection provider comes first but finds no token: the JWT is not introspected.
+        let calls = env.idp.hits("/introspect");
+        let seen = env.bearer("/mixed", &corp).allowed().clone();
+        assert_eq!(seen.header("x-user"), Some("alice"));
+        assert_eq!(env.idp.hits("/introspect"), calls, "a JWT was introspected");
+        let token = format!("opaque-{}", request_id());
+        let seen = env
+            .get("/mixed", &[("x-opaque-token", &token)])
+            .allowed()
+            .clone();
+        assert_eq!(
+            (seen.header("x-opaque-user"), seen.header("x-user")),
+            (Some("alice"), None)
+        );
+        assert_eq!(env.idp.hits("/introspect"), calls + 1);
+        env.get("/mixed", &[]).denied(401, "missing_token");
     });
 
     run.case("requires_all_needs_every_token", || {
