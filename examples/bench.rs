@@ -33,6 +33,28 @@ fn claims(jti: usize) -> Value {
            "iat": now(), "exp": now() + 7200, "jti": jti.to_string()})
 }
 
+/// `filter` with a second issuer and the rules of a `jwt_authn` migration in front of the one
+/// every request falls under: a regex rule and a separated prefix that do not match, then a
+/// method matcher and a `requires_any` over the two issuers with a claim condition. What the
+/// policy features cost a request, against the plain rule of the hot setup.
+fn policy_config(filter: &Value, partner: &Signer) -> Value {
+    let mut policy = filter.clone();
+    policy["providers"]["partner"] = json!({
+        "issuer": "https://partner.test", "audiences": ["orders-api"],
+        "local_jwks": {"inline_string": jwks(&[partner.jwk()])}
+    });
+    policy["rules"] = json!([
+        {"match": {"safe_regex": {"regex": "/v[0-9]+/admin(/.*)?"}},
+         "requires": {"provider_name": "idp", "scopes": ["admin"]}},
+        {"match": {"path_separated_prefix": "/internal"}, "requires": {"provider_name": "idp"}},
+        {"match": {"prefix": "/", "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]},
+         "requires": {"requires_any": {"requirements": [
+            {"provider_name": "idp", "claims": [{"claim_name": "sub", "values": ["bench", "ops"]}]},
+            {"provider_name": "partner"}]}}}
+    ]);
+    policy
+}
+
 /// `count` distinct tokens of `signer`, signed on all cores, one per line in `path`.
 fn token_file(path: &Path, signer: &Signer, count: usize) {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -109,7 +131,7 @@ fn jwt_authn(jwks_text: &str, cache: bool) -> Value {
 }
 
 /// The ratios reported: label, setup, baseline setup (names of setups), target.
-const RATIOS: [(&str, &str, &str, f64); 12] = [
+const RATIOS: [(&str, &str, &str, f64); 13] = [
     (
         "RS256 cold / jwt_authn without cache",
         COLD,
@@ -157,6 +179,7 @@ const RATIOS: [(&str, &str, &str, f64); 12] = [
         f64::NAN,
     ),
     ("RS256 hot / floor + host calls", HOT, CROSSINGS, f64::NAN),
+    ("RS256 hot, policy rule / RS256 hot", POLICY, HOT, f64::NAN),
 ];
 
 const NONE: &str = "no filter";
@@ -164,6 +187,7 @@ const AUTHN_NOCACHE: &str = "jwt_authn RS256, no cache";
 const AUTHN_CACHE: &str = "jwt_authn RS256, cache";
 const COLD: &str = "oauth-filter RS256 cold";
 const HOT: &str = "oauth-filter RS256 hot";
+const POLICY: &str = "oauth-filter RS256 hot, policy rule";
 const ES: &str = "oauth-filter ES256 cold";
 const ED: &str = "oauth-filter EdDSA cold";
 const PUBLIC: &str = "oauth-filter, public route (no token work)";
@@ -527,6 +551,7 @@ end
     std::fs::write(dir.join("filter.json"), filter.to_string()).unwrap();
     std::fs::write(dir.join("jwks.json"), &keys).unwrap();
     let ours = wasm_filter(&wasm, &filter.to_string());
+    let ours_policy = wasm_filter(&wasm, &policy_config(&filter, &es).to_string());
     let mut public = filter.clone();
     public["rules"] = json!([{"match": {"prefix": "/"}}]);
     let ours_public = wasm_filter(&wasm, &public.to_string());
@@ -559,6 +584,12 @@ end
         Setup {
             name: HOT,
             filters: vec![ours.clone()],
+            tokens: hot.clone(),
+            checks: true,
+        },
+        Setup {
+            name: POLICY,
+            filters: vec![ours_policy],
             tokens: hot.clone(),
             checks: true,
         },

@@ -22,6 +22,9 @@ const SIZE_LIMIT: usize = 1 << 20;
 #[derive(Clone)]
 pub struct Regex {
     pattern: String,
+    /// Text every match starts with (a pre-filter: most rules' regexes start with a literal
+    /// path, which most paths a filter sees do not).
+    literal: String,
     compiled: regex_lite::Regex,
 }
 
@@ -56,14 +59,32 @@ impl Regex {
             })?;
         Ok(Regex {
             pattern: pattern.to_string(),
+            literal: literal_prefix(pattern),
             compiled,
         })
     }
 
     /// Whether the whole of `text` matches.
     pub fn matches(&self, text: &str) -> bool {
-        self.compiled.is_match(text)
+        text.starts_with(&self.literal) && self.compiled.is_match(text)
     }
+}
+
+/// The literal text every match of `pattern` starts with: its leading plain characters (after a
+/// `^`), less the last one if a repetition follows it; nothing when an alternation anywhere
+/// could make another branch match, or a flag group such as `(?i)` comes first.
+fn literal_prefix(pattern: &str) -> String {
+    let body = pattern.strip_prefix('^').unwrap_or(pattern);
+    if body.contains('|') {
+        return String::new();
+    }
+    let special = |c: char| "\\.+*?()[]{}^$|".contains(c);
+    let end = body.find(special).unwrap_or(body.len());
+    let mut literal = body[..end].to_string();
+    if body[end..].starts_with(['*', '?', '+', '{']) {
+        literal.pop();
+    }
+    literal
 }
 
 /// RE2's refusals that `regex-lite` lacks: a repetition operator applied to a repetition
@@ -174,6 +195,27 @@ fn counted(bytes: &[u8], start: usize) -> Result<Option<usize>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_literal_prefix_never_refuses_a_match() {
+        for (pattern, prefix) in [
+            ("/v[0-9]+/admin(/.*)?", "/v"),
+            ("^/api/.*", "/api/"),
+            ("/apis?/x", "/api"),
+            ("/ab*c", "/a"),
+            ("/a{2}", "/"),
+            ("/a|/b", ""),
+            ("(?i)/api", ""),
+            ("/caf\u{e9}/.*", "/caf\u{e9}/"),
+            (r"\d+", ""),
+        ] {
+            assert_eq!(literal_prefix(pattern), prefix, "{pattern}");
+        }
+        let r = Regex::new("/apis?/x").unwrap();
+        assert!(r.matches("/api/x") && r.matches("/apis/x") && !r.matches("/ap/x"));
+        let r = Regex::new("/v[0-9]+/admin(/.*)?").unwrap();
+        assert!(r.matches("/v2/admin/x") && !r.matches("/api/orders"));
+    }
 
     #[test]
     fn full_match_semantics() {
