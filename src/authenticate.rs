@@ -198,6 +198,10 @@ impl<'a> Authenticator<'a> {
             }
             KeysNow::Unavailable => return Verdict::Refused(Failure::Unavailable(NO_KEYS)),
         };
+        let profile = self.config.providers.get(p).and_then(|pr| pr.profile);
+        if let Some(Err(why)) = profile.map(|profile| jwt::profile::check(profile, jws)) {
+            return invalid(why);
+        }
         let known = self.known;
         let check =
             |alg, key: &Jwk, input: &[u8], sig: &[u8]| known.check_signature(alg, key, input, sig);

@@ -87,6 +87,10 @@ fn filter_config(k: &Keys, short_521: &Value) -> String {
                 "remote_jwks": {"http_uri": {"uri": "http://idp.test/dead-jwks", "cluster": "idp", "timeout": "1s"}},
                 "from_headers": [{"name": "x-down-token"}],
                 "claim_to_headers": [{"header_name": "x-down-user", "claim_name": "sub"}]})),
+            "profiled": provider("https://profiled", json!({
+                "local_jwks": {"inline_string": jwks(&[k.corp.jwk()])},
+                "jwt_profile": "rfc9068",
+                "from_headers": [{"name": "x-profiled-token"}]})),
             "fetched": provider("https://fetched", json!({
                 "remote_jwks": {"http_uri": {"uri": "http://idp.test/jwks", "cluster": "idp"}},
                 "from_headers": [{"name": "x-fetched-token"}]}))
@@ -105,6 +109,7 @@ fn filter_config(k: &Keys, short_521: &Value) -> String {
             {"match": {"prefix": "/opaque"}, "requires": {"provider_name": "opaque"}},
             {"match": {"prefix": "/evil"}, "requires": {"provider_name": "evil"}},
             {"match": {"prefix": "/fetched"}, "requires": {"provider_name": "fetched"}},
+            {"match": {"prefix": "/profiled"}, "requires": {"provider_name": "profiled"}},
             {"match": {"safe_regex": {"regex": "/v[0-9]+/admin(/.*)?"}},
              "requires": {"provider_and_audiences": {"provider_name": "corp", "audiences": ["admin-api"]},
                           "claims": [{"claim_name": "realm_access.roles", "values": ["admin"]}]}},
@@ -604,6 +609,42 @@ fn main() {
             assert!(challenge.contains("issuer is not accepted"), "{challenge}");
         },
     );
+
+    run.case("jwt_profile_rfc9068_wants_at_jwt_and_its_claims", || {
+        let mut at = k.corp.header();
+        at["typ"] = json!("at+jwt");
+        let full = with(
+            with(
+                claims("https://profiled", "alice"),
+                "client_id",
+                json!("app"),
+            ),
+            "jti",
+            json!("j-1"),
+        );
+        let good = k.corp.token_with(&at, &full);
+        env.get("/profiled", &[("x-profiled-token", &good)])
+            .allowed();
+        // The standard header says typ JWT.
+        let plain = k.corp.token(&full);
+        let challenge = env
+            .get("/profiled", &[("x-profiled-token", &plain)])
+            .denied(401, "invalid_token");
+        assert!(
+            challenge.contains("RFC 9068 JWT access token (typ)"),
+            "{challenge}"
+        );
+        let mut no_jti = full.clone();
+        no_jti.as_object_mut().unwrap().remove("jti");
+        let token = k.corp.token_with(&at, &no_jti);
+        let challenge = env
+            .get("/profiled", &[("x-profiled-token", &token)])
+            .denied(401, "invalid_token");
+        assert!(
+            challenge.contains("lacks a claim RFC 9068 requires"),
+            "{challenge}"
+        );
+    });
 
     run.case(
         "p521_key_with_a_65_byte_coordinate_loads_and_verifies",

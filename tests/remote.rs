@@ -198,6 +198,8 @@ fn main() {
             "oidc": {
                 "issuer": oidc.issuer, "audiences": [AUD],
                 "discovery": {"http_uri": {"cluster": "oidc", "timeout": "2s"}},
+                // node-oidc-provider's JWT access tokens follow RFC 9068 (typ at+jwt).
+                "jwt_profile": "rfc9068",
                 "claim_to_headers": [{"header_name": "x-client", "claim_name": "client_id"}]
             }
         },

@@ -12,7 +12,7 @@ mod provider;
 
 pub use client::{ClientAuth, UpstreamClient, DEFAULT_REFRESH_MARGIN_MS};
 pub use provider::{
-    ClaimHeader, ClaimState, Introspection, KeySource, Provider, RemoteJwks, Source,
+    ClaimHeader, ClaimState, Introspection, JwtProfile, KeySource, Provider, RemoteJwks, Source,
     DEFAULT_CACHE_DURATION_MS, DEFAULT_CACHE_ENTRIES, DEFAULT_CLOCK_SKEW,
     DEFAULT_NEGATIVE_CACHE_MS, MAX_CLOCK_SKEW,
 };
@@ -566,6 +566,18 @@ mod tests {
             (
                 Box::new(|v| v["providers"]["corp"]["audiences"] = json!([])),
                 "providers.corp.audiences: must not be empty",
+            ),
+            (
+                Box::new(|v| v["providers"]["corp"]["jwt_profile"] = json!("rfc7519")),
+                "providers.corp.jwt_profile: must be \"rfc9068\"",
+            ),
+            (
+                Box::new(|v| {
+                    v["providers"]["only"] = json!({"jwt_profile": "rfc9068", "introspection": {
+                        "http_uri": {"uri": "https://idp/i", "cluster": "idp"},
+                        "client_id": "g", "client_secret": "s"}});
+                }),
+                "providers.only.jwt_profile: needs local_jwks, remote_jwks or discovery",
             ),
             (
                 Box::new(|v| v["providers"]["corp"]["issuer"] = json!("")),

@@ -75,9 +75,18 @@ pub struct Provider {
     /// `forward_payload_header`: the header that carries the token's payload upstream.
     pub payload_header: Option<String>,
     pub claim_to_filter_state: Vec<ClaimState>,
+    /// `jwt_profile`: the profile a JWT must follow beyond RFC 7519.
+    pub profile: Option<JwtProfile>,
     /// The top-level claims a decision on a cached token can need (dates, parties, scopes, and
     /// what the rules' claim conditions and this provider's outputs read).
     pub kept_claims: Vec<String>,
+}
+
+/// `jwt_profile`: a JWT access-token profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtProfile {
+    /// RFC 9068: `typ` `at+jwt`, and `iss`, `exp`, `aud`, `sub`, `client_id`, `iat`, `jti`.
+    Rfc9068,
 }
 
 /// Where a provider's verification keys come from.
@@ -118,7 +127,7 @@ pub struct Introspection {
     pub cache_entries: usize,
 }
 
-const FIELDS: [&str; 16] = [
+const FIELDS: [&str; 17] = [
     "issuer",
     "audiences",
     "local_jwks",
@@ -135,6 +144,7 @@ const FIELDS: [&str; 16] = [
     "clock_skew_seconds",
     "require_expiration",
     "max_lifetime",
+    "jwt_profile",
 ];
 
 pub(super) fn provider(name: &str, value: &Value) -> Result<Provider, ConfigError> {
@@ -160,9 +170,11 @@ pub(super) fn provider(name: &str, value: &Value) -> Result<Provider, ConfigErro
         )?),
         None => None,
     };
+    let profile = jwt_profile(&p, &keys)?;
     Ok(Provider {
         name: name.to_string(),
         claims,
+        profile,
         keys,
         introspection,
         forward: p.boolean("forward", false)?,
@@ -172,6 +184,19 @@ pub(super) fn provider(name: &str, value: &Value) -> Result<Provider, ConfigErro
         sources,
         kept_claims: Vec::new(),
     })
+}
+
+/// `jwt_profile`, which only a provider with JWT keys can apply.
+fn jwt_profile(p: &Obj<'_>, keys: &KeySource) -> Result<Option<JwtProfile>, ConfigError> {
+    match p.string("jwt_profile")? {
+        None => Ok(None),
+        Some(_) if matches!(keys, KeySource::None) => err(
+            p.field("jwt_profile"),
+            "needs local_jwks, remote_jwks or discovery (it is a rule for JWTs)",
+        ),
+        Some("rfc9068") => Ok(Some(JwtProfile::Rfc9068)),
+        Some(_) => err(p.field("jwt_profile"), "must be \"rfc9068\""),
+    }
 }
 
 /// `issuer`, `audiences`, the clock skew and the lifetime rules.

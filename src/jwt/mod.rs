@@ -2,6 +2,7 @@
 
 pub mod host;
 pub mod keys;
+pub mod profile;
 pub mod verify;
 
 use crate::json;
@@ -56,6 +57,8 @@ pub struct Jws<'a> {
     pub signing_input: &'a str,
     pub alg: Alg,
     pub kid: Option<String>,
+    /// The header's `typ`, when it is a string.
+    pub typ: Option<String>,
     pub signature: Vec<u8>,
     pub claims: Map<String, Value>,
 }
@@ -140,6 +143,10 @@ fn finish<'a>(
         Some(Value::String(kid)) => Some(kid.clone()),
         Some(_) => return Err(TokenError::Malformed),
     };
+    let typ = match header.get("typ") {
+        Some(Value::String(typ)) => Some(typ.clone()),
+        _ => None,
+    };
     let claims = b64url(p64)
         .and_then(|bytes| json::parse_object(&bytes).ok())
         .ok_or(TokenError::Malformed)?;
@@ -148,6 +155,7 @@ fn finish<'a>(
         signing_input: &token[..token.len() - s64.len() - 1],
         alg,
         kid,
+        typ,
         signature,
         claims,
     })
