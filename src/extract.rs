@@ -152,39 +152,41 @@ pub fn form_decode(text: &str) -> Option<String> {
 /// Looks for the token of a provider with `sources` in the request's headers (lower-case names,
 /// every value) and its `:path`.
 pub fn extract(sources: &[Source], headers: &[(&str, &[u8])], path: &str) -> Extracted {
-    let mut found = Found::default();
+    let mut found = Found {
+        count: 0,
+        last: None,
+    };
     for source in sources {
+        let mut add = |token: String| found.add(token, source);
         let looked = match source {
-            Source::Header { name, prefix } => in_headers(name, prefix, headers, &mut found),
-            Source::Cookie(cookie) => in_cookies(cookie, headers, &mut found),
-            Source::Param(param) => in_query(param, path, &mut found),
+            Source::Header { name, prefix } => in_headers(name, prefix, headers, &mut add),
+            Source::Cookie(cookie) => in_cookies(cookie, headers, &mut add),
+            Source::Param(param) => in_query(param, path, &mut add),
         };
         if let Err(why) = looked {
             return Extracted::Invalid(why);
         }
-        if let Some(token) = found.new.take() {
-            found.last = Some((token, source.clone()));
-        }
     }
     match (found.count, found.last) {
+        (1, Some((token, source))) => Extracted::Token {
+            token,
+            source: source.clone(),
+        },
         (0, _) | (_, None) => Extracted::Missing,
-        (1, Some((token, source))) => Extracted::Token { token, source },
         _ => Extracted::Invalid("The request carries more than one token"),
     }
 }
 
-/// The tokens seen so far: how many, the one of the source being read, the last with its source.
-#[derive(Default)]
-struct Found {
+/// The tokens seen so far: how many, and the last with the source it came from.
+struct Found<'s> {
     count: usize,
-    new: Option<String>,
-    last: Option<(String, Source)>,
+    last: Option<(String, &'s Source)>,
 }
 
-impl Found {
-    fn add(&mut self, token: String) {
+impl<'s> Found<'s> {
+    fn add(&mut self, token: String, source: &'s Source) {
         self.count += 1;
-        self.new = Some(token);
+        self.last = Some((token, source));
     }
 }
 
@@ -194,7 +196,7 @@ fn in_headers(
     name: &str,
     prefix: &str,
     headers: &[(&str, &[u8])],
-    found: &mut Found,
+    add: &mut dyn FnMut(String),
 ) -> Result<(), &'static str> {
     let mut values = headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name));
     if name == "authorization" && values.clone().nth(1).is_some() {
@@ -204,7 +206,7 @@ fn in_headers(
         match from_header_value(value, prefix) {
             HeaderValue::NotOurs => {}
             HeaderValue::Invalid(why) => return Err(why),
-            HeaderValue::Token(token) => found.add(token),
+            HeaderValue::Token(token) => add(token),
         }
     }
     Ok(())
@@ -213,7 +215,7 @@ fn in_headers(
 fn in_cookies(
     cookie: &str,
     headers: &[(&str, &[u8])],
-    found: &mut Found,
+    add: &mut dyn FnMut(String),
 ) -> Result<(), &'static str> {
     for pair in cookie_pairs(headers) {
         let (name, value) = pair.ok_or("The cookies are not valid text")?;
@@ -223,12 +225,12 @@ fn in_cookies(
         if !is_b64token(value) {
             return Err(NOT_B64TOKEN);
         }
-        found.add(value.to_string());
+        add(value.to_string());
     }
     Ok(())
 }
 
-fn in_query(param: &str, path: &str, found: &mut Found) -> Result<(), &'static str> {
+fn in_query(param: &str, path: &str, add: &mut dyn FnMut(String)) -> Result<(), &'static str> {
     for (name, value) in query_pairs(path) {
         if form_decode(name).as_deref() != Some(param) {
             continue;
@@ -240,7 +242,7 @@ fn in_query(param: &str, path: &str, found: &mut Found) -> Result<(), &'static s
         if !is_b64token(&token) {
             return Err(NOT_B64TOKEN);
         }
-        found.add(token);
+        add(token);
     }
     Ok(())
 }

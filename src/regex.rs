@@ -1,8 +1,8 @@
 //! Regular expressions in the dialect Envoy configures: RE2's syntax, matched against the whole
 //! input (Envoy's `safe_regex` is a full match).
 //!
-//! The engine is `regex-lite`: small (about 62 KiB of this module), linear in the input, and, like RE2,
-//! without backreferences or look-around. Where the two dialects differ the filter refuses at
+//! The engine is `regex-lite`: small (about 62 KiB of this module), linear in the input, and,
+//! like RE2, without backreferences or look-around. Where the two dialects differ the filter refuses at
 //! load, so a pattern is never read two ways: RE2 refuses stacked repetition operators (`a**`,
 //! `a++`) and counts over 1000, which `regex-lite` would take, so they are refused here first;
 //! `regex-lite` refuses a few things RE2 takes (Unicode classes such as `\pL`, `\Q…\E`, `\C`,

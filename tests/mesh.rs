@@ -272,17 +272,8 @@ fn policy_example() {
     let r = support::request(example.envoy.port, "OPTIONS", "/orders/7", &preflight, None);
     assert_eq!((r.status, example.upstream.saw(&id).is_some()), (200, true));
     // The access log names the caller of each request the OAuth filter accepted.
-    let wrote = |text: &str| {
-        (0..50).any(|_| {
-            let found = std::fs::read_to_string(&log)
-                .unwrap_or_default()
-                .contains(text);
-            if !found {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            found
-        })
-    };
+    let within = std::time::Duration::from_secs(5);
+    let wrote = |text: &str| support::line_within(&log, within, |l| l.contains(text)).is_ok();
     assert!(wrote("\"GET /reports/daily\" 403 client=gateway"));
     assert!(wrote("\"GET /reports/daily\" 200 client=orders-service"));
     assert!(wrote("\"GET /catalog/items\" 200 client=-"));

@@ -12,7 +12,7 @@ mod support;
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::tokens::{good_claims, jwks, now, Signer, WYCHEPROOF_ROCA_N};
 use support::{free_port, request_id, Envoy, Outcome, Reply, Scripted, Upstream};
 
@@ -185,18 +185,11 @@ impl Env {
 
     /// The access log line of request `id`, once Envoy has written it.
     fn logged(&self, id: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let text = std::fs::read_to_string(&self.access_log).unwrap_or_default();
-            if let Some(line) = text.lines().find(|l| l.starts_with(&format!("{id} "))) {
-                return line.to_string();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no access log line for {id}:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let start = format!("{id} ");
+        support::line_within(&self.access_log, Duration::from_secs(5), |l| {
+            l.starts_with(&start)
+        })
+        .unwrap_or_else(|text| panic!("no access log line for {id}:\n{text}"))
     }
 }
 

@@ -186,7 +186,9 @@ fn start_fetch(
         return (false, None);
     }
     match shared::lease_if_due(&r.shared, me, now, until, due) {
-        Some((_, true)) => {
+        Some((record, true)) => {
+            // A refetch only if the record as it is now still allows one.
+            let refetch = refetch && record.refetch_allowed(now);
             let record = shared::update_record(&r.shared, |rec: &Record| rec.started(now, refetch));
             r.install(record);
             let call = next_call(r.spec.discovery.as_ref(), r.spec.jwks.as_ref(), &r.record);

@@ -115,7 +115,7 @@ pub fn parse_if_jwt(token: &str) -> Option<Result<Jws<'_>, TokenError>> {
 /// The rest of [`parse`], once the header is an object.
 fn finish<'a>(
     token: &'a str,
-    header: Map<String, Value>,
+    mut header: Map<String, Value>,
     p64: &str,
     s64: &str,
 ) -> Result<Jws<'a>, TokenError> {
@@ -143,8 +143,8 @@ fn finish<'a>(
         Some(Value::String(kid)) => Some(kid.clone()),
         Some(_) => return Err(TokenError::Malformed),
     };
-    let typ = match header.get("typ") {
-        Some(Value::String(typ)) => Some(typ.clone()),
+    let typ = match header.remove("typ") {
+        Some(Value::String(typ)) => Some(typ),
         _ => None,
     };
     let claims = b64url(p64)

@@ -584,6 +584,26 @@ pub fn bootstrap_with(
     })
 }
 
+/// The first line of the file at `path` that `wanted` accepts, waiting up to `within` for a
+/// writer (an access log) to flush it; else the file's text.
+pub fn line_within(
+    path: &Path,
+    within: Duration,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<String, String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| wanted(l)) {
+            return Ok(line.to_string());
+        }
+        if Instant::now() >= deadline {
+            return Err(text);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A request's answer, with its `x-test-id` and the upstream's copy of it if it got there.
 pub struct Outcome {
     pub id: String,
