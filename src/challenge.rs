@@ -9,15 +9,17 @@ pub enum DenyReason {
     InvalidRequest,
     InvalidToken,
     InsufficientScope,
+    InsufficientUserAuthentication,
     Unavailable,
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 5] = [
+    pub const ALL: [DenyReason; 6] = [
         DenyReason::MissingToken,
         DenyReason::InvalidRequest,
         DenyReason::InvalidToken,
         DenyReason::InsufficientScope,
+        DenyReason::InsufficientUserAuthentication,
         DenyReason::Unavailable,
     ];
 
@@ -28,6 +30,7 @@ impl DenyReason {
             DenyReason::InvalidRequest => "invalid_request",
             DenyReason::InvalidToken => "invalid_token",
             DenyReason::InsufficientScope => "insufficient_scope",
+            DenyReason::InsufficientUserAuthentication => "insufficient_user_authentication",
             DenyReason::Unavailable => "temporarily_unavailable",
         }
     }
@@ -55,63 +58,139 @@ impl Challenge {
     }
 }
 
+/// What every challenge of a rule carries besides its error: the realm, the scopes the rule's
+/// requirement needs (`scope`, on 401 answers; empty for none) and the URL of its protected
+/// resource's metadata document (`resource_metadata`, RFC 9728 §5.1, on every challenge).
+///
+/// All are checked or fixed text: none needs escaping inside a quoted string (configuration
+/// refuses quotes and backslashes in them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hints<'a> {
+    pub realm: &'a str,
+    pub scope: &'a str,
+    pub resource_metadata: Option<&'a str>,
+}
+
+impl<'a> Hints<'a> {
+    /// Only a realm: for answers no rule shapes.
+    pub fn realm(realm: &'a str) -> Hints<'a> {
+        Hints {
+            realm,
+            scope: "",
+            resource_metadata: None,
+        }
+    }
+}
+
+/// Step-up attributes (RFC 9470 §3) of an `insufficient_user_authentication` challenge: only the
+/// ones that failed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepUp<'a> {
+    /// The acceptable `acr` values, in order of preference.
+    pub acr_values: Option<&'a [String]>,
+    /// The longest time since the user authenticated, in seconds.
+    pub max_age: Option<u64>,
+}
+
 fn body(error: &str, description: &str) -> String {
     json!({ "error": error, "error_description": description }).to_string()
 }
 
-/// `realm`, `scope` and descriptions are checked or fixed text: none needs escaping inside a
-/// quoted string (configuration refuses quotes and backslashes).
-fn with_error(realm: &str, code: &str, description: &str) -> String {
-    format!("Bearer realm=\"{realm}\", error=\"{code}\", error_description=\"{description}\"")
+/// A `Bearer` challenge: realm, the error and its description when there is one, then the
+/// `extra` attributes (already formatted, each starting with `, `), then `resource_metadata`.
+fn bearer(hints: &Hints<'_>, error: Option<(&str, &str)>, extra: &str) -> String {
+    let mut header = format!("Bearer realm=\"{}\"", hints.realm);
+    if let Some((code, description)) = error {
+        header.push_str(&format!(
+            ", error=\"{code}\", error_description=\"{description}\""
+        ));
+    }
+    header.push_str(extra);
+    if let Some(url) = hints.resource_metadata {
+        header.push_str(&format!(", resource_metadata=\"{url}\""));
+    }
+    header
+}
+
+/// `, scope="…"` for a non-empty space-separated list.
+fn scope_attribute(scope: &str) -> String {
+    if scope.is_empty() {
+        String::new()
+    } else {
+        format!(", scope=\"{scope}\"")
+    }
 }
 
 /// 401 for a request with no credential at all: no error code (RFC 6750 §3.1).
-pub fn missing_token(realm: &str) -> Challenge {
+pub fn missing_token(hints: &Hints<'_>) -> Challenge {
     Challenge {
         reason: DenyReason::MissingToken,
         status: 401,
-        www_authenticate: Some(format!("Bearer realm=\"{realm}\"")),
+        www_authenticate: Some(bearer(hints, None, &scope_attribute(hints.scope))),
         body: body("missing_token", "A bearer token is required"),
     }
 }
 
 /// 400 for a malformed or ambiguous credential.
-pub fn invalid_request(realm: &str, description: &str) -> Challenge {
+pub fn invalid_request(hints: &Hints<'_>, description: &str) -> Challenge {
+    let error = Some(("invalid_request", description));
     Challenge {
         reason: DenyReason::InvalidRequest,
         status: 400,
-        www_authenticate: Some(with_error(realm, "invalid_request", description)),
+        www_authenticate: Some(bearer(hints, error, "")),
         body: body("invalid_request", description),
     }
 }
 
 /// 401 for a token that is malformed, forged, expired or not for this API.
-pub fn invalid_token(realm: &str, description: &str) -> Challenge {
+pub fn invalid_token(hints: &Hints<'_>, description: &str) -> Challenge {
+    let error = Some(("invalid_token", description));
     Challenge {
         reason: DenyReason::InvalidToken,
         status: 401,
-        www_authenticate: Some(with_error(realm, "invalid_token", description)),
+        www_authenticate: Some(bearer(hints, error, &scope_attribute(hints.scope))),
         body: body("invalid_token", description),
     }
 }
 
 /// 403 for a valid token without a scope or claim the route requires. `scope` lists every
 /// scope the requirement needs (left out when it needs none: a claim was missing).
-pub fn insufficient_scope(realm: &str, scopes: &[&str], scope_missing: bool) -> Challenge {
+pub fn insufficient_scope(hints: &Hints<'_>, scopes: &[&str], scope_missing: bool) -> Challenge {
     let description = if scope_missing {
         "The access token lacks a scope this resource requires"
     } else {
         "The access token lacks a claim this resource requires"
     };
-    let mut header = with_error(realm, "insufficient_scope", description);
-    if !scopes.is_empty() {
-        header.push_str(&format!(", scope=\"{}\"", scopes.join(" ")));
-    }
+    let error = Some(("insufficient_scope", description));
+    let header = bearer(hints, error, &scope_attribute(&scopes.join(" ")));
     Challenge {
         reason: DenyReason::InsufficientScope,
         status: 403,
         www_authenticate: Some(header),
         body: body("insufficient_scope", description),
+    }
+}
+
+/// 401 for a valid token whose user authentication is too weak or too old (RFC 9470).
+pub fn insufficient_user_authentication(hints: &Hints<'_>, step_up: StepUp<'_>) -> Challenge {
+    let description = match (step_up.acr_values, step_up.max_age) {
+        (Some(_), None) => "A stronger authentication of the user is required",
+        (None, Some(_)) => "A more recent authentication of the user is required",
+        _ => "A stronger and more recent authentication of the user is required",
+    };
+    let mut extra = scope_attribute(hints.scope);
+    if let Some(values) = step_up.acr_values {
+        extra.push_str(&format!(", acr_values=\"{}\"", values.join(" ")));
+    }
+    if let Some(seconds) = step_up.max_age {
+        extra.push_str(&format!(", max_age=\"{seconds}\""));
+    }
+    let code = DenyReason::InsufficientUserAuthentication.name();
+    Challenge {
+        reason: DenyReason::InsufficientUserAuthentication,
+        status: 401,
+        www_authenticate: Some(bearer(hints, Some((code, description)), &extra)),
+        body: body(code, description),
     }
 }
 
@@ -131,23 +210,80 @@ mod tests {
 
     #[test]
     fn shapes() {
-        let c = missing_token("api");
+        let api = Hints::realm("api");
+        let c = missing_token(&api);
         assert_eq!(c.status, 401);
         assert_eq!(c.www_authenticate.as_deref(), Some("Bearer realm=\"api\""));
-        let c = insufficient_scope("api", &["a", "b"], true);
+        let c = insufficient_scope(&api, &["a", "b"], true);
         assert_eq!(c.status, 403);
         let w = c.www_authenticate.unwrap();
         assert!(w.starts_with("Bearer realm=\"api\", error=\"insufficient_scope\""));
         assert!(w.ends_with(", scope=\"a b\""));
-        let c = insufficient_scope("api", &[], false);
+        let c = insufficient_scope(&api, &[], false);
         let w = c.www_authenticate.unwrap();
         assert!(!w.contains("scope=") && w.contains("lacks a claim"), "{w}");
-        let c = invalid_request("r", "bad");
+        let c = invalid_request(&Hints::realm("r"), "bad");
         assert_eq!(c.status, 400);
         let body: serde_json::Value = serde_json::from_str(&c.body).unwrap();
         assert_eq!(body["error"], "invalid_request");
         assert_eq!(body["error_description"], "bad");
         let c = unavailable("down");
         assert_eq!((c.status, c.www_authenticate), (503, None));
+    }
+
+    #[test]
+    fn rule_hints_and_step_up() {
+        let url = "https://api.example/.well-known/oauth-protected-resource/mcp";
+        let hints = Hints {
+            realm: "mcp",
+            scope: "tools:read tools:call",
+            resource_metadata: Some(url),
+        };
+        let w = |c: Challenge| c.www_authenticate.unwrap();
+        assert_eq!(
+            w(missing_token(&hints)),
+            format!("Bearer realm=\"mcp\", scope=\"tools:read tools:call\", resource_metadata=\"{url}\"")
+        );
+        let invalid = w(invalid_token(&hints, "The access token expired"));
+        assert!(
+            invalid.contains("error=\"invalid_token\"") && invalid.contains("scope=\"tools:read")
+        );
+        assert!(invalid.ends_with(&format!("resource_metadata=\"{url}\"")));
+        // A 400 names no scope, but still the metadata.
+        let bad = w(invalid_request(&hints, "Two tokens"));
+        assert!(
+            !bad.contains("scope=") && bad.contains("resource_metadata="),
+            "{bad}"
+        );
+        // A 403 lists the scopes of the failed requirement, not the rule's.
+        let scoped = w(insufficient_scope(&hints, &["tools:call"], true));
+        assert!(
+            scoped.contains(", scope=\"tools:call\", resource_metadata="),
+            "{scoped}"
+        );
+        // Step-up names only the attributes that failed.
+        let acr = ["phrh".to_string(), "phr".to_string()];
+        let both = StepUp {
+            acr_values: Some(&acr),
+            max_age: Some(300),
+        };
+        let c = insufficient_user_authentication(&Hints::realm("api"), both);
+        assert_eq!(
+            (c.status, c.reason.name()),
+            (401, "insufficient_user_authentication")
+        );
+        let h = c.www_authenticate.unwrap();
+        assert!(h.starts_with("Bearer realm=\"api\", error=\"insufficient_user_authentication\""));
+        assert!(
+            h.ends_with(", acr_values=\"phrh phr\", max_age=\"300\""),
+            "{h}"
+        );
+        let old = StepUp {
+            acr_values: None,
+            max_age: Some(60),
+        };
+        let h = w(insufficient_user_authentication(&Hints::realm("api"), old));
+        assert!(h.ends_with("recent authentication of the user is required\", max_age=\"60\""));
+        assert!(!h.contains("acr_values"));
     }
 }

@@ -142,6 +142,63 @@ fn check_dates(
     }
 }
 
+/// Why a token's user authentication does not do for a leaf's `acr_values` / `max_age`
+/// (RFC 9470).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserAuthentication {
+    /// Too weak (`acr` missing or not one of the values) and/or too old (`auth_time` missing
+    /// or longer ago than `max_age`): a step-up can help.
+    Insufficient { acr: bool, age: bool },
+    /// `acr` or `auth_time` of the wrong type, or an `auth_time` in the future: a token no
+    /// authorization server should issue.
+    Malformed(&'static str),
+}
+
+/// Checks `acr` against `acr_values` (when not empty) and `auth_time` against `max_age` (when
+/// set) at `now`, with `skew` seconds of tolerance.
+pub fn user_authentication(
+    claims: &Map<String, Value>,
+    acr_values: &[String],
+    max_age: Option<u64>,
+    now: u64,
+    skew: u64,
+) -> Result<(), UserAuthentication> {
+    let weak = !acr_values.is_empty()
+        && match claims.get("acr") {
+            None => true,
+            Some(Value::String(acr)) => !acr_values.contains(acr),
+            Some(_) => {
+                return Err(UserAuthentication::Malformed(
+                    "The access token's acr is not a string",
+                ))
+            }
+        };
+    let old = match max_age {
+        None => false,
+        Some(max_age) => match date(claims, "auth_time") {
+            Err(_) => {
+                return Err(UserAuthentication::Malformed(
+                    "The access token's auth_time is not a number",
+                ))
+            }
+            Ok(None) => true,
+            Ok(Some(at)) if at > (now + skew) as f64 => {
+                return Err(UserAuthentication::Malformed(
+                    "The access token's auth_time is in the future",
+                ))
+            }
+            Ok(Some(at)) => now as f64 > at + (max_age + skew) as f64,
+        },
+    };
+    if weak || old {
+        return Err(UserAuthentication::Insufficient {
+            acr: weak,
+            age: old,
+        });
+    }
+    Ok(())
+}
+
 /// Claim `name`: a top-level claim of that exact name, or else a dotted path into nested
 /// objects (`realm_access.roles`).
 pub fn lookup<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
@@ -467,5 +524,59 @@ mod tests {
             &["a".into(), "ab".into()]
         ));
         assert!(has_scopes(&obj(json!({})), &[]));
+    }
+
+    #[test]
+    fn step_up_conditions() {
+        use UserAuthentication::{Insufficient, Malformed};
+        let now = 10_000;
+        let acr = ["phrh".to_string(), "phr".to_string()];
+        let check = |c: Value, acr_values: &[String], max_age| {
+            user_authentication(&obj(c), acr_values, max_age, now, 60)
+        };
+        let weak = |acr, age| Err(Insufficient { acr, age });
+        assert_eq!(check(json!({"acr": "phr"}), &acr, None), Ok(()));
+        assert_eq!(check(json!({"acr": "pwd"}), &acr, None), weak(true, false));
+        assert_eq!(check(json!({}), &acr, None), weak(true, false));
+        assert!(matches!(
+            check(json!({"acr": ["phr"]}), &acr, None),
+            Err(Malformed(_))
+        ));
+        assert!(matches!(
+            check(json!({"acr": 2}), &acr, None),
+            Err(Malformed(_))
+        ));
+        // auth_time: within max_age plus the skew; missing is too old; another type is bad.
+        assert_eq!(
+            check(json!({"auth_time": now - 300}), &[], Some(300)),
+            Ok(())
+        );
+        assert_eq!(
+            check(json!({"auth_time": now - 360}), &[], Some(300)),
+            Ok(())
+        );
+        assert_eq!(
+            check(json!({"auth_time": now - 361}), &[], Some(300)),
+            weak(false, true)
+        );
+        assert_eq!(check(json!({}), &[], Some(300)), weak(false, true));
+        assert_eq!(check(json!({"auth_time": now + 60}), &[], Some(0)), Ok(()));
+        assert!(matches!(
+            check(json!({"auth_time": now + 61}), &[], Some(0)),
+            Err(Malformed(_))
+        ));
+        assert!(matches!(
+            check(json!({"auth_time": "1"}), &[], Some(9)),
+            Err(Malformed(_))
+        ));
+        // Both fail: both are named; without conditions nothing is read.
+        assert_eq!(
+            check(json!({"acr": "pwd"}), &acr, Some(5)),
+            weak(true, true)
+        );
+        assert_eq!(
+            check(json!({"acr": 1, "auth_time": "x"}), &[], None),
+            Ok(())
+        );
     }
 }

@@ -1,14 +1,15 @@
 //! What a rule requires: `jwt_authn`'s requirement tree, and how its outcomes combine.
 //!
-//! A requirement is a provider leaf (`provider_name` or `provider_and_audiences`, with `scopes`
-//! and `claims`), `requires_any`, `requires_all`, `allow_missing` or `allow_missing_or_failed`.
+//! A requirement is a provider leaf (`provider_name` or `provider_and_audiences`, with `scopes`,
+//! `claims`, and the step-up conditions `acr_values` and `max_age` of RFC 9470), `requires_any`, `requires_all`, `allow_missing` or `allow_missing_or_failed`.
 //! [`evaluate`] combines the outcomes of the leaves, which the [`Leaves`] it is given computes
 //! (the authenticator in a request, a table in the tests), so the tree's semantics are plain
 //! code with no token, key or host in sight.
 //!
 //! When a requirement fails, the answer is the most specific one: a malformed request (400);
 //! then, under `requires_any`, a provider that could have decided but was unreachable (503, never
-//! a pass); a token a provider accepted that lacks scopes or claims (403); a token refused
+//! a pass); a token a provider accepted whose user authentication is too weak or too old (401
+//! `insufficient_user_authentication`); one that lacks scopes or claims (403); a token refused
 //! (401 `invalid_token`); no token at all (401, bare challenge). Under `requires_all` a definite
 //! refusal of one part outranks another part being unreachable: the request fails either way.
 
@@ -43,6 +44,11 @@ pub struct Leaf {
     pub scopes: Vec<String>,
     /// All must hold.
     pub claims: Vec<ClaimCondition>,
+    /// `acr_values`: when not empty, `acr` must be one of them (in order of preference).
+    pub acr_values: Vec<String>,
+    /// `max_age`: when set, the user must have authenticated (`auth_time`) at most this many
+    /// seconds ago.
+    pub max_age: Option<u64>,
 }
 
 /// A set of providers, by index.
@@ -102,6 +108,13 @@ pub enum Failure<'a> {
     Insufficient {
         scopes: Vec<&'a str>,
         scope_missing: bool,
+    },
+    /// 401 `insufficient_user_authentication` (RFC 9470): a token a provider accepted, with
+    /// every scope and claim, whose `acr` (then `acr_values` is set) or `auth_time` (then
+    /// `max_age` is) does not do.
+    StepUp {
+        acr_values: Option<&'a [String]>,
+        max_age: Option<u64>,
     },
     /// 503: keys or introspection could not be had.
     Unavailable(&'static str),
@@ -195,8 +208,9 @@ impl Group {
             (Failure::Invalid { foreign: true, .. }, _) => 2,
             (Failure::Invalid { .. }, _) => 3,
             (Failure::Insufficient { .. }, _) => 4,
-            (Failure::Unavailable(_), Group::Any) => 5,
-            (Failure::Malformed(_), _) => 6,
+            (Failure::StepUp { .. }, _) => 5,
+            (Failure::Unavailable(_), Group::Any) => 6,
+            (Failure::Malformed(_), _) => 7,
         }
     }
 
@@ -295,11 +309,37 @@ impl Requirement {
         }
     }
 
+    /// Adds the scopes its leaves ask for to `scopes` (each once, in order): what a 401 of the
+    /// rule names in `scope`.
+    pub fn scopes<'a>(&'a self, scopes: &mut Vec<&'a str>) {
+        match self {
+            Requirement::Provider(leaf) => {
+                for scope in &leaf.scopes {
+                    if !scopes.contains(&scope.as_str()) {
+                        scopes.push(scope);
+                    }
+                }
+            }
+            Requirement::Any(items) | Requirement::All(items) => {
+                for r in items {
+                    r.scopes(scopes);
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Adds the claims the leaves of `provider` test to `names`.
     pub fn claim_names<'a>(&'a self, provider: usize, names: &mut Vec<&'a str>) {
         match self {
             Requirement::Provider(leaf) if leaf.provider == provider => {
                 names.extend(leaf.claims.iter().map(|c| c.claim.as_str()));
+                if !leaf.acr_values.is_empty() {
+                    names.push("acr");
+                }
+                if leaf.max_age.is_some() {
+                    names.push("auth_time");
+                }
             }
             Requirement::Any(items) | Requirement::All(items) => {
                 for r in items {
@@ -321,6 +361,9 @@ const KINDS: [&str; 6] = [
     "allow_missing_or_failed",
 ];
 
+/// The fields only a provider leaf has.
+const LEAF_ONLY: [&str; 4] = ["scopes", "claims", "acr_values", "max_age"];
+
 /// Reads the requirement at `path`, nested `depth` levels deep (the rule's own is 1).
 pub fn parse(
     value: &Value,
@@ -330,7 +373,7 @@ pub fn parse(
 ) -> Result<Requirement, ConfigError> {
     let q = Obj::new(value, path)?;
     let mut known = KINDS.to_vec();
-    known.extend(["scopes", "claims"]);
+    known.extend(LEAF_ONLY);
     q.only(&known)?;
     let kinds: Vec<&str> = KINDS.into_iter().filter(|k| q.get(k).is_some()).collect();
     let kind = match kinds.as_slice() {
@@ -338,9 +381,7 @@ pub fn parse(
         [] => return err(q.path, format!("needs one of {}", KINDS.join(", "))),
         _ => return err(q.path, format!("give only one of {}", kinds.join(", "))),
     };
-    let leaf_only = ["scopes", "claims"]
-        .into_iter()
-        .find(|f| q.get(f).is_some());
+    let leaf_only = LEAF_ONLY.into_iter().find(|f| q.get(f).is_some());
     if let (Some(extra), false) = (leaf_only, kind.starts_with("provider")) {
         return err(
             q.field(extra),
@@ -438,13 +479,41 @@ fn leaf(q: &Obj<'_>, kind: &str, providers: &[Provider]) -> Result<Requirement, 
         .iter()
         .map(ClaimCondition::parse)
         .collect::<Result<Vec<_>, _>>()?;
+    let acr_values = q.strings("acr_values", acr_value)?;
+    if acr_values.as_ref().is_some_and(Vec::is_empty) {
+        return err(q.field("acr_values"), "must list at least one acr value");
+    }
     Ok(Requirement::Provider(Leaf {
         provider,
         audiences,
         scopes: q.strings("scopes", scope_token)?.unwrap_or_default(),
         claims,
+        acr_values: acr_values.unwrap_or_default(),
+        max_age: max_age(q)?,
     }))
 }
+
+/// An `acr` value: it goes into the space-separated `acr_values` of a challenge, so it is a
+/// string of printable ASCII without space, quote or backslash.
+fn acr_value(value: &str) -> Result<(), &'static str> {
+    scope_token(value)
+        .map_err(|_| "is not a valid acr value (printable ASCII, no space, quote or backslash)")
+}
+
+/// `max_age`: whole seconds, as a JSON number (as in RFC 9470 and OpenID Connect).
+fn max_age(q: &Obj<'_>) -> Result<Option<u64>, ConfigError> {
+    match q.get("max_age") {
+        None => Ok(None),
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|s| s <= MAX_MAX_AGE) => Ok(n.as_u64()),
+        Some(_) => err(
+            q.field("max_age"),
+            format!("must be a whole number of seconds from 0 to {MAX_MAX_AGE} (a JSON number)"),
+        ),
+    }
+}
+
+/// The longest `max_age`: a year.
+const MAX_MAX_AGE: u64 = 366 * 86_400;
 
 /// The field to name for a document nested too deeply at `path` (field names and `[i]`): the
 /// requirement group where nesting passes [`MAX_DEPTH`], or else the path's first three steps.
@@ -501,6 +570,8 @@ mod tests {
             audiences: None,
             scopes: vec![],
             claims: vec![],
+            acr_values: vec![],
+            max_age: None,
         })
     }
     fn any_of(items: Vec<Requirement>) -> Requirement {
@@ -536,6 +607,10 @@ mod tests {
             scope_missing: true,
         })
     }
+    const STEP_UP: Outcome<'static> = Outcome::Fail(Failure::StepUp {
+        acr_values: None,
+        max_age: Some(60),
+    });
     fn wait(provider: usize) -> Outcome<'static> {
         Outcome::Wait(Pending::Introspection { provider })
     }
@@ -574,6 +649,24 @@ mod tests {
                 any_of(vec![p(0), p(1)]),
                 vec![insufficient(&["a"]), INVALID],
                 insufficient(&["a"]),
+            ),
+            (
+                "any: too weak an authentication beats lacking a scope",
+                any_of(vec![p(0), p(1)]),
+                vec![insufficient(&["a"]), STEP_UP],
+                STEP_UP,
+            ),
+            (
+                "all: too weak an authentication beats refused",
+                all_of(vec![p(0), p(1)]),
+                vec![STEP_UP, INVALID],
+                STEP_UP,
+            ),
+            (
+                "any: unreachable beats too weak an authentication",
+                any_of(vec![p(0), p(1)]),
+                vec![STEP_UP, UNAVAILABLE],
+                UNAVAILABLE,
             ),
             (
                 "any: unreachable beats lacking (never a pass)",
@@ -892,6 +985,34 @@ mod tests {
                 "rules[0].requires.claims: applies to a provider",
             ),
             (
+                json!({"allow_missing": {}, "max_age": 60}),
+                "rules[0].requires.max_age: applies to a provider",
+            ),
+            (
+                json!({"provider_name": "corp", "max_age": "300s"}),
+                "rules[0].requires.max_age: must be a whole number of seconds",
+            ),
+            (
+                json!({"provider_name": "corp", "max_age": 1.5}),
+                "rules[0].requires.max_age: must be a whole number of seconds",
+            ),
+            (
+                json!({"provider_name": "corp", "max_age": -1}),
+                "rules[0].requires.max_age: must be a whole number of seconds",
+            ),
+            (
+                json!({"provider_name": "corp", "acr_values": []}),
+                "rules[0].requires.acr_values: must list at least one",
+            ),
+            (
+                json!({"provider_name": "corp", "acr_values": ["a b"]}),
+                "rules[0].requires.acr_values[0]: is not a valid acr value",
+            ),
+            (
+                json!({"provider_name": "corp", "acr_values": "phrh"}),
+                "rules[0].requires.acr_values: must be an array",
+            ),
+            (
                 json!({"provider_and_audiences": {"provider_name": "corp"}}),
                 "rules[0].requires.provider_and_audiences.audiences: must list",
             ),
@@ -912,8 +1033,8 @@ mod tests {
                 "rules[0].requires.claims[0].claim: unknown field",
             ),
             (
-                json!({"provider_name": "corp", "acr_values": ["x"]}),
-                "rules[0].requires.acr_values: unknown field",
+                json!({"provider_name": "corp", "acr": ["x"]}),
+                "rules[0].requires.acr: unknown field",
             ),
         ];
         for (requires, expected) in cases {
