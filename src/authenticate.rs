@@ -5,7 +5,8 @@
 //! read it, and tried only by the providers whose `issuer` it names (or that have none): a
 //! JWT's unverified `iss` may only rule a provider out, never in. A provider's verdict (is the
 //! token genuine: signature verified, now or earlier, or active at introspection) is reached
-//! once; each leaf then checks dates, issuer and its audiences, its scopes and its claims.
+//! once; each leaf then checks dates, issuer and its audiences (or those of the rule's protected
+//! resource), its scopes and claims, and its step-up conditions (`acr_values`, `max_age`).
 
 use crate::cache;
 use crate::claims;
@@ -69,6 +70,8 @@ pub struct Authenticator<'a> {
     known: &'a dyn Known,
     request: Request<'a>,
     found: &'a [Extracted],
+    /// The audiences of the rule's protected resource: they replace the providers'.
+    audiences: Option<&'a [String]>,
     verdicts: Vec<Option<Verdict<'a>>>,
     /// Tokens parsed so far, with the provider whose token each is.
     parsed: Vec<(usize, Result<Jws<'a>, TokenError>)>,
@@ -80,12 +83,14 @@ impl<'a> Authenticator<'a> {
         known: &'a dyn Known,
         request: Request<'a>,
         found: &'a [Extracted],
+        audiences: Option<&'a [String]>,
     ) -> Authenticator<'a> {
         Authenticator {
             config,
             known,
             request,
             found,
+            audiences,
             verdicts: (0..found.len()).map(|_| None).collect(),
             parsed: Vec::new(),
         }
@@ -242,16 +247,13 @@ impl<'a> Authenticator<'a> {
         }
     }
 
-    /// The outcome of provider `p`'s token for a leaf with these audiences, scopes and claims.
-    fn outcome(
-        &mut self,
-        p: usize,
-        audiences: Option<&[String]>,
-        scopes: &'a [String],
-        conditions: &[claims::ClaimCondition],
-    ) -> Outcome<'a> {
+    /// The outcome of provider `p`'s token for `leaf` (none: the provider's own checks only).
+    /// The leaf's audiences replace the rule's resource audiences, which replace the
+    /// provider's.
+    fn outcome(&mut self, p: usize, leaf: Option<&'a Leaf>) -> Outcome<'a> {
         let now = self.request.now;
         let provider = self.config.providers.get(p);
+        let audiences = leaf.and_then(|l| l.audiences.as_deref()).or(self.audiences);
         self.with_verdict(p, |auth, verdict| match verdict {
             Verdict::Refused(f) => Outcome::Fail(f.clone()),
             Verdict::Wait(pending) => Outcome::Wait(*pending),
@@ -269,17 +271,15 @@ impl<'a> Authenticator<'a> {
                         foreign: false,
                     });
                 }
-                let scoped = claims::has_scopes(map, scopes);
-                if !scoped || !conditions.iter().all(|c| c.holds(map)) {
-                    return Outcome::Fail(Failure::Insufficient {
-                        scopes: scopes.iter().map(String::as_str).collect(),
-                        scope_missing: !scoped,
-                    });
+                match leaf {
+                    Some(leaf) => {
+                        leaf_conditions(leaf, map, now, provider.claims.clock_skew_seconds)
+                    }
+                    None => Outcome::Pass(Accepted {
+                        providers: ProviderSet::one(p),
+                        lenient: false,
+                    }),
                 }
-                Outcome::Pass(Accepted {
-                    providers: ProviderSet::one(p),
-                    lenient: false,
-                })
             }
         })
     }
@@ -375,20 +375,50 @@ impl<'a> Authenticator<'a> {
 
 impl<'a> Leaves<'a> for Authenticator<'a> {
     fn leaf(&mut self, leaf: &'a Leaf) -> Outcome<'a> {
-        self.outcome(
-            leaf.provider,
-            leaf.audiences.as_deref(),
-            &leaf.scopes,
-            &leaf.claims,
-        )
+        self.outcome(leaf.provider, Some(leaf))
     }
 
     fn plain(&mut self, provider: usize) -> Outcome<'a> {
-        self.outcome(provider, None, &[], &[])
+        self.outcome(provider, None)
     }
 
     fn providers(&self) -> usize {
         self.config.providers.len()
+    }
+}
+
+/// What a leaf asks beyond its provider, of claims its provider accepted: its scopes and claim
+/// conditions (else 403), then its step-up conditions (else 401, RFC 9470).
+fn leaf_conditions<'a>(
+    leaf: &'a Leaf,
+    map: &Map<String, Value>,
+    now: u64,
+    skew: u64,
+) -> Outcome<'a> {
+    let scoped = claims::has_scopes(map, &leaf.scopes);
+    if !scoped || !leaf.claims.iter().all(|c| c.holds(map)) {
+        return Outcome::Fail(Failure::Insufficient {
+            scopes: leaf.scopes.iter().map(String::as_str).collect(),
+            scope_missing: !scoped,
+        });
+    }
+    match claims::user_authentication(map, &leaf.acr_values, leaf.max_age, now, skew) {
+        Ok(()) => Outcome::Pass(Accepted {
+            providers: ProviderSet::one(leaf.provider),
+            lenient: false,
+        }),
+        Err(claims::UserAuthentication::Insufficient { acr, age }) => {
+            Outcome::Fail(Failure::StepUp {
+                acr_values: acr.then_some(leaf.acr_values.as_slice()),
+                max_age: leaf.max_age.filter(|_| age),
+            })
+        }
+        Err(claims::UserAuthentication::Malformed(description)) => {
+            Outcome::Fail(Failure::Invalid {
+                description,
+                foreign: false,
+            })
+        }
     }
 }
 
@@ -495,7 +525,16 @@ mod tests {
                                              "client_id": "gw", "client_secret": "s"},
                            "claim_to_headers": [{"header_name": "x-opaque-user", "claim_name": "sub"}]}
             },
+            "protected_resources": {
+                "mcp": {"resource": "https://api.example/mcp", "authorization_servers": ["https://corp"]}
+            },
             "rules": [
+                {"match": {"prefix": "/tools"}, "requires": {"provider_name": "corp", "scopes": ["tools"]},
+                 "protected_resource": "mcp"},
+                {"match": {"prefix": "/maybe"}, "protected_resource": "mcp",
+                 "requires": {"requires_any": {"requirements": [{"provider_name": "corp"}, {"allow_missing": {}}]}}},
+                {"match": {"prefix": "/stepup"}, "requires": {"provider_name": "corp",
+                    "acr_values": ["phrh", "phr"], "max_age": 300}},
                 {"match": {"prefix": "/any"}, "requires": {"requires_any": {"requirements": [
                     {"provider_name": "corp"}, {"provider_name": "partner"}]}}},
                 {"match": {"prefix": "/all"}, "requires": {"requires_all": {"requirements": [
@@ -871,6 +910,122 @@ mod tests {
             &[("authorization", &bearer(&keys().corp, &claims))],
         ));
         assert_eq!(f.passed, Passed::Authenticated);
+    }
+
+    #[test]
+    fn a_protected_resource_sets_audiences_and_challenges() {
+        let c = config();
+        let mut view = View::new(&c);
+        // allow_missing consults every provider: the introspecting one knows no such token.
+        view.answer = Cached::Inactive;
+        let url = "https://api.example/.well-known/oauth-protected-resource/mcp";
+        let (status, _, challenge) = denied(&go(&view, "POST", "/tools", &[]));
+        assert_eq!(status, 401);
+        assert_eq!(
+            challenge,
+            format!("Bearer realm=\"api\", scope=\"tools\", resource_metadata=\"{url}\"")
+        );
+        // The resource's audiences replace the provider's, for leaves and allow_missing alike.
+        let mut claims = good_claims("https://corp", "api");
+        claims["scope"] = json!("tools");
+        let for_api = bearer(&keys().corp, &claims);
+        for path in ["/tools", "/maybe"] {
+            let (status, reason, challenge) =
+                denied(&go(&view, "POST", path, &[("authorization", &for_api)]));
+            assert_eq!((status, reason), (401, DenyReason::InvalidToken), "{path}");
+            assert!(
+                challenge.contains("audience is not accepted"),
+                "{challenge}"
+            );
+            assert!(challenge.ends_with(&format!("resource_metadata=\"{url}\"")));
+        }
+        assert_eq!(
+            allowed(go(&view, "POST", "/maybe", &[])).passed,
+            Passed::Anonymous
+        );
+        claims["aud"] = json!(["other", "https://api.example/mcp"]);
+        let f = allowed(go(
+            &view,
+            "POST",
+            "/tools",
+            &[("authorization", &bearer(&keys().corp, &claims))],
+        ));
+        assert_eq!(f.passed, Passed::Authenticated);
+        claims["scope"] = json!("read");
+        let unscoped = bearer(&keys().corp, &claims);
+        let (status, _, challenge) = denied(&go(
+            &view,
+            "POST",
+            "/tools",
+            &[("authorization", &unscoped)],
+        ));
+        assert_eq!(status, 403);
+        assert!(challenge.ends_with(&format!(", scope=\"tools\", resource_metadata=\"{url}\"")));
+        // A 400 names the metadata too, but no scope.
+        let two = [
+            ("authorization", unscoped.as_str()),
+            ("authorization", unscoped.as_str()),
+        ];
+        let (status, _, challenge) = denied(&go(&view, "POST", "/tools", &two));
+        assert_eq!(status, 400);
+        assert!(!challenge.contains("scope=") && challenge.contains("resource_metadata="));
+        // The document itself is the filter's answer, whatever the rules say.
+        let Decision::Serve(reply) = go(
+            &view,
+            "GET",
+            "/.well-known/oauth-protected-resource/mcp?x",
+            &[],
+        ) else {
+            panic!("not served")
+        };
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (200, c.resources[0].document.as_str())
+        );
+    }
+
+    #[test]
+    fn step_up_asks_for_what_failed() {
+        let c = config();
+        let view = View::new(&c);
+        let t = now();
+        let token = |acr: Value, auth_time: Value| {
+            let mut claims = good_claims("https://corp", "api");
+            claims["acr"] = acr;
+            claims["auth_time"] = auth_time;
+            bearer(&keys().corp, &claims)
+        };
+        let on = |token: &str| go(&view, "GET", "/stepup", &[("authorization", token)]);
+        let f = allowed(on(&token(json!("phr"), json!(t - 10))));
+        assert_eq!(f.verified[0].claims["acr"], "phr", "kept for cache hits");
+        assert_eq!(f.verified[0].claims["auth_time"], json!(t - 10));
+        let (status, reason, challenge) = denied(&on(&token(json!("pwd"), json!(t - 1000))));
+        assert_eq!(
+            (status, reason),
+            (401, DenyReason::InsufficientUserAuthentication)
+        );
+        assert!(
+            challenge.ends_with(", acr_values=\"phrh phr\", max_age=\"300\""),
+            "{challenge}"
+        );
+        let (_, _, challenge) = denied(&on(&token(json!("phrh"), json!(t - 1000))));
+        assert!(
+            challenge.ends_with("is required\", max_age=\"300\""),
+            "{challenge}"
+        );
+        let (_, _, challenge) = denied(&on(&token(json!("pwd"), json!(t))));
+        assert!(
+            challenge.ends_with("is required\", acr_values=\"phrh phr\""),
+            "{challenge}"
+        );
+        let (_, _, challenge) = denied(&on(&token(json!("phr"), Value::Null)));
+        assert!(
+            challenge.contains("auth_time is not a number"),
+            "{challenge}"
+        );
+        let (status, reason, challenge) = denied(&on(&token(json!(["phr"]), json!(t))));
+        assert_eq!((status, reason), (401, DenyReason::InvalidToken));
+        assert!(challenge.contains("acr is not a string"), "{challenge}");
     }
 
     #[test]

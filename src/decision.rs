@@ -5,11 +5,12 @@
 
 use crate::authenticate::{self, Authenticator};
 use crate::cache;
-use crate::challenge::{self, Challenge};
+use crate::challenge::{self, Challenge, Hints, StepUp};
 use crate::config::{Config, KeySource, Rule};
 use crate::jwt;
 use crate::jwt::keys::{Alg, Jwk};
 use crate::requirement::{self, Failure, Outcome, Pending};
+use crate::resource;
 use serde_json::{Map, Value};
 
 pub use crate::authenticate::NO_KEYS;
@@ -98,6 +99,9 @@ pub enum Decision {
         client: usize,
         verified: Vec<Verified>,
     },
+    /// The filter's own answer under `/.well-known/oauth-protected-resource`: a protected
+    /// resource's metadata document, or why there is none.
+    Serve(resource::Reply),
 }
 
 /// A cached introspection answer.
@@ -180,6 +184,9 @@ impl Known for LocalKeys<'_> {
 /// Decides what to do with `request`, with what `known` knows now.
 pub fn decide(config: &Config, known: &dyn Known, request: Request<'_>) -> Decision {
     let path = request.path.split(['?', '#']).next().unwrap_or("");
+    if let Some(reply) = resource::serve(&config.resources, path, request.headers) {
+        return Decision::Serve(reply);
+    }
     // Headers the filter owns are removed from every request, whatever the rule says.
     let mut forward = Forward {
         remove: owned_present(config, request.headers),
@@ -197,8 +204,14 @@ pub fn decide(config: &Config, known: &dyn Known, request: Request<'_>) -> Decis
         return inject(rule, forward, known);
     };
     let found = authenticate::find(config, rule.providers, &request);
-    let mut auth = Authenticator::new(config, known, request, &found);
-    let realm = config.realm.as_str();
+    let resource = rule.resource.and_then(|r| config.resources.get(r));
+    let audiences = resource.map(|r| r.audiences.as_slice());
+    let mut auth = Authenticator::new(config, known, request, &found, audiences);
+    let hints = Hints {
+        realm: &config.realm,
+        scope: &rule.scope,
+        resource_metadata: resource.map(|r| r.metadata_url.as_str()),
+    };
     match requirement::evaluate(requires, &mut auth) {
         Outcome::Pass(accepted) => {
             forward.passed = if accepted.providers.is_empty() {
@@ -208,10 +221,10 @@ pub fn decide(config: &Config, known: &dyn Known, request: Request<'_>) -> Decis
             };
             match auth.pass(rule, accepted, &mut forward) {
                 Ok(()) => inject(rule, forward, known),
-                Err(why) => Decision::Deny(challenge::invalid_request(realm, why)),
+                Err(why) => Decision::Deny(challenge::invalid_request(&hints, why)),
             }
         }
-        Outcome::Fail(failure) => Decision::Deny(answer(realm, failure)),
+        Outcome::Fail(failure) => Decision::Deny(answer(&hints, failure)),
         Outcome::Wait(Pending::Keys { provider, refetch }) => Decision::Wait { provider, refetch },
         Outcome::Wait(Pending::Introspection { provider }) => match auth.token(provider) {
             Some(token) => Decision::Introspect {
@@ -243,16 +256,26 @@ fn is_preflight(headers: &[(&str, &[u8])]) -> bool {
         && has("access-control-request-method")
 }
 
-/// The RFC 6750 answer to a failed requirement.
-fn answer(realm: &str, failure: Failure<'_>) -> Challenge {
+/// The RFC 6750 (or RFC 9470) answer to a failed requirement.
+fn answer(hints: &Hints<'_>, failure: Failure<'_>) -> Challenge {
     match failure {
-        Failure::Missing => challenge::missing_token(realm),
-        Failure::Malformed(why) => challenge::invalid_request(realm, why),
-        Failure::Invalid { description, .. } => challenge::invalid_token(realm, description),
+        Failure::Missing => challenge::missing_token(hints),
+        Failure::Malformed(why) => challenge::invalid_request(hints, why),
+        Failure::Invalid { description, .. } => challenge::invalid_token(hints, description),
         Failure::Insufficient {
             scopes,
             scope_missing,
-        } => challenge::insufficient_scope(realm, &scopes, scope_missing),
+        } => challenge::insufficient_scope(hints, &scopes, scope_missing),
+        Failure::StepUp {
+            acr_values,
+            max_age,
+        } => challenge::insufficient_user_authentication(
+            hints,
+            StepUp {
+                acr_values,
+                max_age,
+            },
+        ),
         Failure::Unavailable(why) => challenge::unavailable(why),
     }
 }

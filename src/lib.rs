@@ -20,6 +20,7 @@ pub mod jwt;
 pub mod regex;
 pub mod remote;
 pub mod requirement;
+pub mod resource;
 pub mod route;
 pub mod throttle;
 

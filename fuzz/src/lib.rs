@@ -244,13 +244,22 @@ fn decide_and_check(config: &Config, known: &dyn Known, request: Request<'_>) ->
             assert!(challenge.www_authenticate.is_some() || challenge.status == 503);
             assert!(serde_json::from_str::<Value>(&challenge.body).is_ok());
             let status = match challenge.reason {
-                DenyReason::MissingToken | DenyReason::InvalidToken => 401,
+                DenyReason::MissingToken
+                | DenyReason::InvalidToken
+                | DenyReason::InsufficientUserAuthentication => 401,
                 DenyReason::InvalidRequest => 400,
                 DenyReason::InsufficientScope => 403,
                 DenyReason::Unavailable => 503,
             };
             assert_eq!(challenge.status, status);
             let _ = challenge.headers();
+        }
+        Decision::Serve(reply) => {
+            // Only the metadata paths are answered, and only with what was built at load.
+            assert!(request.path.starts_with("/.well-known/oauth-protected-resource"));
+            assert!([200, 204, 404, 405].contains(&reply.status));
+            let built = config.resources.iter().any(|r| r.document == reply.body);
+            assert_eq!(reply.served, reply.status == 200 && built);
         }
         Decision::Wait { provider, .. } => assert!(*provider < config.providers.len()),
         Decision::AwaitCredential { client, .. } => assert!(*client < config.clients.len()),

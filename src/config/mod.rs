@@ -5,7 +5,8 @@
 //! fields are refused too: a misspelt `audience` must not silently switch a check off.
 //!
 //! `provider` reads a provider, `client` an upstream client; rules are read here, their `match`
-//! by [`crate::route`] and their `requires` by [`crate::requirement`].
+//! by [`crate::route`] and their `requires` by [`crate::requirement`]; protected resources by
+//! [`crate::resource`].
 
 mod client;
 mod provider;
@@ -18,6 +19,7 @@ pub use provider::{
 };
 
 use crate::requirement::{self, ProviderSet, Requirement};
+use crate::resource::{self, ProtectedResource};
 use crate::route::{self, RouteMatch};
 use serde_json::{Map, Value};
 use std::fmt;
@@ -68,6 +70,8 @@ pub struct Config {
     pub owned_headers: Vec<String>,
     /// `upstream_credentials`: the OAuth clients whose tokens the filter injects upstream.
     pub clients: Vec<UpstreamClient>,
+    /// `protected_resources`: the RFC 9728 documents the filter serves.
+    pub resources: Vec<ProtectedResource>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +87,12 @@ pub struct Rule {
     /// Whether those providers read tokens from more than one place (header, parameter or
     /// cookie name): only then can a request carry credentials a pass did not check.
     pub several_places: bool,
+    /// `protected_resource`: index into [`Config::resources`]; its audiences replace the
+    /// providers', and its document's URL is on every challenge of the rule.
+    pub resource: Option<usize>,
+    /// Every scope the requirement's leaves ask for, space-separated: the `scope` of the rule's
+    /// 401 challenges.
+    pub scope: String,
 }
 
 /// Envoy's `HttpUri`: a URL, the Envoy cluster that reaches it, and a timeout.
@@ -356,11 +366,12 @@ pub(crate) fn quotable(text: &str) -> Result<(), &'static str> {
     }
 }
 
-const TOP_LEVEL: [&str; 5] = [
+const TOP_LEVEL: [&str; 6] = [
     "providers",
     "rules",
     "realm",
     "upstream_credentials",
+    "protected_resources",
     "bypass_cors_preflight",
 ];
 
@@ -387,12 +398,26 @@ impl Config {
             None => Vec::new(),
         };
         let mut providers = providers(&top, !clients.is_empty())?;
+        let resources = match top.object("protected_resources")? {
+            Some(r) => r
+                .map
+                .iter()
+                .map(|(name, value)| resource::parse(name, value))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        };
+        resource::distinct_paths(&resources)?;
         let Some(rule_values) = top.array("rules")? else {
             return err("rules", "is required (an empty array protects nothing)");
         };
         let mut rules = Vec::with_capacity(rule_values.len());
+        let named = Named {
+            providers: &providers,
+            clients: &clients,
+            resources: &resources,
+        };
         for (i, value) in rule_values.iter().enumerate() {
-            rules.push(rule(i, value, &providers, &clients)?);
+            rules.push(rule(i, value, &named)?);
         }
         provider::keep_claims(&mut providers, &rules);
         Ok(Config {
@@ -402,6 +427,7 @@ impl Config {
             providers,
             rules,
             clients,
+            resources,
         })
     }
 
@@ -456,14 +482,17 @@ fn providers(top: &Obj<'_>, has_clients: bool) -> Result<Vec<Provider>, ConfigEr
     Ok(providers)
 }
 
-fn rule(
-    i: usize,
-    value: &Value,
-    providers: &[Provider],
-    clients: &[UpstreamClient],
-) -> Result<Rule, ConfigError> {
+/// What rules may name.
+struct Named<'a> {
+    providers: &'a [Provider],
+    clients: &'a [UpstreamClient],
+    resources: &'a [ProtectedResource],
+}
+
+fn rule(i: usize, value: &Value, named: &Named<'_>) -> Result<Rule, ConfigError> {
+    let (providers, clients) = (named.providers, named.clients);
     let r = Obj::new(value, format!("rules[{i}]"))?;
-    r.only(&["match", "requires", "inject"])?;
+    r.only(&["match", "requires", "inject", "protected_resource"])?;
     let matcher = match r.object("match")? {
         Some(m) => route::parse(&m)?,
         None => return err(r.field("match"), "is required"),
@@ -479,15 +508,39 @@ fn rule(
             None => return err(r.field("inject"), "names no client in upstream_credentials"),
         },
     };
+    let resource = match r.string("protected_resource")? {
+        None => None,
+        Some(_) if requires.is_none() => {
+            return err(
+                r.field("protected_resource"),
+                "applies to a rule with requires (a public rule answers no challenge)",
+            )
+        }
+        Some(name) => match named.resources.iter().position(|p| p.name == name) {
+            Some(p) => Some(p),
+            None => {
+                return err(
+                    r.field("protected_resource"),
+                    "names no resource in protected_resources",
+                )
+            }
+        },
+    };
     let consulted = requires
         .as_ref()
         .map_or_else(ProviderSet::default, |q| q.providers(providers.len()));
+    let mut scopes = Vec::new();
+    if let Some(q) = &requires {
+        q.scopes(&mut scopes);
+    }
     Ok(Rule {
+        scope: scopes.join(" "),
         matcher,
         requires,
         inject,
         several_places: provider::several_places(providers, consulted),
         providers: consulted,
+        resource,
     })
 }
 
@@ -555,6 +608,25 @@ mod tests {
     fn errors_name_the_field() {
         type Edit = Box<dyn FnOnce(&mut Value)>;
         let cases: Vec<(Edit, &str)> = vec![
+            (
+                Box::new(|v| v["rules"][1]["protected_resource"] = json!("mcp")),
+                "rules[1].protected_resource: names no resource in protected_resources",
+            ),
+            (
+                Box::new(|v| {
+                    v["protected_resources"] = json!({"mcp": {"resource": "https://a/mcp"}});
+                    v["rules"][0]["protected_resource"] = json!("mcp");
+                }),
+                "rules[0].protected_resource: applies to a rule with requires",
+            ),
+            (
+                Box::new(|v| v["protected_resources"] = json!({"mcp": {"resource": "/mcp"}})),
+                "protected_resources.mcp.resource: must be an absolute https:// URL",
+            ),
+            (
+                Box::new(|v| v["protected_resources"] = json!(["https://a/mcp"])),
+                "protected_resources: must be a JSON object",
+            ),
             (
                 Box::new(|v| v["providers"]["corp"]["audience"] = json!("api")),
                 "providers.corp.audience: unknown field",

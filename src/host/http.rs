@@ -111,6 +111,13 @@ fn act(
     match decision {
         Decision::Allow(forward) => allow(vm, forward, context_id, resumed, now),
         Decision::Deny(challenge) => deny(&challenge, Some(&vm.borrow())),
+        Decision::Serve(reply) => {
+            vm.borrow()
+                .metrics
+                .metadata(reply.served, reply.status >= 400);
+            abi::send_http_response(reply.status, &reply.headers, reply.body.as_bytes());
+            Action::Pause
+        }
         Decision::Introspect { provider, token } => {
             introspect::start(vm, context_id, provider, token, resumed)
         }

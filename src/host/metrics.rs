@@ -23,6 +23,8 @@ pub struct Metrics {
     intro_latency: Option<u32>,
     jwt_cache_hits: Option<u32>,
     host_verifications: Option<u32>,
+    metadata_served: Option<u32>,
+    metadata_refused: Option<u32>,
 }
 
 fn counter(name: &str) -> Option<u32> {
@@ -59,6 +61,8 @@ impl Metrics {
             intro_evictions: counter("oauth_filter.introspection.cache_evictions"),
             jwt_cache_hits: counter("oauth_filter.jwt.cache_hits"),
             host_verifications: counter("oauth_filter.jwt.host_verifications"),
+            metadata_served: counter("oauth_filter.metadata.served"),
+            metadata_refused: counter("oauth_filter.metadata.refused"),
             intro_latency: abi::define_metric(
                 MetricType::Histogram,
                 "oauth_filter.introspection.latency_ms",
@@ -127,6 +131,16 @@ impl Metrics {
             Passed::Public => self.public,
             Passed::NoRule => self.no_rule,
         });
+    }
+
+    /// The filter answered under the well-known prefix: a document (`served`), or a 404 / 405
+    /// (`refused`; a preflight answer counts as neither).
+    pub fn metadata(&self, served: bool, refused: bool) {
+        if served {
+            bump(self.metadata_served);
+        } else if refused {
+            bump(self.metadata_refused);
+        }
     }
 
     pub fn denied(&self, reason: DenyReason) {
