@@ -6,7 +6,7 @@ WASM  := target/wasm32-wasip1/release/oauth_filter.wasm
 ENVOY_BIN = $(shell ls $(VENV)/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -n1)
 ENVOY_CONFIGS := $(shell find envoy -name '*.yaml' -exec grep -l 'static_resources' {} +)
 
-.PHONY: all build floor envoy oidc run test unit integration lint validate bench bench-instructions soak fuzz oci clean
+.PHONY: all build floor envoy oidc mcp run test unit integration lint validate bench bench-instructions soak fuzz oci clean
 
 all: build
 
@@ -40,20 +40,27 @@ tests/oidc/node_modules/.installed: tests/oidc/package.json tests/oidc/package-l
 	cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
+# An MCP server and the official MCP client SDK (npm @modelcontextprotocol/sdk): the upstream and
+# the client of tests/resource.rs and of `make run DEMO=mcp`.
+mcp: tests/mcp/node_modules/.installed
+tests/mcp/node_modules/.installed: tests/mcp/package.json tests/mcp/package-lock.json
+	cd tests/mcp && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 # Envoy with the filter in front of a demo upstream; prints curl commands with demo tokens.
 # DEMO=policy runs envoy/policy/envoy.yaml (RBAC and the access log after the filter) instead.
-run: build envoy oidc
+run: build envoy oidc mcp
 	DEMO=$(DEMO) ENVOY_BIN=$(ENVOY_BIN) cargo run --quiet --profile tools --example demo
 
 # Everything: unit tests of the core (native) and the integration suite in the real Envoy.
-test: build envoy oidc
+test: build envoy oidc mcp
 	ENVOY_BIN=$(ENVOY_BIN) OAUTH_FILTER_WASM=$(WASM) cargo test
 
 unit:
 	cargo test --lib
 
-integration: build envoy oidc
-	ENVOY_BIN=$(ENVOY_BIN) OAUTH_FILTER_WASM=$(WASM) cargo test --test envoy --test remote --test introspection --test credentials --test mesh --test policy
+integration: build envoy oidc mcp
+	ENVOY_BIN=$(ENVOY_BIN) OAUTH_FILTER_WASM=$(WASM) cargo test --test envoy --test remote --test introspection --test credentials --test mesh --test policy --test resource
 
 # The bench's reference modules: Wasm filters that validate nothing, to show what the host charges
 # any Wasm filter (examples/floor_filter.rs, examples/floor_callbacks.rs; README, Performance).

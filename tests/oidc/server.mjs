@@ -2,6 +2,8 @@
 // the client credentials grant. Resource indicators (RFC 8707) choose the access token format
 // and lifetime: https://orders.example gets JWT access tokens, https://opaque.example opaque
 // ones (both for 600 s), https://short.example JWTs that expire in 6 s (to watch refreshes).
+// An MCP server on this machine, http://127.0.0.1:PORT/mcp or http://localhost:PORT/mcp, gets
+// JWTs whose audience is that resource itself (RFC 8707, as MCP asks; tests/resource.rs).
 //
 //   node server.mjs PORT [ISSUER]
 //
@@ -87,6 +89,17 @@ const resources = {
   'https://short.example': { scope: 'orders:read', audience: 'orders-api', accessTokenFormat: 'jwt', accessTokenTTL: 6 },
 };
 
+// The MCP servers of the tests and the demo: on loopback, any port, path /mcp.
+const mcpResource = /^http:\/\/(127\.0\.0\.1|localhost):\d+\/mcp$/;
+
+function resourceServer(resource) {
+  if (resources[resource]) return resources[resource];
+  if (mcpResource.test(resource)) {
+    return { scope: 'mcp:tools mcp:admin', audience: resource, accessTokenFormat: 'jwt', accessTokenTTL: 600 };
+  }
+  throw new errors.InvalidTarget();
+}
+
 const provider = new Provider(issuer, {
   clients: [
     {
@@ -100,6 +113,14 @@ const provider = new Provider(issuer, {
     {
       client_id: 'orders-service',
       client_secret: 'orders-service-secret',
+      grant_types: ['client_credentials'],
+      redirect_uris: [],
+      response_types: [],
+      token_endpoint_auth_method: 'client_secret_basic',
+    },
+    {
+      client_id: 'mcp-agent',
+      client_secret: 'mcp-agent-secret',
       grant_types: ['client_credentials'],
       redirect_uris: [],
       response_types: [],
@@ -125,11 +146,7 @@ const provider = new Provider(issuer, {
       enabled: true,
       defaultResource: () => 'https://orders.example',
       useGrantedResource: () => true,
-      getResourceServerInfo: (ctx, resource) => {
-        const info = resources[resource];
-        if (!info) throw new errors.InvalidTarget();
-        return { ...info, jwt: { sign: { alg: 'RS256' } } };
-      },
+      getResourceServerInfo: (ctx, resource) => ({ ...resourceServer(resource), jwt: { sign: { alg: 'RS256' } } }),
     },
   },
   clientBasedCORS: () => false,
