@@ -256,7 +256,9 @@ fn decide_and_check(config: &Config, known: &dyn Known, request: Request<'_>) ->
         }
         Decision::Serve(reply) => {
             // Only the metadata paths are answered, and only with what was built at load.
-            assert!(request.path.starts_with("/.well-known/oauth-protected-resource"));
+            assert!(request
+                .path
+                .starts_with("/.well-known/oauth-protected-resource"));
             assert!([200, 204, 404, 405].contains(&reply.status));
             let built = config.resources.iter().any(|r| r.document == reply.body);
             assert_eq!(reply.served, reply.status == 200 && built);
