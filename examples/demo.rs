@@ -2,7 +2,9 @@
 //! what it receives, a demo authorization server (node-oidc-provider) whose keys the filter finds
 //! by OIDC discovery, and ready-to-paste curl commands with real access tokens.
 //! `make run DEMO=policy` runs envoy/policy/envoy.yaml instead (RBAC and the access log after
-//! the filter) and prints its curls.
+//! the filter) and prints its curls. `make run DEMO=mcp` runs envoy/mcp/envoy.yaml: the filter as
+//! the OAuth resource server of an MCP server (tests/mcp/server.mjs), with the curls of the
+//! 401 → metadata → token → 200 path and the MCP SDK client's command.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../tests/support/mod.rs"]
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 
 const CONFIG: &str = "envoy/envoy.yaml";
 const POLICY_CONFIG: &str = "envoy/policy/envoy.yaml";
+const MCP_CONFIG: &str = "envoy/mcp/envoy.yaml";
 const LISTEN: u16 = 10000;
 const ADMIN: u16 = 9901;
 const UPSTREAM: u16 = 8080;
@@ -23,10 +26,16 @@ fn main() {
     let wasm = support::root().join("target/wasm32-wasip1/release/oauth_filter.wasm");
     assert!(wasm.exists(), "build the module first: make build");
 
-    let policy = std::env::var("DEMO").is_ok_and(|d| d == "policy");
-    let config = if policy { POLICY_CONFIG } else { CONFIG };
+    let demo = std::env::var("DEMO").unwrap_or_default();
+    let (policy, mcp) = (demo == "policy", demo == "mcp");
+    let config = match demo.as_str() {
+        "policy" => POLICY_CONFIG,
+        "mcp" => MCP_CONFIG,
+        _ => CONFIG,
+    };
     let idp = support::Oidc::start_on(IDP).unwrap_or_else(|why| panic!("{why}"));
-    let _upstream = support::Upstream::start_on(UPSTREAM);
+    let _upstream = (!mcp).then(|| support::Upstream::start_on(UPSTREAM));
+    let _mcp_server = mcp.then(mcp_server);
     let mut envoy = Command::new(support::envoy_bin())
         .args(["-c", config, "--concurrency", "1", "--disable-hot-restart"])
         .args(["--log-level", "warn", "--component-log-level", "wasm:info"])
@@ -42,8 +51,12 @@ fn main() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    if policy {
-        print_policy_curls(&idp);
+    if policy || mcp {
+        if policy {
+            print_policy_curls(&idp);
+        } else {
+            print_mcp_curls(&idp);
+        }
         let _ = envoy.wait();
         return;
     }
@@ -121,5 +134,62 @@ curl -i -X OPTIONS -H "Origin: https://app.example" -H "Access-Control-Request-M
 
 Press Ctrl-C to stop.
 "#
+    );
+}
+
+/// The demo MCP server (tests/mcp/server.mjs) on the upstream's port, killed on drop.
+struct McpServer(std::process::Child);
+
+impl Drop for McpServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn mcp_server() -> McpServer {
+    let child = Command::new("node")
+        .args(["server.mjs", &UPSTREAM.to_string()])
+        .current_dir(support::root().join("tests/mcp"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the MCP server (make mcp)");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", UPSTREAM)).is_err() {
+        assert!(Instant::now() < deadline, "the MCP server did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    McpServer(child)
+}
+
+/// The curls of envoy/mcp/envoy.yaml: what an MCP client does, step by step.
+fn print_mcp_curls(idp: &support::Oidc) {
+    let url = format!("http://127.0.0.1:{LISTEN}");
+    println!(
+        r#"
+Envoy is listening on {url}: the OAuth filter is the resource server of the MCP server behind it.
+
+# 1. No token: 401; the challenge names the resource's metadata (RFC 9728) and the scope
+curl -i -X POST {url}/mcp
+
+# 2. The metadata, served by the filter: the resource and its authorization server
+curl -s {url}/.well-known/oauth-protected-resource/mcp
+
+# 3. A token for that resource (RFC 8707), from that authorization server
+TOKEN=$(curl -s -u mcp-agent:mcp-agent-secret -d grant_type=client_credentials \
+  --data-urlencode resource={url}/mcp -d scope=mcp:tools {issuer}/token | sed 's/.*"access_token":"\([^"]*\)".*/\1/')
+
+# 4. The MCP server answers (initialize); the filter told it the caller (x-client-id)
+curl -i -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+  -H 'Accept: application/json, text/event-stream' -X POST {url}/mcp \
+  -d '{{"jsonrpc":"2.0","id":1,"method":"initialize","params":{{"protocolVersion":"2025-06-18","capabilities":{{}},"clientInfo":{{"name":"curl","version":"1"}}}}}}'
+
+# The same with the official MCP client SDK, which discovers all of it from the 401:
+(cd tests/mcp && node client.mjs {url}/mcp {issuer} mcp-agent mcp-agent-secret mcp:tools)
+
+Press Ctrl-C to stop.
+"#,
+        issuer = idp.issuer
     );
 }

@@ -22,26 +22,6 @@ use support::{free_port, request_id, Envoy, Oidc, Reply, Scripted, Upstream};
 
 const ISSUER: &str = "https://idp.example.com";
 
-/// The documents of a YAML file, as JSON (PyYAML in the project's virtualenv, which
-/// `make envoy` installs beside Envoy).
-fn yaml_documents(path: &str) -> Vec<Value> {
-    let python = support::root().join(".venv/bin/python");
-    let out = std::process::Command::new(&python)
-        .args([
-            "-c",
-            "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
-        ])
-        .arg(support::root().join(path))
-        .output()
-        .expect("run the virtualenv's python (make envoy)");
-    assert!(
-        out.status.success(),
-        "{path}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// A stand-in for idp.example.com: discovery, keys, and an introspection endpoint that says
 /// `partner-token` is active.
 fn identity_provider(signer: &Signer) -> Scripted {
@@ -121,7 +101,7 @@ impl Example {
 /// node-oidc-provider calling itself the issuer the configuration expects), the module's path,
 /// and what `adjust` changes; with its authorization server and that issuer.
 fn run_bootstrap(path: &str, adjust: impl FnOnce(&mut Value)) -> (Example, Oidc, String) {
-    let mut boot = yaml_documents(path).remove(0);
+    let mut boot = support::yaml_documents(path).remove(0);
     let loopback =
         |port: u16| json!({"socket_address": {"address": "127.0.0.1", "port_value": port}});
     let (port, admin) = (free_port(), free_port());
@@ -296,7 +276,7 @@ fn main() {
     });
 
     run.case("istio_wasmplugin_example_works_as_documented", || {
-        let docs = yaml_documents("envoy/istio/wasmplugin.yaml");
+        let docs = support::yaml_documents("envoy/istio/wasmplugin.yaml");
         let plugin = &docs[0];
         assert_eq!(plugin["kind"], "WasmPlugin");
         assert_eq!(plugin["spec"]["failStrategy"], "FAIL_CLOSE");
@@ -320,7 +300,7 @@ fn main() {
     run.case(
         "istio_egress_example_names_the_cluster_the_plugin_calls",
         || {
-            let docs = yaml_documents("envoy/istio/idp-egress.yaml");
+            let docs = support::yaml_documents("envoy/istio/idp-egress.yaml");
             let entry = docs.iter().find(|d| d["kind"] == "ServiceEntry").unwrap();
             let rule = docs
                 .iter()
@@ -330,7 +310,7 @@ fn main() {
             let port = &entry["spec"]["ports"][0];
             // outbound|PORT||HOST: the cluster wasmplugin.yaml uses.
             let cluster = format!("outbound|{}||{host}", port["number"]);
-            let plugin = yaml_documents("envoy/istio/wasmplugin.yaml");
+            let plugin = support::yaml_documents("envoy/istio/wasmplugin.yaml");
             let uses = plugin[0]["spec"]["pluginConfig"].to_string();
             assert!(uses.contains(&cluster), "{cluster} not in the WasmPlugin");
             assert_eq!(port["targetPort"], 443);
@@ -342,7 +322,7 @@ fn main() {
     );
 
     run.case("envoy_gateway_policy_example_works_as_documented", || {
-        let docs = yaml_documents("envoy/gateway/extension-policy.yaml");
+        let docs = support::yaml_documents("envoy/gateway/extension-policy.yaml");
         let policy = docs
             .iter()
             .find(|d| d["kind"] == "EnvoyExtensionPolicy")

@@ -138,7 +138,7 @@ fn main() {
         );
     });
     drop(env);
-    mcp_cases(&mut run, &wasm);
+    mcp_cases(&mut run);
     std::process::exit(run.finish());
 }
 
@@ -506,26 +506,39 @@ impl Mcp {
     }
 }
 
-/// The filter in front of the MCP server, trusting node-oidc-provider (RFC 9068 tokens, keys
-/// from its JWKS), as envoy/mcp/envoy.yaml does.
-fn mcp_config(resource: &str, issuer: &str) -> String {
-    json!({
-        "realm": "mcp",
-        "protected_resources": {"mcp": {
-            "resource": resource, "authorization_servers": [issuer],
-            "scopes_supported": ["mcp:tools"], "resource_name": "Demo MCP server"}},
-        "providers": {"oidc": {
-            "issuer": issuer, "jwt_profile": "rfc9068",
-            "remote_jwks": {"http_uri": {"uri": format!("{issuer}/jwks"), "cluster": "idp", "timeout": "2s"}},
-            "claim_to_headers": [{"header_name": "x-client-id", "claim_name": "client_id"}]
-        }},
-        "rules": [{"match": {"prefix": "/mcp"}, "protected_resource": "mcp",
-                   "requires": {"provider_name": "oidc", "scopes": ["mcp:tools"]}}]
-    })
-    .to_string()
+/// envoy/mcp/envoy.yaml as it is but for addresses: the listener and admin on free ports, its
+/// clusters at the MCP server and node-oidc-provider, the resource and the issuer renamed to
+/// where they really are (an MCP client accepts only a resource on the server's own origin).
+fn example_bootstrap(port: u16, admin: u16, mcp_port: u16, oidc: &Oidc) -> Value {
+    let mut boot = support::yaml_documents("envoy/mcp/envoy.yaml").remove(0);
+    let loopback =
+        |port: u16| json!({"socket_address": {"address": "127.0.0.1", "port_value": port}});
+    boot["admin"]["address"] = loopback(admin);
+    let listener = &mut boot["static_resources"]["listeners"][0];
+    listener["address"] = loopback(port);
+    let wasm = &mut listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]
+        ["typed_config"]["config"];
+    wasm["vm_config"]["code"]["local"]["filename"] = json!(support::wasm_module());
+    let value = &mut wasm["configuration"]["value"];
+    let mut config: Value = serde_json::from_str(value.as_str().unwrap()).unwrap();
+    let resource = &mut config["protected_resources"]["mcp"];
+    resource["resource"] = json!(format!("http://127.0.0.1:{port}/mcp"));
+    resource["authorization_servers"] = json!([oidc.issuer]);
+    config["providers"]["idp"]["issuer"] = json!(oidc.issuer);
+    *value = json!(config.to_string());
+    for cluster in boot["static_resources"]["clusters"].as_array_mut().unwrap() {
+        let to = if cluster["name"] == "mcp_server" {
+            mcp_port
+        } else {
+            oidc.port
+        };
+        cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] =
+            loopback(to);
+    }
+    boot
 }
 
-fn start_mcp(wasm: &std::path::Path) -> Mcp {
+fn start_mcp() -> Mcp {
     let oidc = Oidc::start().unwrap_or_else(|why| panic!("{why}"));
     let mcp_port = free_port();
     let server = Node::spawn(&["server.mjs", &mcp_port.to_string()]);
@@ -533,21 +546,18 @@ fn start_mcp(wasm: &std::path::Path) -> Mcp {
         .line_starting("ready", Duration::from_secs(30))
         .is_some());
     let (port, admin) = (free_port(), free_port());
-    let resource = format!("http://127.0.0.1:{port}/mcp");
-    let config = mcp_config(&resource, &oidc.issuer);
-    let idp = [("idp", oidc.port)];
-    let boot = support::bootstrap_with(port, admin, mcp_port, wasm, &config, &idp);
+    let boot = example_bootstrap(port, admin, mcp_port, &oidc);
     let envoy = Envoy::start(&boot, port, admin).unwrap_or_else(|log| panic!("{log}"));
     Mcp {
         oidc,
         server,
         envoy,
-        resource,
+        resource: format!("http://127.0.0.1:{port}/mcp"),
     }
 }
 
-fn mcp_cases(run: &mut support::Runner, wasm: &std::path::Path) {
-    let mcp = start_mcp(wasm);
+fn mcp_cases(run: &mut support::Runner) {
+    let mcp = start_mcp();
     run.case(
         "mcp_sdk_discovers_the_authorization_server_and_calls_a_tool",
         || sdk_flow(&mcp),

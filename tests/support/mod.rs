@@ -497,6 +497,26 @@ pub fn admin_get(port: u16, path: &str) -> Option<String> {
     (r.status == 200).then_some(r.body)
 }
 
+/// The documents of a YAML file, as JSON (PyYAML in the project's virtualenv, which
+/// `make envoy` installs beside Envoy).
+pub fn yaml_documents(path: &str) -> Vec<Value> {
+    let python = root().join(".venv/bin/python");
+    let out = Command::new(&python)
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
+        ])
+        .arg(root().join(path))
+        .output()
+        .expect("run the virtualenv's python (make envoy)");
+    assert!(
+        out.status.success(),
+        "{path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Envoy.
 
