@@ -55,6 +55,18 @@ fn policy_config(filter: &Value, partner: &Signer) -> Value {
     policy
 }
 
+/// `filter` with its one rule protecting a resource (RFC 9728): the metadata path check every
+/// request passes through, and the resource's audiences and hints on the rule. What a protected
+/// resource costs a request, against the plain rule of the hot setup.
+fn resource_config(filter: &Value) -> Value {
+    let mut protected = filter.clone();
+    protected["protected_resources"] = json!({"api": {
+        "resource": "https://api.test/orders", "authorization_servers": ["https://idp.test"],
+        "scopes_supported": ["orders:read"], "audiences": ["orders-api"]}});
+    protected["rules"][0]["protected_resource"] = json!("api");
+    protected
+}
+
 /// `count` distinct tokens of `signer`, signed on all cores, one per line in `path`.
 fn token_file(path: &Path, signer: &Signer, count: usize) {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -131,7 +143,7 @@ fn jwt_authn(jwks_text: &str, cache: bool) -> Value {
 }
 
 /// The ratios reported: label, setup, baseline setup (names of setups), target.
-const RATIOS: [(&str, &str, &str, f64); 13] = [
+const RATIOS: [(&str, &str, &str, f64); 14] = [
     (
         "RS256 cold / jwt_authn without cache",
         COLD,
@@ -180,6 +192,12 @@ const RATIOS: [(&str, &str, &str, f64); 13] = [
     ),
     ("RS256 hot / floor + host calls", HOT, CROSSINGS, f64::NAN),
     ("RS256 hot, policy rule / RS256 hot", POLICY, HOT, f64::NAN),
+    (
+        "RS256 hot, protected resource / RS256 hot",
+        RESOURCE,
+        HOT,
+        f64::NAN,
+    ),
 ];
 
 const NONE: &str = "no filter";
@@ -188,6 +206,7 @@ const AUTHN_CACHE: &str = "jwt_authn RS256, cache";
 const COLD: &str = "oauth-filter RS256 cold";
 const HOT: &str = "oauth-filter RS256 hot";
 const POLICY: &str = "oauth-filter RS256 hot, policy rule";
+const RESOURCE: &str = "oauth-filter RS256 hot, protected resource";
 const ES: &str = "oauth-filter ES256 cold";
 const ED: &str = "oauth-filter EdDSA cold";
 const PUBLIC: &str = "oauth-filter, public route (no token work)";
@@ -552,6 +571,7 @@ end
     std::fs::write(dir.join("jwks.json"), &keys).unwrap();
     let ours = wasm_filter(&wasm, &filter.to_string());
     let ours_policy = wasm_filter(&wasm, &policy_config(&filter, &es).to_string());
+    let ours_resource = wasm_filter(&wasm, &resource_config(&filter).to_string());
     let mut public = filter.clone();
     public["rules"] = json!([{"match": {"prefix": "/"}}]);
     let ours_public = wasm_filter(&wasm, &public.to_string());
@@ -590,6 +610,12 @@ end
         Setup {
             name: POLICY,
             filters: vec![ours_policy],
+            tokens: hot.clone(),
+            checks: true,
+        },
+        Setup {
+            name: RESOURCE,
+            filters: vec![ours_resource],
             tokens: hot.clone(),
             checks: true,
         },

@@ -140,9 +140,13 @@ fn jwt_config() -> &'static Config {
                     {"header_name": "x-scope", "claim_name": "scope"}
                 ]
             }},
+            "protected_resources": {"api": {"resource": "https://idp.example/api",
+                                            "authorization_servers": ["https://idp.example"]}},
             "rules": [
                 {"match": {"prefix": "/public"}},
                 {"match": {"prefix": "/admin"}, "requires": {"provider_name": "corp", "scopes": ["admin"]}},
+                {"match": {"prefix": "/step"}, "protected_resource": "api", "requires": {
+                    "provider_name": "corp", "acr_values": ["phr"], "max_age": 300}},
                 {"match": {"prefix": "/"}, "requires": {"provider_name": "corp", "scopes": ["read"]}}
             ]
         });
@@ -608,7 +612,9 @@ pub fn config(data: &[u8]) {
             assert!(requires.providers(count).iter().all(|p| p < count));
             assert_eq!(rule.providers, requires.providers(count));
         }
+        assert!(rule.resource.is_none_or(|r| r < config.resources.len()));
     }
+    check_resources(&config);
     let token = good_token();
     let query = format!("/api/orders?access_token={token}");
     let bearer = format!("Bearer {token}");
@@ -643,6 +649,31 @@ pub fn config(data: &[u8]) {
         };
         decide_and_check(&config, &LocalKeys(&config), request);
         decide_and_check(&config, &Fixed { answer }, request);
+    }
+}
+
+/// Each protected resource's document is JSON naming the configured resource, is served at its
+/// own path (GET), and its URL, the challenges' `resource_metadata`, is quotable.
+fn check_resources(config: &Config) {
+    for r in &config.resources {
+        let doc: Value = serde_json::from_str(&r.document).expect("a document is JSON");
+        assert_eq!(doc["resource"].as_str(), Some(r.resource.as_str()));
+        assert!(r
+            .metadata_path
+            .starts_with(oauth_filter::resource::WELL_KNOWN));
+        assert!(r.metadata_url.ends_with(&r.metadata_path));
+        assert!(plain(&r.metadata_url), "{:?}", r.metadata_url);
+        assert!(!r.audiences.is_empty());
+        let get = [(":method", &b"GET"[..])];
+        let request = Request {
+            path: &r.metadata_path,
+            headers: &get,
+            now: NOW,
+        };
+        let Decision::Serve(reply) = decide_and_check(config, &LocalKeys(config), request) else {
+            panic!("{} is not served", r.metadata_path);
+        };
+        assert_eq!((reply.status, &reply.body), (200, &r.document));
     }
 }
 
