@@ -27,7 +27,7 @@ fn main() {
     assert!(wasm.exists(), "build the module first: make build");
 
     let demo = std::env::var("DEMO").unwrap_or_default();
-    let (policy, mcp) = (demo == "policy", demo == "mcp");
+    let mcp = demo == "mcp";
     let config = match demo.as_str() {
         "policy" => POLICY_CONFIG,
         "mcp" => MCP_CONFIG,
@@ -36,6 +36,17 @@ fn main() {
     let idp = support::Oidc::start_on(IDP).unwrap_or_else(|why| panic!("{why}"));
     let _upstream = (!mcp).then(|| support::Upstream::start_on(UPSTREAM));
     let _mcp_server = mcp.then(mcp_server);
+    let mut envoy = start_envoy(config);
+    match demo.as_str() {
+        "policy" => print_policy_curls(&idp),
+        "mcp" => print_mcp_curls(&idp),
+        _ => print_curls(&idp),
+    }
+    let _ = envoy.wait();
+}
+
+/// Envoy with `config`, once it is ready.
+fn start_envoy(config: &str) -> std::process::Child {
     let mut envoy = Command::new(support::envoy_bin())
         .args(["-c", config, "--concurrency", "1", "--disable-hot-restart"])
         .args(["--log-level", "warn", "--component-log-level", "wasm:info"])
@@ -50,16 +61,11 @@ fn main() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    envoy
+}
 
-    if policy || mcp {
-        if policy {
-            print_policy_curls(&idp);
-        } else {
-            print_mcp_curls(&idp);
-        }
-        let _ = envoy.wait();
-        return;
-    }
+/// The curls of envoy/envoy.yaml, with fresh tokens.
+fn print_curls(idp: &support::Oidc) {
     let reader = idp.token("https://orders.example", "orders:read");
     let admin = idp.token("https://orders.example", "orders:read orders:admin");
     let forged = {
@@ -104,7 +110,6 @@ Press Ctrl-C to stop.
 "#,
         issuer = idp.issuer
     );
-    let _ = envoy.wait();
 }
 
 /// The curls of envoy/policy/envoy.yaml; Envoy's access log (on its stdout) names each caller.

@@ -127,6 +127,9 @@ fn main() {
     });
     run.case("the_resource_sets_the_audience", || audiences(&env));
     run.case("step_up_challenges", || step_up(&env));
+    run.case("step_up_claims_of_wrong_types_are_invalid", || {
+        step_up_claims_of_wrong_types(&env)
+    });
     run.case("metrics", || metrics(&env));
     run.case("nothing_refused_reached_the_upstream", || {
         // The upstream saw exactly the requests the filter let through.
@@ -338,16 +341,17 @@ fn audiences(env: &Env) {
         .allowed();
 }
 
+/// Claims with both scopes of /mcp/admin, this `acr` and `auth_time` (null: none at all).
+fn user(acr: Value, auth_time: Value) -> Value {
+    let mut c = claims(json!(TOOLS), "tools:read tools:call");
+    c["acr"] = acr;
+    c["auth_time"] = auth_time;
+    c.as_object_mut().unwrap().retain(|_, v| !v.is_null());
+    c
+}
+
 fn step_up(env: &Env) {
     let t = now();
-    let user = |acr: Value, auth_time: Value| {
-        let mut c = claims(json!(TOOLS), "tools:read tools:call");
-        c["acr"] = acr;
-        c["auth_time"] = auth_time;
-        // Null stands for "no auth_time at all".
-        c.as_object_mut().unwrap().retain(|_, v| !v.is_null());
-        c
-    };
     let seen = env.with("/mcp/admin", Some(&user(json!("phr"), json!(t - 10))));
     assert_eq!(seen.allowed().header("x-user"), Some("alice"));
     let cases = [
@@ -379,7 +383,15 @@ fn step_up(env: &Env) {
         assert!(got.ends_with(&end), "{got} should end with {end}");
         assert!(o.seen.is_none());
     }
-    // Claims of the wrong type make the token invalid, not too weak.
+    // Scopes come first: a token lacking both gets the 403.
+    let mut weak = user(json!("pwd"), json!(t));
+    weak["scope"] = json!("tools:read");
+    assert_eq!(env.with("/mcp/admin", Some(&weak)).response.status, 403);
+}
+
+/// Claims of the wrong type make the token invalid, not too weak.
+fn step_up_claims_of_wrong_types(env: &Env) {
+    let t = now();
     for (c, why) in [
         (user(json!(["phr"]), json!(t)), "acr is not a string"),
         (user(json!(2), json!(t)), "acr is not a string"),
@@ -402,10 +414,6 @@ fn step_up(env: &Env) {
         );
         assert!(o.seen.is_none());
     }
-    // Scopes come first: a token lacking both gets the 403.
-    let mut weak = user(json!("pwd"), json!(t));
-    weak["scope"] = json!("tools:read");
-    assert_eq!(env.with("/mcp/admin", Some(&weak)).response.status, 403);
 }
 
 fn metrics(env: &Env) {
@@ -592,6 +600,21 @@ fn sdk_flow(mcp: &Mcp) {
         out["whoami"], "mcp-agent",
         "the server saw another identity"
     );
+    exchanges(mcp, &out);
+    // The token is an RFC 9068 token for the resource.
+    let access = out["token"].as_str().unwrap();
+    let part = |i: usize| -> Value {
+        serde_json::from_slice(&unb64(access.split('.').nth(i).unwrap())).unwrap()
+    };
+    assert_eq!(part(0)["typ"], "at+jwt");
+    assert_eq!(part(1)["aud"], mcp.resource.as_str());
+    assert_eq!(part(1)["client_id"], "mcp-agent");
+}
+
+/// The SDK's HTTP exchanges, in order: the filter's exact challenge, the metadata it named,
+/// the authorization server's metadata, the token request for the resource, the retry.
+fn exchanges(mcp: &Mcp, out: &Value) {
+    let issuer = &mcp.oidc.issuer;
     let ex = out["exchanges"].as_array().unwrap();
     let metadata = format!(
         "http://127.0.0.1:{}/.well-known/oauth-protected-resource/mcp",
@@ -636,14 +659,6 @@ fn sdk_flow(mcp: &Mcp) {
         (after["url"].as_str(), after["status"].as_u64()),
         (Some(&mcp.resource[..]), Some(200))
     );
-    // The token is an RFC 9068 token for the resource.
-    let access = out["token"].as_str().unwrap();
-    let part = |i: usize| -> Value {
-        serde_json::from_slice(&unb64(access.split('.').nth(i).unwrap())).unwrap()
-    };
-    assert_eq!(part(0)["typ"], "at+jwt");
-    assert_eq!(part(1)["aud"], mcp.resource.as_str());
-    assert_eq!(part(1)["client_id"], "mcp-agent");
 }
 
 /// An MCP `initialize` request with this token.

@@ -258,15 +258,7 @@ fn decide_and_check(config: &Config, known: &dyn Known, request: Request<'_>) ->
             assert_eq!(challenge.status, status);
             let _ = challenge.headers();
         }
-        Decision::Serve(reply) => {
-            // Only the metadata paths are answered, and only with what was built at load.
-            assert!(request
-                .path
-                .starts_with("/.well-known/oauth-protected-resource"));
-            assert!([200, 204, 404, 405].contains(&reply.status));
-            let built = config.resources.iter().any(|r| r.document == reply.body);
-            assert_eq!(reply.served, reply.status == 200 && built);
-        }
+        Decision::Serve(reply) => check_served(config, request.path, reply),
         Decision::Wait { provider, .. } => assert!(*provider < config.providers.len()),
         Decision::AwaitCredential { client, .. } => assert!(*client < config.clients.len()),
         Decision::Introspect { provider, token } => {
@@ -275,6 +267,14 @@ fn decide_and_check(config: &Config, known: &dyn Known, request: Request<'_>) ->
         }
     }
     decision
+}
+
+/// Only the metadata paths are answered, and only with what was built at load.
+fn check_served(config: &Config, path: &str, reply: &oauth_filter::resource::Reply) {
+    assert!(path.starts_with(oauth_filter::resource::WELL_KNOWN));
+    assert!([200, 204, 404, 405].contains(&reply.status));
+    let built = config.resources.iter().any(|r| r.document == reply.body);
+    assert_eq!(reply.served, reply.status == 200 && built);
 }
 
 /// Whether `s` serializes as JSON without escapes.
