@@ -409,14 +409,15 @@ pub fn request(
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     stream.write_all(&req).unwrap();
-    let raw = read_response(&mut stream);
+    let raw = read_response(&mut stream, method == "HEAD");
     let _ = stream.shutdown(Shutdown::Both);
     parse_response(&raw)
 }
 
-/// Reads one response: the head, then `content-length` bytes, or to the end of the stream.
-/// (Reading to the end after a local reply would wait for Envoy's delayed close.)
-fn read_response(stream: &mut TcpStream) -> Vec<u8> {
+/// Reads one response: the head, then `content-length` bytes (none for a `HEAD` request or a
+/// 204), or to the end of the stream. (Reading to the end after a local reply would wait for
+/// Envoy's delayed close.)
+fn read_response(stream: &mut TcpStream, head: bool) -> Vec<u8> {
     let mut raw = Vec::new();
     let mut buf = [0u8; 16384];
     loop {
@@ -428,8 +429,12 @@ fn read_response(stream: &mut TcpStream) -> Vec<u8> {
         let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
             continue;
         };
-        let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
-        let length = head
+        let text = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+        if head || text.starts_with("http/1.1 204") {
+            raw.truncate(end + 4);
+            return raw;
+        }
+        let length = text
             .lines()
             .find_map(|l| l.strip_prefix("content-length:"))
             .and_then(|v| v.trim().parse::<usize>().ok());
