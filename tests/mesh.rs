@@ -329,6 +329,16 @@ fn main() {
             .unwrap();
         let wasm = &policy["spec"]["wasm"][0];
         assert_eq!(wasm["failOpen"], false);
+        // Versions the CRDs of Envoy Gateway 1.6 to 1.9 and Gateway API 1.4 to 1.6 (standard
+        // channel) serve: BackendTLSPolicy is v1 there, v1alpha3 is gone.
+        for doc in &docs {
+            let served = match doc["kind"].as_str().unwrap() {
+                "HTTPRoute" | "BackendTLSPolicy" => "gateway.networking.k8s.io/v1",
+                "EnvoyExtensionPolicy" | "Backend" => "gateway.envoyproxy.io/v1alpha1",
+                other => panic!("unexpected kind {other}"),
+            };
+            assert_eq!(doc["apiVersion"], served, "{}", doc["kind"]);
+        }
         // The callout route's first rule is the cluster the configuration names.
         let route = docs.iter().find(|d| d["kind"] == "HTTPRoute").unwrap();
         let cluster = format!(
