@@ -17,11 +17,13 @@ pub mod identity;
 pub mod introspection;
 pub mod json;
 pub mod jwt;
+pub mod metrics;
 pub mod regex;
 pub mod remote;
 pub mod requirement;
 pub mod resource;
 pub mod route;
+pub mod shell;
 pub mod throttle;
 
 #[cfg(test)]
@@ -30,3 +32,6 @@ mod testkit;
 
 #[cfg(target_arch = "wasm32")]
 mod host;
+
+#[cfg(all(feature = "native", not(target_arch = "wasm32")))]
+mod native;

@@ -10,6 +10,7 @@ use crate::cache;
 use crate::challenge::{self, Challenge, DenyReason};
 use crate::decision::{self, Decision, Forward, Request, Verified};
 use crate::headers;
+use crate::shell;
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -115,7 +116,7 @@ fn act(
             vm.borrow()
                 .metrics
                 .metadata(reply.served, reply.status >= 400);
-            abi::send_http_response(reply.status, &reply.headers, reply.body.as_bytes());
+            shell::serve(&mut WasmRequest, &reply);
             Action::Pause
         }
         Decision::Introspect { provider, token } => {
@@ -152,7 +153,7 @@ fn allow(
     resumed: bool,
     now: u64,
 ) -> Action {
-    apply(&forward);
+    shell::apply(&mut WasmRequest, &forward);
     {
         let state = vm.borrow();
         state.metrics.passed(forward.passed);
@@ -233,30 +234,28 @@ pub fn deny(challenge: &Challenge, vm: Option<&Vm>) -> Action {
         vm.metrics.denied(challenge.reason);
     }
     log::debug!("oauth-filter: denied: {}", challenge.reason.name());
-    abi::send_http_response(
-        challenge.status,
-        &challenge.headers(),
-        challenge.body.as_bytes(),
-    );
+    shell::deny(&mut WasmRequest, challenge);
     Action::Pause
 }
 
-fn apply(forward: &Forward) {
-    const REQUEST: MapType = MapType::HttpRequestHeaders;
-    // Setting a header replaces all its values, so a header about to be set needs no removal
-    // (each host call costs: the host also clears its route cache on every change).
-    for name in &forward.remove {
-        if !forward.set.iter().any(|(set, _)| set == name) {
-            let _ = abi::set_map_value(REQUEST, name, None);
-        }
+/// The request of the current effective context, through proxy-wasm host calls.
+struct WasmRequest;
+
+impl shell::RequestHost for WasmRequest {
+    fn remove_header(&mut self, name: &str) {
+        let _ = abi::set_map_value(MapType::HttpRequestHeaders, name, None);
     }
-    for (name, value) in &forward.set {
-        let _ = abi::set_map_value(REQUEST, name, Some(value.as_bytes()));
+
+    fn set_header(&mut self, name: &str, value: &[u8]) {
+        let _ = abi::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
     }
-    if let Some(path) = &forward.path {
-        let _ = abi::set_map_value(REQUEST, ":path", Some(path.as_bytes()));
+
+    /// Envoy stores what a Wasm filter sets as `wasm.KEY`.
+    fn set_filter_state(&mut self, key: &str, value: &[u8]) {
+        let _ = abi::set_property(key, value);
     }
-    for (key, value) in &forward.filter_state {
-        let _ = abi::set_property(key, value.as_bytes());
+
+    fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        abi::send_http_response(status, headers, body);
     }
 }

@@ -3,16 +3,13 @@
 use super::abi::{self, MetricType};
 use crate::challenge::DenyReason;
 use crate::decision::Passed;
+use crate::metrics::{self, REQUEST_COUNTERS};
 
 /// Counter ids, defined once per VM (Envoy shares counters of the same name across VMs).
 #[derive(Debug, Default, Clone)]
 pub struct Metrics {
-    authenticated: Option<u32>,
-    anonymous: Option<u32>,
-    preflight: Option<u32>,
-    public: Option<u32>,
-    no_rule: Option<u32>,
-    denied: [Option<u32>; DenyReason::ALL.len()],
+    /// [`crate::metrics::REQUEST_COUNTERS`], by index.
+    requests: [Option<u32>; REQUEST_COUNTERS.len()],
     jwks_fetch_ok: Option<u32>,
     jwks_fetch_failed: Option<u32>,
     intro_calls: Option<u32>,
@@ -23,8 +20,6 @@ pub struct Metrics {
     intro_latency: Option<u32>,
     jwt_cache_hits: Option<u32>,
     host_verifications: Option<u32>,
-    metadata_served: Option<u32>,
-    metadata_refused: Option<u32>,
 }
 
 fn counter(name: &str) -> Option<u32> {
@@ -46,12 +41,7 @@ fn bump(id: Option<u32>) {
 impl Metrics {
     pub fn define() -> Metrics {
         Metrics {
-            authenticated: counter("oauth_filter.allowed"),
-            anonymous: counter("oauth_filter.anonymous"),
-            preflight: counter("oauth_filter.cors_preflight"),
-            public: counter("oauth_filter.public"),
-            no_rule: counter("oauth_filter.no_rule"),
-            denied: DenyReason::ALL.map(|r| counter(&format!("oauth_filter.denied.{}", r.name()))),
+            requests: REQUEST_COUNTERS.map(counter),
             jwks_fetch_ok: counter("oauth_filter.jwks.fetch_success"),
             jwks_fetch_failed: counter("oauth_filter.jwks.fetch_failure"),
             intro_calls: counter("oauth_filter.introspection.calls"),
@@ -61,8 +51,6 @@ impl Metrics {
             intro_evictions: counter("oauth_filter.introspection.cache_evictions"),
             jwt_cache_hits: counter("oauth_filter.jwt.cache_hits"),
             host_verifications: counter("oauth_filter.jwt.host_verifications"),
-            metadata_served: counter("oauth_filter.metadata.served"),
-            metadata_refused: counter("oauth_filter.metadata.refused"),
             intro_latency: abi::define_metric(
                 MetricType::Histogram,
                 "oauth_filter.introspection.latency_ms",
@@ -124,29 +112,18 @@ impl Metrics {
     }
 
     pub fn passed(&self, passed: Passed) {
-        bump(match passed {
-            Passed::Authenticated => self.authenticated,
-            Passed::Anonymous => self.anonymous,
-            Passed::Preflight => self.preflight,
-            Passed::Public => self.public,
-            Passed::NoRule => self.no_rule,
-        });
+        bump(self.requests[metrics::passed(passed)]);
     }
 
-    /// The filter answered under the well-known prefix: a document (`served`), or a 404 / 405
-    /// (`refused`; a preflight answer counts as neither).
+    /// The filter answered under the well-known prefix (see [`metrics::metadata`]).
     pub fn metadata(&self, served: bool, refused: bool) {
-        if served {
-            bump(self.metadata_served);
-        } else if refused {
-            bump(self.metadata_refused);
+        if let Some(i) = metrics::metadata(served, refused) {
+            bump(self.requests[i]);
         }
     }
 
     pub fn denied(&self, reason: DenyReason) {
-        if let Some(i) = DenyReason::ALL.iter().position(|r| *r == reason) {
-            bump(self.denied[i]);
-        }
+        bump(self.requests[metrics::denied(reason)]);
     }
 }
 

@@ -1,0 +1,131 @@
+//! What every shell does with a decision on one request, written once over [`RequestHost`]: the
+//! few host operations a shell implements (the proxy-wasm shell with its host calls, the native
+//! Envoy dynamic module with its callbacks). The decision itself is the core's
+//! ([`crate::decision`]); this is only how its answer reaches the host, in the order that keeps
+//! host calls few.
+
+use crate::challenge::Challenge;
+use crate::decision::Forward;
+use crate::resource::Reply;
+
+/// The request-side operations of a host, on the request being decided.
+pub trait RequestHost {
+    /// Removes every value of request header `name`.
+    fn remove_header(&mut self, name: &str);
+    /// Sets request header `name` to `value`, replacing every value it had (`:path` included).
+    fn set_header(&mut self, name: &str, value: &[u8]);
+    /// Sets the filter state `key` (as configured; the shell adds Envoy's `wasm.` prefix where
+    /// the host does not) to a plain value.
+    fn set_filter_state(&mut self, key: &str, value: &[u8]);
+    /// Answers the request itself with this status, these headers and this body.
+    fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]);
+}
+
+/// Applies an allowed request's changes: removals (of headers not about to be set: setting
+/// replaces every value, and each change costs a host call and a route-cache clear), the
+/// headers set, the new `:path`, the filter state.
+pub fn apply(host: &mut impl RequestHost, forward: &Forward) {
+    for name in &forward.remove {
+        if !forward.set.iter().any(|(set, _)| set == name) {
+            host.remove_header(name);
+        }
+    }
+    for (name, value) in &forward.set {
+        host.set_header(name, value.as_bytes());
+    }
+    if let Some(path) = &forward.path {
+        host.set_header(":path", path.as_bytes());
+    }
+    for (key, value) in &forward.filter_state {
+        host.set_filter_state(key, value.as_bytes());
+    }
+}
+
+/// Answers the request with `challenge` (RFC 6750, or a 503).
+pub fn deny(host: &mut impl RequestHost, challenge: &Challenge) {
+    host.send_response(
+        challenge.status,
+        &challenge.headers(),
+        challenge.body.as_bytes(),
+    );
+}
+
+/// Answers the request with the filter's own reply under the protected resources' well-known
+/// path.
+pub fn serve(host: &mut impl RequestHost, reply: &Reply) {
+    host.send_response(reply.status, &reply.headers, reply.body.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::challenge::{self, Hints};
+    use crate::decision::Passed;
+
+    /// Records what the shell asked of the host.
+    #[derive(Default)]
+    struct Recorder(Vec<String>);
+
+    impl RequestHost for Recorder {
+        fn remove_header(&mut self, name: &str) {
+            self.0.push(format!("remove {name}"));
+        }
+        fn set_header(&mut self, name: &str, value: &[u8]) {
+            self.0
+                .push(format!("set {name}={}", String::from_utf8_lossy(value)));
+        }
+        fn set_filter_state(&mut self, key: &str, value: &[u8]) {
+            self.0
+                .push(format!("state {key}={}", String::from_utf8_lossy(value)));
+        }
+        fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+            let names: Vec<&str> = headers.iter().map(|(n, _)| *n).collect();
+            let body = String::from_utf8_lossy(body);
+            self.0.push(format!("send {status} {names:?} {body}"));
+        }
+    }
+
+    #[test]
+    fn allowed_changes_in_order_without_needless_removals() {
+        let forward = Forward {
+            passed: Passed::Authenticated,
+            remove: vec!["authorization".into(), "x-user".into()],
+            set: vec![("x-user".into(), "alice".into())],
+            path: Some("/orders".into()),
+            filter_state: vec![("oauth.sub".into(), "alice".into())],
+            verified: Vec::new(),
+            injected: None,
+        };
+        let mut host = Recorder::default();
+        apply(&mut host, &forward);
+        assert_eq!(
+            host.0,
+            [
+                "remove authorization",
+                "set x-user=alice",
+                "set :path=/orders",
+                "state oauth.sub=alice"
+            ]
+        );
+    }
+
+    #[test]
+    fn answers_are_sent_whole() {
+        let mut host = Recorder::default();
+        deny(&mut host, &challenge::missing_token(&Hints::realm("api")));
+        let reply = Reply {
+            status: 404,
+            headers: vec![("content-type", "application/json")],
+            body: "{}".into(),
+            served: false,
+        };
+        serve(&mut host, &reply);
+        assert_eq!(
+            host.0,
+            [
+                "send 401 [\"www-authenticate\", \"content-type\", \"cache-control\"] {\"error\":\"missing_token\",\"error_description\":\"A bearer token is required\"}",
+                "send 404 [\"content-type\"] {}"
+            ]
+        );
+    }
+}
