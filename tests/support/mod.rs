@@ -525,6 +525,48 @@ pub fn yaml_documents(path: &str) -> Vec<Value> {
 // ---------------------------------------------------------------------------------------------
 // Envoy.
 
+/// The directory of the native build's `liboauth_filter.so` when the suites run against it
+/// (`OAUTH_FILTER_NATIVE`, as `make test-native` sets it); `None`: the Wasm build.
+pub fn native_dir() -> Option<PathBuf> {
+    std::env::var_os("OAUTH_FILTER_NATIVE").map(PathBuf::from)
+}
+
+/// The HTTP filter entry that runs the filter with `filter_config`: the Wasm module at `wasm`,
+/// or the native dynamic module when [`native_dir`] is set.
+pub fn oauth_filter(wasm: &Path, filter_config: &str) -> Value {
+    let config = json!({
+        "@type": "type.googleapis.com/google.protobuf.StringValue",
+        "value": filter_config
+    });
+    if native_dir().is_some() {
+        return json!({
+            "name": "envoy.filters.http.dynamic_modules",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+                "dynamic_module_config": {"name": "oauth_filter"},
+                "filter_name": "oauth_filter",
+                "filter_config": config
+            }
+        });
+    }
+    json!({
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "oauth_filter",
+                "root_id": "oauth_filter",
+                "vm_config": {
+                    "vm_id": "oauth_filter",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": wasm}}
+                },
+                "configuration": config
+            }
+        }
+    })
+}
+
 /// A STATIC cluster of one loopback endpoint.
 pub fn cluster(name: &str, port: u16) -> Value {
     json!({
@@ -579,25 +621,7 @@ pub fn bootstrap_with(
                             "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]
                         }]},
                         "http_filters": [
-                            {
-                                "name": "envoy.filters.http.wasm",
-                                "typed_config": {
-                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                                    "config": {
-                                        "name": "oauth_filter",
-                                        "root_id": "oauth_filter",
-                                        "vm_config": {
-                                            "vm_id": "oauth_filter",
-                                            "runtime": "envoy.wasm.runtime.v8",
-                                            "code": {"local": {"filename": wasm}}
-                                        },
-                                        "configuration": {
-                                            "@type": "type.googleapis.com/google.protobuf.StringValue",
-                                            "value": filter_config
-                                        }
-                                    }
-                                }
-                            },
+                            oauth_filter(wasm, filter_config),
                             {"name": "envoy.filters.http.router",
                              "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
                         ]
@@ -707,6 +731,9 @@ impl Envoy {
             }
             None => Command::new(envoy_bin()),
         };
+        if let Some(dir) = native_dir() {
+            command.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", dir);
+        }
         let child = command
             .arg("-c")
             .arg(&config)

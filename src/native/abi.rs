@@ -1,0 +1,264 @@
+//! The part of Envoy's dynamic-module ABI (`v0.2.0`, Envoy 1.40) the native shell uses: the
+//! types, the callbacks Envoy exports, and thin safe wrappers. Declarations written from the ABI
+//! header's documented signatures; Envoy resolves the callbacks when it loads the `.so`.
+
+use std::ffi::c_void;
+use std::ptr::null;
+
+/// The ABI version this module is built for, NUL-terminated.
+pub const ABI_VERSION: &[u8] = b"v0.2.0\0";
+
+/// Envoy's `envoy_dynamic_module_type_envoy_buffer`: bytes Envoy owns.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EnvoyBuffer {
+    pub ptr: *const u8,
+    pub length: usize,
+}
+
+impl EnvoyBuffer {
+    /// The bytes, valid while Envoy keeps them (within the hook that gave them).
+    ///
+    /// # Safety
+    /// `ptr` must be null or point to `length` readable bytes for the returned lifetime.
+    pub unsafe fn bytes<'a>(self) -> &'a [u8] {
+        if self.ptr.is_null() || self.length == 0 {
+            &[]
+        } else {
+            std::slice::from_raw_parts(self.ptr, self.length)
+        }
+    }
+}
+
+/// `envoy_dynamic_module_type_module_buffer`: bytes the module owns, read during the call.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ModuleBuffer {
+    pub ptr: *const u8,
+    pub length: usize,
+}
+
+impl ModuleBuffer {
+    pub fn of(bytes: &[u8]) -> ModuleBuffer {
+        ModuleBuffer {
+            ptr: bytes.as_ptr(),
+            length: bytes.len(),
+        }
+    }
+
+    /// The null buffer (for `set_header`: remove the header).
+    pub fn none() -> ModuleBuffer {
+        ModuleBuffer {
+            ptr: null(),
+            length: 0,
+        }
+    }
+}
+
+/// `envoy_dynamic_module_type_envoy_http_header`: a header of one of Envoy's maps.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EnvoyHeader {
+    pub key_ptr: *const u8,
+    pub key_length: usize,
+    pub value_ptr: *const u8,
+    pub value_length: usize,
+}
+
+/// `envoy_dynamic_module_type_module_http_header`: a header the module hands Envoy.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ModuleHeader {
+    pub key_ptr: *const u8,
+    pub key_length: usize,
+    pub value_ptr: *const u8,
+    pub value_length: usize,
+}
+
+/// `envoy_dynamic_module_type_http_header_type_RequestHeader`.
+const REQUEST_HEADER: u32 = 0;
+
+/// Header-hook statuses (`…_request_headers_status`).
+pub const CONTINUE: u32 = 0;
+pub const STOP_ITERATION: u32 = 1;
+
+/// Log levels (`envoy_dynamic_module_type_log_level`).
+pub const LOG_DEBUG: u32 = 1;
+pub const LOG_ERROR: u32 = 4;
+
+/// `envoy_dynamic_module_type_metrics_result_Success`.
+const METRICS_SUCCESS: u32 = 0;
+
+extern "C" {
+    fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer);
+    fn envoy_dynamic_module_callback_log_enabled(level: u32) -> bool;
+    fn envoy_dynamic_module_callback_http_get_headers_size(filter: *mut c_void, kind: u32)
+        -> usize;
+    fn envoy_dynamic_module_callback_http_get_headers(
+        filter: *mut c_void,
+        kind: u32,
+        out: *mut EnvoyHeader,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_set_header(
+        filter: *mut c_void,
+        kind: u32,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_send_response(
+        filter: *mut c_void,
+        status: u32,
+        headers: *const ModuleHeader,
+        headers_size: usize,
+        body: ModuleBuffer,
+        details: ModuleBuffer,
+    );
+    fn envoy_dynamic_module_callback_http_set_filter_state_bytes(
+        filter: *mut c_void,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+        config: *mut c_void,
+        name: ModuleBuffer,
+        label_names: *const ModuleBuffer,
+        label_names_length: usize,
+        id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_increment_counter(
+        filter: *mut c_void,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+}
+
+/// Logs `message` at `level` (Envoy's `dynamic_modules` logger), if that level is enabled.
+pub fn log(level: u32, message: impl FnOnce() -> String) {
+    // SAFETY: plain calls; the message buffer is read during the call only.
+    unsafe {
+        if envoy_dynamic_module_callback_log_enabled(level) {
+            let text = message();
+            envoy_dynamic_module_callback_log(level, ModuleBuffer::of(text.as_bytes()));
+        }
+    }
+}
+
+/// Every request header of the stream, in Envoy's order, borrowed from Envoy for the hook.
+///
+/// # Safety
+/// `filter` must be the stream's Envoy filter pointer, inside one of its hooks; the result must
+/// not outlive the hook, nor a change of the request's headers.
+pub unsafe fn request_headers<'a>(filter: *mut c_void) -> Vec<(&'a str, &'a [u8])> {
+    let size = envoy_dynamic_module_callback_http_get_headers_size(filter, REQUEST_HEADER);
+    let empty = EnvoyHeader {
+        key_ptr: null(),
+        key_length: 0,
+        value_ptr: null(),
+        value_length: 0,
+    };
+    let mut raw = vec![empty; size];
+    if size == 0
+        || !envoy_dynamic_module_callback_http_get_headers(filter, REQUEST_HEADER, raw.as_mut_ptr())
+    {
+        return Vec::new();
+    }
+    raw.iter()
+        .filter_map(|h| {
+            let key = EnvoyBuffer {
+                ptr: h.key_ptr,
+                length: h.key_length,
+            };
+            let value = EnvoyBuffer {
+                ptr: h.value_ptr,
+                length: h.value_length,
+            };
+            // Envoy's header names are ASCII: a name that is not UTF-8 cannot be one the core
+            // reads, and is left out.
+            Some((std::str::from_utf8(key.bytes()).ok()?, value.bytes()))
+        })
+        .collect()
+}
+
+/// Sets (`Some`) or removes (`None`) a request header.
+///
+/// # Safety
+/// `filter` must be the stream's Envoy filter pointer, inside one of its hooks.
+pub unsafe fn set_request_header(filter: *mut c_void, name: &str, value: Option<&[u8]>) {
+    let value = value.map_or(ModuleBuffer::none(), ModuleBuffer::of);
+    let _ = envoy_dynamic_module_callback_http_set_header(
+        filter,
+        REQUEST_HEADER,
+        ModuleBuffer::of(name.as_bytes()),
+        value,
+    );
+}
+
+/// Answers the stream with a local reply.
+///
+/// # Safety
+/// `filter` must be the stream's Envoy filter pointer, inside one of its hooks.
+pub unsafe fn send_response(
+    filter: *mut c_void,
+    status: u32,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) {
+    let headers: Vec<ModuleHeader> = headers
+        .iter()
+        .map(|(k, v)| ModuleHeader {
+            key_ptr: k.as_ptr(),
+            key_length: k.len(),
+            value_ptr: v.as_ptr(),
+            value_length: v.len(),
+        })
+        .collect();
+    envoy_dynamic_module_callback_http_send_response(
+        filter,
+        status,
+        headers.as_ptr(),
+        headers.len(),
+        ModuleBuffer::of(body),
+        ModuleBuffer::of(b"oauth_filter"),
+    );
+}
+
+/// Sets filter state `key` (as given: Envoy adds no prefix) to `value`.
+///
+/// # Safety
+/// `filter` must be the stream's Envoy filter pointer, inside one of its hooks.
+pub unsafe fn set_filter_state(filter: *mut c_void, key: &str, value: &[u8]) {
+    let _ = envoy_dynamic_module_callback_http_set_filter_state_bytes(
+        filter,
+        ModuleBuffer::of(key.as_bytes()),
+        ModuleBuffer::of(value),
+    );
+}
+
+/// Defines counter `name` on the filter configuration; its id. Only while the configuration is
+/// being created (Envoy freezes its stats afterwards).
+///
+/// # Safety
+/// `config` must be the Envoy configuration pointer given to `on_http_filter_config_new`, inside
+/// that hook.
+pub unsafe fn define_counter(config: *mut c_void, name: &str) -> Option<usize> {
+    let mut id = 0usize;
+    let result = envoy_dynamic_module_callback_http_filter_config_define_counter(
+        config,
+        ModuleBuffer::of(name.as_bytes()),
+        null(),
+        0,
+        &mut id,
+    );
+    (result == METRICS_SUCCESS).then_some(id)
+}
+
+/// Adds one to counter `id` from within a stream's hook.
+///
+/// # Safety
+/// `filter` must be the stream's Envoy filter pointer, inside one of its hooks; `id` one its
+/// configuration defined.
+pub unsafe fn increment_counter(filter: *mut c_void, id: usize) {
+    let _ = envoy_dynamic_module_callback_http_filter_increment_counter(filter, id, null(), 0, 1);
+}

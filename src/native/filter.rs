@@ -1,0 +1,145 @@
+//! The native shell's configuration and requests: what `on_http_filter_config_new` builds, and
+//! one request's headers decided by the core and answered through [`crate::shell`].
+
+use super::abi;
+use crate::challenge;
+use crate::config::Config;
+use crate::decision::{self, Decision, LocalKeys, Request};
+use crate::metrics::{self, REQUEST_COUNTERS};
+use crate::shell::{self, RequestHost};
+use std::ffi::c_void;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// One filter configuration, shared by every worker (Envoy calls its hooks from all of them):
+/// read-only once built.
+pub struct FilterConfig {
+    pub config: Config,
+    /// [`REQUEST_COUNTERS`]' ids, by index.
+    counters: [Option<usize>; REQUEST_COUNTERS.len()],
+}
+
+impl FilterConfig {
+    /// Parses the configuration and defines the counters; `Err` names the refused field.
+    ///
+    /// # Safety
+    /// `envoy` must be the configuration pointer of `on_http_filter_config_new`, inside it.
+    pub unsafe fn new(envoy: *mut c_void, json: &[u8]) -> Result<FilterConfig, String> {
+        let config = Config::from_json(json).map_err(|e| e.to_string())?;
+        let counters = REQUEST_COUNTERS.map(|name| abi::define_counter(envoy, name));
+        Ok(FilterConfig { config, counters })
+    }
+
+    /// Bumps counter `index` of [`REQUEST_COUNTERS`] for the stream `filter`.
+    unsafe fn count(&self, filter: *mut c_void, index: usize) {
+        if let Some(Some(id)) = self.counters.get(index) {
+            abi::increment_counter(filter, *id);
+        }
+    }
+}
+
+/// One stream's state.
+pub struct Filter {
+    config: *const FilterConfig,
+}
+
+impl Filter {
+    pub fn new(config: *const FilterConfig) -> Filter {
+        Filter { config }
+    }
+
+    /// The request's headers arrived: decide, answer or let it go.
+    ///
+    /// # Safety
+    /// `envoy` must be this stream's Envoy filter pointer, inside its request-headers hook; the
+    /// configuration outlives the stream (Envoy destroys it after its last filter).
+    pub unsafe fn on_request_headers(&mut self, envoy: *mut c_void) -> u32 {
+        let Some(config) = self.config.as_ref() else {
+            let refusal = challenge::unavailable("The filter is not configured");
+            shell::deny(&mut Stream(envoy), &refusal);
+            return abi::STOP_ITERATION;
+        };
+        let headers = abi::request_headers(envoy);
+        let path = headers
+            .iter()
+            .find(|(name, _)| *name == ":path")
+            .and_then(|(_, value)| std::str::from_utf8(value).ok())
+            .unwrap_or("/");
+        let request = Request {
+            path,
+            headers: &headers,
+            now: now_seconds(),
+        };
+        let decision = decision::decide(&config.config, &LocalKeys(&config.config), request);
+        act(config, envoy, decision)
+    }
+}
+
+/// Carries out `decision` on the stream.
+unsafe fn act(config: &FilterConfig, envoy: *mut c_void, decision: Decision) -> u32 {
+    let mut stream = Stream(envoy);
+    match decision {
+        Decision::Allow(forward) => {
+            shell::apply(&mut stream, &forward);
+            config.count(envoy, metrics::passed(forward.passed));
+            abi::CONTINUE
+        }
+        Decision::Deny(refusal) => {
+            config.count(envoy, metrics::denied(refusal.reason));
+            abi::log(abi::LOG_DEBUG, || {
+                format!("oauth-filter: denied: {}", refusal.reason.name())
+            });
+            shell::deny(&mut stream, &refusal);
+            abi::STOP_ITERATION
+        }
+        Decision::Serve(reply) => {
+            if let Some(i) = metrics::metadata(reply.served, reply.status >= 400) {
+                config.count(envoy, i);
+            }
+            shell::serve(&mut stream, &reply);
+            abi::STOP_ITERATION
+        }
+        // Remote keys, introspection and upstream tokens need the native shell's fetches
+        // (not built yet): fail closed.
+        Decision::Wait { .. } | Decision::Introspect { .. } | Decision::AwaitCredential { .. } => {
+            let refusal = challenge::unavailable("Not available in the native build yet");
+            config.count(envoy, metrics::denied(refusal.reason));
+            shell::deny(&mut stream, &refusal);
+            abi::STOP_ITERATION
+        }
+    }
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+fn now_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The stream being decided, through Envoy's callbacks (built only inside one of its hooks).
+pub struct Stream(pub *mut c_void);
+
+impl RequestHost for Stream {
+    fn remove_header(&mut self, name: &str) {
+        // SAFETY: only built inside a hook of the stream, with its Envoy pointer.
+        unsafe { abi::set_request_header(self.0, name, None) }
+    }
+
+    fn set_header(&mut self, name: &str, value: &[u8]) {
+        // SAFETY: as above.
+        unsafe { abi::set_request_header(self.0, name, Some(value)) }
+    }
+
+    /// Envoy keeps a dynamic module's key as given; the Wasm build's keys are `wasm.KEY`, and
+    /// one RBAC and access-log configuration serves both builds.
+    fn set_filter_state(&mut self, key: &str, value: &[u8]) {
+        let key = format!("wasm.{key}");
+        // SAFETY: as above.
+        unsafe { abi::set_filter_state(self.0, &key, value) }
+    }
+
+    fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        // SAFETY: as above.
+        unsafe { abi::send_response(self.0, status, headers, body) }
+    }
+}
