@@ -775,7 +775,7 @@ end
             rounds += 1;
         }
         let after = support::rss_kib(envoy.pid());
-        let entries = envoy.counter("wasmcustom.oauth_filter.allowed");
+        let entries = envoy.counter("oauth_filter.allowed");
         report.push_str(&format!(
             "\nMemory: Envoy RSS {} MiB before, {} MiB after {} requests with distinct tokens ({} allowed); .wasm {} KiB\n",
             before / 1024,

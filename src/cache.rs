@@ -78,6 +78,11 @@ struct Entry<V> {
     seq: u64,
 }
 
+/// The most verified tokens a shell remembers (per VM in Wasm, per configuration natively), and
+/// their bytes.
+pub const VERIFIED_ENTRIES: usize = 10_000;
+pub const VERIFIED_BYTES: usize = 16 * 1024 * 1024;
+
 pub struct TtlCache<V, K = Key> {
     entries: HashMap<K, Entry<V>>,
     /// Insertion order, for eviction; stale rows (re-inserted keys) are skipped.

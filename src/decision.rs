@@ -171,13 +171,18 @@ impl Known for LocalKeys<'_> {
     }
 
     fn keys_now(&self, provider: usize) -> KeysNow<'_> {
-        match self.0.providers.get(provider).map(|p| &p.keys) {
-            Some(KeySource::Local(keys)) => KeysNow::Ready {
-                keys,
-                may_refetch: false,
-            },
-            _ => KeysNow::Pending,
-        }
+        configured_keys(self.0, provider)
+    }
+}
+
+/// Provider `provider`'s configured keys (`local_jwks`); remote key sets are pending.
+pub fn configured_keys(config: &Config, provider: usize) -> KeysNow<'_> {
+    match config.providers.get(provider).map(|p| &p.keys) {
+        Some(KeySource::Local(keys)) => KeysNow::Ready {
+            keys,
+            may_refetch: false,
+        },
+        _ => KeysNow::Pending,
     }
 }
 

@@ -22,6 +22,9 @@ pub const REQUEST_COUNTERS: [&str; 13] = [
     "oauth_filter.metadata.refused",
 ];
 
+/// Requests whose token was found in the verified-token cache.
+pub const JWT_CACHE_HITS: &str = "oauth_filter.jwt.cache_hits";
+
 /// The counter of a request let through.
 pub fn passed(passed: Passed) -> usize {
     match passed {

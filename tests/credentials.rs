@@ -118,7 +118,7 @@ impl Env {
 
     fn counter(&self, client: &str, what: &str) -> u64 {
         self.envoy
-            .counter(&format!("wasmcustom.oauth_filter.upstream.{client}.{what}"))
+            .counter(&format!("oauth_filter.upstream.{client}.{what}"))
     }
 
     fn logged(&self, text: &str) -> bool {

@@ -258,7 +258,7 @@ fn main() {
         "failures_are_counted_each_but_logged_once_per_window",
         || {
             let line = "provider err500: introspection failed: HTTP 500";
-            let failures = "wasmcustom.oauth_filter.introspection.failures";
+            let failures = "oauth_filter.introspection.failures";
             let before = env.envoy.counter(failures);
             for i in 0..40 {
                 env.denied(
@@ -353,11 +353,7 @@ fn main() {
         }
         // 20 connections spread over two workers: one call in all (the VMs share answers).
         assert_eq!(env.server.hits("/count"), 1);
-        assert!(
-            env.envoy
-                .counter("wasmcustom.oauth_filter.introspection.cache_hits")
-                >= 18
-        );
+        assert!(env.envoy.counter("oauth_filter.introspection.cache_hits") >= 18);
     });
     run.case("concurrent_requests_for_one_token_share_a_call", || {
         let statuses: Vec<u16> = std::thread::scope(|s| {
@@ -412,21 +408,9 @@ fn main() {
     );
 
     run.case("metrics_and_no_token_in_logs", || {
-        assert!(
-            env.envoy
-                .counter("wasmcustom.oauth_filter.introspection.calls")
-                >= 10
-        );
-        assert!(
-            env.envoy
-                .counter("wasmcustom.oauth_filter.introspection.failures")
-                >= 4
-        );
-        assert!(
-            env.envoy
-                .counter("wasmcustom.oauth_filter.introspection.cache_misses")
-                >= 10
-        );
+        assert!(env.envoy.counter("oauth_filter.introspection.calls") >= 10);
+        assert!(env.envoy.counter("oauth_filter.introspection.failures") >= 4);
+        assert!(env.envoy.counter("oauth_filter.introspection.cache_misses") >= 10);
         let log = env.envoy.log();
         for t in [
             "tok-500",

@@ -367,7 +367,7 @@ fn main() {
                 env.bearer("/optional", &corp).allowed().header("x-user"),
                 Some("alice")
             );
-            assert!(env.envoy.counter("wasmcustom.oauth_filter.anonymous") >= 1);
+            assert!(env.envoy.counter("oauth_filter.anonymous") >= 1);
         },
     );
 
@@ -486,7 +486,7 @@ fn main() {
         assert_eq!(o.allowed().method, "OPTIONS");
         env.send("OPTIONS", "/any/x", &[("origin", "https://app.test")])
             .denied(401, "missing_token");
-        assert!(env.envoy.counter("wasmcustom.oauth_filter.cors_preflight") >= 1);
+        assert!(env.envoy.counter("oauth_filter.cors_preflight") >= 1);
     });
 
     // ---- Cookies, and credentials in two places -----------------------------------------------
@@ -642,19 +642,13 @@ fn main() {
     run.case(
         "p521_key_with_a_65_byte_coordinate_loads_and_verifies",
         || {
-            let before = env
-                .envoy
-                .counter("wasmcustom.oauth_filter.jwt.host_verifications");
+            let before = env.envoy.counter("oauth_filter.jwt.host_verifications");
             let t = k.corp_521.token(&claims("https://corp", "p521"));
             assert_eq!(
                 env.bearer("/api", &t).allowed().header("x-user"),
                 Some("p521")
             );
-            assert!(
-                env.envoy
-                    .counter("wasmcustom.oauth_filter.jwt.host_verifications")
-                    > before
-            );
+            assert!(env.envoy.counter("oauth_filter.jwt.host_verifications") > before);
         },
     );
 

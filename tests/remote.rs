@@ -254,9 +254,7 @@ fn main() {
         }
         std::thread::sleep(Duration::from_millis(500));
         assert_eq!(env.keys.hits("/shared/jwks"), 1);
-        let gauge = env
-            .envoy
-            .counter("wasmcustom.oauth_filter.jwks.shared.keys");
+        let gauge = env.envoy.counter("oauth_filter.jwks.shared.keys");
         assert_eq!(gauge, 1, "keys-in-use gauge");
     });
 
@@ -296,11 +294,7 @@ fn main() {
         assert!(
             env.logged("provider flaky: key fetch failed: HTTP 503; keeping the last good keys")
         );
-        assert!(
-            env.envoy
-                .counter("wasmcustom.oauth_filter.jwks.fetch_failure")
-                >= 2
-        );
+        assert!(env.envoy.counter("oauth_filter.jwks.fetch_failure") >= 2);
     });
 
     run.case("rotation_unknown_kid_refetches_once_and_passes", || {

@@ -135,10 +135,7 @@ fn main() {
         // The upstream saw exactly the requests the filter let through.
         let seen = env.upstream.count();
         assert!(seen > 0);
-        assert_eq!(
-            env.envoy.counter("wasmcustom.oauth_filter.allowed"),
-            seen as u64
-        );
+        assert_eq!(env.envoy.counter("oauth_filter.allowed"), seen as u64);
     });
     drop(env);
     mcp_cases(&mut run);
@@ -418,9 +415,9 @@ fn step_up_claims_of_wrong_types(env: &Env) {
 
 fn metrics(env: &Env) {
     let e = &env.envoy;
-    assert!(e.counter("wasmcustom.oauth_filter.metadata.served") >= 7);
-    assert!(e.counter("wasmcustom.oauth_filter.metadata.refused") >= 10);
-    assert!(e.counter("wasmcustom.oauth_filter.denied.insufficient_user_authentication") >= 4);
+    assert!(e.counter("oauth_filter.metadata.served") >= 7);
+    assert!(e.counter("oauth_filter.metadata.refused") >= 10);
+    assert!(e.counter("oauth_filter.denied.insufficient_user_authentication") >= 4);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ impl Metrics {
             intro_hits: counter("oauth_filter.introspection.cache_hits"),
             intro_misses: counter("oauth_filter.introspection.cache_misses"),
             intro_evictions: counter("oauth_filter.introspection.cache_evictions"),
-            jwt_cache_hits: counter("oauth_filter.jwt.cache_hits"),
+            jwt_cache_hits: counter(metrics::JWT_CACHE_HITS),
             host_verifications: counter("oauth_filter.jwt.host_verifications"),
             intro_latency: abi::define_metric(
                 MetricType::Histogram,

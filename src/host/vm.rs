@@ -8,9 +8,6 @@ use super::shared;
 use crate::cache::{self, TtlCache};
 use serde_json::{Map, Value};
 
-/// The most verified tokens a VM remembers, and their bytes.
-const VERIFIED_ENTRIES: usize = 10_000;
-const VERIFIED_BYTES: usize = 16 * 1024 * 1024;
 use super::abi::{self, Status};
 use crate::config::{Config, KeySource, RemoteJwks, UpstreamClient};
 use crate::credentials;
@@ -238,7 +235,7 @@ impl Vm {
             clients,
             injected: Vec::new(),
             host_crypto: Cell::new(true),
-            verified: TtlCache::new(VERIFIED_ENTRIES, VERIFIED_BYTES),
+            verified: TtlCache::new(cache::VERIFIED_ENTRIES, cache::VERIFIED_BYTES),
             secret: cache::Secret(secret.0, secret.1),
             now_ms: 0,
             gave_up: None,

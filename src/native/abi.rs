@@ -254,11 +254,11 @@ pub unsafe fn define_counter(config: *mut c_void, name: &str) -> Option<usize> {
     (result == METRICS_SUCCESS).then_some(id)
 }
 
-/// Adds one to counter `id` from within a stream's hook.
+/// Adds `by` to counter `id` from within a stream's hook.
 ///
 /// # Safety
 /// `filter` must be the stream's Envoy filter pointer, inside one of its hooks; `id` one its
 /// configuration defined.
-pub unsafe fn increment_counter(filter: *mut c_void, id: usize) {
-    let _ = envoy_dynamic_module_callback_http_filter_increment_counter(filter, id, null(), 0, 1);
+pub unsafe fn increment_counter(filter: *mut c_void, id: usize, by: u64) {
+    let _ = envoy_dynamic_module_callback_http_filter_increment_counter(filter, id, null(), 0, by);
 }

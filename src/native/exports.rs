@@ -38,7 +38,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         Err(why) => {
             // One line naming the field; Envoy then refuses the configuration.
             abi::log(abi::LOG_ERROR, || {
-                format!("oauth-filter: bad configuration: {why}")
+                format!("oauth-filter: configuration refused: {why}")
             });
             null()
         }

@@ -2,9 +2,10 @@
 //! one request's headers decided by the core and answered through [`crate::shell`].
 
 use super::abi;
+use super::known::VerifiedTokens;
 use crate::challenge;
 use crate::config::Config;
-use crate::decision::{self, Decision, LocalKeys, Request};
+use crate::decision::{self, Decision, Request};
 use crate::metrics::{self, REQUEST_COUNTERS};
 use crate::shell::{self, RequestHost};
 use std::ffi::c_void;
@@ -16,6 +17,8 @@ pub struct FilterConfig {
     pub config: Config,
     /// [`REQUEST_COUNTERS`]' ids, by index.
     counters: [Option<usize>; REQUEST_COUNTERS.len()],
+    jwt_cache_hits: Option<usize>,
+    verified: VerifiedTokens,
 }
 
 impl FilterConfig {
@@ -25,14 +28,18 @@ impl FilterConfig {
     /// `envoy` must be the configuration pointer of `on_http_filter_config_new`, inside it.
     pub unsafe fn new(envoy: *mut c_void, json: &[u8]) -> Result<FilterConfig, String> {
         let config = Config::from_json(json).map_err(|e| e.to_string())?;
-        let counters = REQUEST_COUNTERS.map(|name| abi::define_counter(envoy, name));
-        Ok(FilterConfig { config, counters })
+        Ok(FilterConfig {
+            config,
+            counters: REQUEST_COUNTERS.map(|name| abi::define_counter(envoy, name)),
+            jwt_cache_hits: abi::define_counter(envoy, metrics::JWT_CACHE_HITS),
+            verified: VerifiedTokens::new(),
+        })
     }
 
     /// Bumps counter `index` of [`REQUEST_COUNTERS`] for the stream `filter`.
     unsafe fn count(&self, filter: *mut c_void, index: usize) {
         if let Some(Some(id)) = self.counters.get(index) {
-            abi::increment_counter(filter, *id);
+            abi::increment_counter(filter, *id, 1);
         }
     }
 }
@@ -64,23 +71,32 @@ impl Filter {
             .find(|(name, _)| *name == ":path")
             .and_then(|(_, value)| std::str::from_utf8(value).ok())
             .unwrap_or("/");
+        let now_ms = now_ms();
         let request = Request {
             path,
             headers: &headers,
-            now: now_seconds(),
+            now: now_ms / 1000,
         };
-        let decision = decision::decide(&config.config, &LocalKeys(&config.config), request);
-        act(config, envoy, decision)
+        let decision = {
+            let known = config.verified.view(&config.config, now_ms);
+            let decision = decision::decide(&config.config, &known, request);
+            if let (Some(id), hits @ 1..) = (config.jwt_cache_hits, known.hits.get()) {
+                abi::increment_counter(envoy, id, hits);
+            }
+            decision
+        };
+        act(config, envoy, decision, now_ms)
     }
 }
 
 /// Carries out `decision` on the stream.
-unsafe fn act(config: &FilterConfig, envoy: *mut c_void, decision: Decision) -> u32 {
+unsafe fn act(config: &FilterConfig, envoy: *mut c_void, decision: Decision, now_ms: u64) -> u32 {
     let mut stream = Stream(envoy);
     match decision {
         Decision::Allow(forward) => {
             shell::apply(&mut stream, &forward);
             config.count(envoy, metrics::passed(forward.passed));
+            config.verified.remember(forward.verified, now_ms);
             abi::CONTINUE
         }
         Decision::Deny(refusal) => {
@@ -109,11 +125,11 @@ unsafe fn act(config: &FilterConfig, envoy: *mut c_void, decision: Decision) -> 
     }
 }
 
-/// Seconds since the Unix epoch (0 if the clock is before it).
-fn now_seconds() -> u64 {
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The stream being decided, through Envoy's callbacks (built only inside one of its hooks).

@@ -820,13 +820,20 @@ impl Envoy {
         }
     }
 
-    /// The value of counter `name` in /stats (0 when absent).
+    /// The value of the filter's counter `name` (`oauth_filter.…`) in /stats, under the prefix
+    /// Envoy gives the build's custom stats (0 when absent).
     pub fn counter(&self, name: &str) -> u64 {
+        let prefix = if native_dir().is_some() {
+            "dynamicmodulescustom."
+        } else {
+            "wasmcustom."
+        };
+        let name = format!("{prefix}{name}");
         let stats = admin_get(self.admin, &format!("/stats?filter={name}")).unwrap_or_default();
         stats
             .lines()
             .filter_map(|l| l.split_once(": "))
-            .find(|(n, _)| *n == name)
+            .find(|(n, _)| *n == name.as_str())
             .and_then(|(_, v)| v.trim().parse().ok())
             .unwrap_or(0)
     }

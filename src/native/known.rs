@@ -1,0 +1,105 @@
+//! What the native shell knows when it decides: the configured keys and the verified-token
+//! cache. Envoy's workers share the module's memory, so one cache serves them all (the Wasm
+//! build has one per VM): decisions read it together, inserts take it alone, after the decision.
+
+use crate::cache::{self, Secret, TokenKey, TtlCache};
+use crate::config::Config;
+use crate::decision::{self, Cached, KeysNow, Known};
+use serde_json::{Map, Value};
+use std::cell::Cell;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::{RwLock, RwLockReadGuard};
+
+type Claims = Map<String, Value>;
+
+/// The verified-token cache of one configuration, for every worker.
+pub struct VerifiedTokens {
+    cache: RwLock<TtlCache<Claims, TokenKey>>,
+    /// The cache keys' secret, drawn when the configuration loads.
+    secret: Secret,
+}
+
+impl VerifiedTokens {
+    pub fn new() -> VerifiedTokens {
+        VerifiedTokens {
+            cache: RwLock::new(TtlCache::new(
+                cache::VERIFIED_ENTRIES,
+                cache::VERIFIED_BYTES,
+            )),
+            secret: random_secret(),
+        }
+    }
+
+    /// A view for one decision at `now_ms`, holding the cache for reading.
+    pub fn view<'a>(&'a self, config: &'a Config, now_ms: u64) -> View<'a> {
+        View {
+            config,
+            cache: self
+                .cache
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            secret: self.secret,
+            now_ms,
+            hits: Cell::new(0),
+        }
+    }
+
+    /// Keeps the claims of tokens verified just now.
+    pub fn remember(&self, verified: Vec<decision::Verified>, now_ms: u64) {
+        if verified.is_empty() {
+            return;
+        }
+        let mut cache = self
+            .cache
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for v in verified {
+            let size = cache::json_size(&v.claims);
+            cache.insert(v.key, v.claims, size, v.until, now_ms);
+        }
+    }
+}
+
+/// Two random words from the standard library's per-process random hasher keys (seeded by the
+/// operating system).
+fn random_secret() -> Secret {
+    let word = || {
+        let mut h = RandomState::new().build_hasher();
+        h.write_u8(0);
+        h.finish()
+    };
+    Secret(word(), word())
+}
+
+/// What one decision knows.
+pub struct View<'a> {
+    config: &'a Config,
+    cache: RwLockReadGuard<'a, TtlCache<Claims, TokenKey>>,
+    secret: Secret,
+    now_ms: u64,
+    /// Verified-token cache hits, to count once the decision is made.
+    pub hits: Cell<u64>,
+}
+
+impl Known for View<'_> {
+    fn keys_now(&self, provider: usize) -> KeysNow<'_> {
+        decision::configured_keys(self.config, provider)
+    }
+
+    fn token_key(&self, provider: &str, token: &str) -> TokenKey {
+        self.secret.key(provider, token)
+    }
+
+    fn verified(&self, key: &TokenKey) -> Option<&Claims> {
+        let hit = self.cache.peek(key, self.now_ms);
+        if hit.is_some() {
+            self.hits.set(self.hits.get() + 1);
+        }
+        hit
+    }
+
+    fn introspected(&self, _provider: usize, _token: &str) -> Cached<'_> {
+        Cached::Miss
+    }
+}
