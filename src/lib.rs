@@ -17,6 +17,7 @@ pub mod identity;
 pub mod introspection;
 pub mod json;
 pub mod jwt;
+pub mod keyfetch;
 pub mod metrics;
 pub mod regex;
 pub mod remote;

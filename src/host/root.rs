@@ -9,12 +9,13 @@ use super::http;
 use super::introspect;
 use super::metrics::Metrics;
 use super::shared;
-use super::vm::{Awaited, Remote, Step, Vm};
+use super::vm::{Awaited, Remote, Vm};
 use crate::challenge;
-use crate::config::{split_url, Config, HttpUri};
+use crate::config::{Config, HttpUri};
 use crate::decision::NO_CREDENTIAL;
-use crate::jwt::keys::{parse_jwks, MAX_JWKS_BYTES};
-use crate::remote::{self, Record};
+use crate::jwt::keys::KeySet;
+use crate::keyfetch::{self, Answer, Step};
+use crate::remote::Record;
 use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -118,21 +119,15 @@ pub fn call_response(root: &Root, token: u32, body_size: usize) {
             .map(|(_, step)| (p, step))
     });
     let Some((p, step)) = found else { return };
-    let limit = match step {
-        Step::Discovery => remote::MAX_DISCOVERY_BYTES,
-        Step::Jwks => MAX_JWKS_BYTES,
+    let (status, body) = http::call_response(body_size, step.limit());
+    let issuer = match vm.borrow().remotes.get(p) {
+        Some(Some(r)) => r.issuer.clone().unwrap_or_default(),
+        _ => return,
     };
-    let (status, body) = http::call_response(body_size, limit);
-    let body = match status.as_deref() {
-        _ if body.len() > limit => Err(format!("the answer is larger than {limit} bytes")),
-        Some("200") => Ok(body),
-        Some(code) => Err(format!("HTTP {code}")),
-        None => Err("no answer (timeout or connection failure)".to_string()),
-    };
-    match (step, body) {
-        (_, Err(why)) => fail(&vm, p, &why),
-        (Step::Discovery, Ok(body)) => discovered(&vm, p, &body),
-        (Step::Jwks, Ok(body)) => fetched(&vm, p, body),
+    match keyfetch::judge(step, status.as_deref(), body, &issuer) {
+        Err(why) => fail(&vm, p, &why),
+        Ok(Answer::Discovered(jwks_uri)) => discovered(&vm, p, jwks_uri),
+        Ok(Answer::Keys(text, set)) => fetched(&vm, p, text, set),
     }
 }
 
@@ -191,7 +186,7 @@ fn start_fetch(
             let refetch = refetch && record.refetch_allowed(now);
             let record = shared::update_record(&r.shared, |rec: &Record| rec.started(now, refetch));
             r.install(record);
-            let call = next_call(r.spec.discovery.as_ref(), r.spec.jwks.as_ref(), &r.record);
+            let call = keyfetch::next_call(&r.spec, &r.record);
             (false, call)
         }
         Some((record, false)) => (r.install(record), None),
@@ -199,38 +194,12 @@ fn start_fetch(
     }
 }
 
-/// The next call of a fetch: discovery while the JWKS location is unknown, then the JWKS.
-fn next_call(
-    discovery: Option<&HttpUri>,
-    jwks: Option<&HttpUri>,
-    record: &Record,
-) -> Option<(Step, HttpUri)> {
-    match (jwks, discovery, &record.jwks_uri) {
-        (Some(jwks), _, _) => Some((Step::Jwks, jwks.clone())),
-        (None, Some(d), Some(found)) => Some((
-            Step::Jwks,
-            HttpUri {
-                uri: found.clone(),
-                ..d.clone()
-            },
-        )),
-        (None, Some(d), None) => Some((Step::Discovery, d.clone())),
-        (None, None, _) => None,
-    }
-}
-
 fn dispatch(vm: &Rc<RefCell<Vm>>, p: usize, step: Step, target: &HttpUri) {
-    let Some(url) = split_url(&target.uri) else {
-        fail(vm, p, "the URL is not usable");
-        return;
+    let url = match keyfetch::url(target) {
+        Ok(url) => url,
+        Err(why) => return fail(vm, p, &why),
     };
-    let headers = vec![
-        (":method", "GET"),
-        (":path", url.path.as_str()),
-        (":authority", url.authority.as_str()),
-        ("accept", "application/json"),
-        ("user-agent", "envoy-oauth-filter"),
-    ];
+    let headers = keyfetch::get_headers(&url);
     let timeout = Duration::from_millis(target.timeout_ms);
     match abi::dispatch_http_call(&target.cluster, &headers, None, timeout) {
         Ok(token) => {
@@ -249,40 +218,28 @@ fn dispatch(vm: &Rc<RefCell<Vm>>, p: usize, step: Step, target: &HttpUri) {
     }
 }
 
-/// A discovery document arrived: check it and fetch the JWKS it names.
-fn discovered(vm: &Rc<RefCell<Vm>>, p: usize, body: &[u8]) {
+/// Discovery found the JWKS at `jwks_uri`: fetch it.
+fn discovered(vm: &Rc<RefCell<Vm>>, p: usize, jwks_uri: String) {
     let next = {
         let mut state = vm.borrow_mut();
         let Some(Some(r)) = state.remotes.get_mut(p) else {
             return;
         };
-        let issuer = r.issuer.clone().unwrap_or_default();
-        match remote::parse_discovery(body, &issuer) {
-            Ok(found) => {
-                let uri = found.jwks_uri.clone();
-                let record = shared::update_record(&r.shared, |rec: &Record| Record {
-                    jwks_uri: Some(uri.clone()),
-                    ..rec.clone()
-                });
-                r.install(record);
-                Ok(next_call(r.spec.discovery.as_ref(), None, &r.record))
-            }
-            Err(why) => Err(why),
-        }
+        let record = shared::update_record(&r.shared, |rec: &Record| Record {
+            jwks_uri: Some(jwks_uri.clone()),
+            ..rec.clone()
+        });
+        r.install(record);
+        keyfetch::next_call(&r.spec, &r.record)
     };
     match next {
-        Ok(Some((step, uri))) => dispatch(vm, p, step, &uri),
-        Ok(None) => fail(vm, p, "discovery gave no JWKS location"),
-        Err(why) => fail(vm, p, why),
+        Some((step, uri)) => dispatch(vm, p, step, &uri),
+        None => fail(vm, p, "discovery gave no JWKS location"),
     }
 }
 
-/// A JWKS document arrived: keep it if it holds at least one usable key.
-fn fetched(vm: &Rc<RefCell<Vm>>, p: usize, body: Vec<u8>) {
-    let set = match parse_jwks(&body) {
-        Ok(set) => set,
-        Err(why) => return fail(vm, p, &format!("the JWKS is {why}")),
-    };
+/// A key set with usable keys arrived: keep it.
+fn fetched(vm: &Rc<RefCell<Vm>>, p: usize, text: String, set: KeySet) {
     let name = match vm.borrow().remotes.get(p) {
         Some(Some(r)) => r.name.clone(),
         _ => return,
@@ -290,12 +247,6 @@ fn fetched(vm: &Rc<RefCell<Vm>>, p: usize, body: Vec<u8>) {
     for problem in &set.problems {
         log::warn!("oauth-filter: provider {name}: JWKS key skipped: {problem}");
     }
-    if set.keys.is_empty() {
-        return fail(vm, p, "the JWKS has no usable signing key");
-    }
-    let Ok(text) = String::from_utf8(body) else {
-        return fail(vm, p, "the JWKS is not UTF-8");
-    };
     {
         let mut state = vm.borrow_mut();
         let me = state.id;

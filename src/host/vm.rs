@@ -14,15 +14,9 @@ use crate::credentials;
 use crate::decision::{Cached, CredentialNow, KeysNow, Known};
 use crate::jwt::keys::{parse_jwks, Alg, Jwk};
 use crate::jwt::{host, verify};
+use crate::keyfetch::{self, Step};
 use crate::remote::Record;
 use std::cell::Cell;
-
-/// What a remote provider's fetch is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
-    Discovery,
-    Jwks,
-}
 
 /// One remote provider, as this VM knows it.
 pub struct Remote {
@@ -63,9 +57,7 @@ impl Remote {
 
     /// The longest a fetch (discovery, then the JWKS) may take.
     pub fn fetch_budget_ms(&self) -> u64 {
-        let d = self.spec.discovery.as_ref().map_or(0, |d| d.timeout_ms);
-        let j = self.spec.jwks.as_ref().map_or(0, |j| j.timeout_ms);
-        d + j.max(d)
+        keyfetch::budget_ms(&self.spec)
     }
 }
 
