@@ -521,16 +521,15 @@ fn example_bootstrap(port: u16, admin: u16, mcp_port: u16, oidc: &Oidc) -> Value
     boot["admin"]["address"] = loopback(admin);
     let listener = &mut boot["static_resources"]["listeners"][0];
     listener["address"] = loopback(port);
-    let wasm = &mut listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]
-        ["typed_config"]["config"];
-    wasm["vm_config"]["code"]["local"]["filename"] = json!(support::wasm_module());
-    let value = &mut wasm["configuration"]["value"];
+    // The example's filter, with the same configuration, in the build under test.
+    let filter = &mut listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0];
+    let value = &filter["typed_config"]["config"]["configuration"]["value"];
     let mut config: Value = serde_json::from_str(value.as_str().unwrap()).unwrap();
     let resource = &mut config["protected_resources"]["mcp"];
     resource["resource"] = json!(format!("http://127.0.0.1:{port}/mcp"));
     resource["authorization_servers"] = json!([oidc.issuer]);
     config["providers"]["idp"]["issuer"] = json!(oidc.issuer);
-    *value = json!(config.to_string());
+    *filter = support::oauth_filter(&support::wasm_module(), &config.to_string());
     for cluster in boot["static_resources"]["clusters"].as_array_mut().unwrap() {
         let to = if cluster["name"] == "mcp_server" {
             mcp_port

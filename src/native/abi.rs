@@ -84,6 +84,8 @@ pub const STOP_ITERATION: u32 = 1;
 
 /// Log levels (`envoy_dynamic_module_type_log_level`).
 pub const LOG_DEBUG: u32 = 1;
+pub const LOG_INFO: u32 = 2;
+pub const LOG_WARN: u32 = 3;
 pub const LOG_ERROR: u32 = 4;
 
 /// `envoy_dynamic_module_type_metrics_result_Success`.
@@ -124,6 +126,51 @@ extern "C" {
         label_names: *const ModuleBuffer,
         label_names_length: usize,
         id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
+        config: *mut c_void,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
+        config: *mut c_void,
+        name: ModuleBuffer,
+        label_names: *const ModuleBuffer,
+        label_names_length: usize,
+        id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_set_gauge(
+        config: *mut c_void,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter: *mut c_void);
+    fn envoy_dynamic_module_callback_http_filter_scheduler_new(filter: *mut c_void) -> *mut c_void;
+    fn envoy_dynamic_module_callback_http_filter_scheduler_commit(
+        scheduler: *mut c_void,
+        event: u64,
+    );
+    fn envoy_dynamic_module_callback_http_filter_scheduler_delete(scheduler: *mut c_void);
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(
+        config: *mut c_void,
+    ) -> *mut c_void;
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+        scheduler: *mut c_void,
+        event: u64,
+    );
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(scheduler: *mut c_void);
+    fn envoy_dynamic_module_callback_http_filter_config_http_callout(
+        config: *mut c_void,
+        callout_id: *mut u64,
+        cluster: ModuleBuffer,
+        headers: *const ModuleHeader,
+        headers_size: usize,
+        body: ModuleBuffer,
+        timeout_ms: u64,
     ) -> u32;
     fn envoy_dynamic_module_callback_http_filter_increment_counter(
         filter: *mut c_void,
@@ -261,4 +308,192 @@ pub unsafe fn define_counter(config: *mut c_void, name: &str) -> Option<usize> {
 /// configuration defined.
 pub unsafe fn increment_counter(filter: *mut c_void, id: usize, by: u64) {
     let _ = envoy_dynamic_module_callback_http_filter_increment_counter(filter, id, null(), 0, by);
+}
+
+/// A pointer Envoy gave that the module may hand between threads (Envoy documents which calls
+/// are safe from which thread; each use below says why it is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ptr(pub *mut c_void);
+
+// SAFETY: a `Ptr` is only an address; every dereference goes through Envoy's callbacks, called
+// from the threads the ABI allows for them.
+unsafe impl Send for Ptr {}
+unsafe impl Sync for Ptr {}
+
+/// `envoy_dynamic_module_type_http_callout_init_result_Success`.
+const CALLOUT_STARTED: u32 = 0;
+
+/// Defines gauge `name` on the filter configuration (inside `on_http_filter_config_new`).
+///
+/// # Safety
+/// As [`define_counter`].
+pub unsafe fn define_gauge(config: *mut c_void, name: &str) -> Option<usize> {
+    let mut id = 0usize;
+    let result = envoy_dynamic_module_callback_http_filter_config_define_gauge(
+        config,
+        ModuleBuffer::of(name.as_bytes()),
+        null(),
+        0,
+        &mut id,
+    );
+    (result == METRICS_SUCCESS).then_some(id)
+}
+
+/// Adds `by` to counter `id`, outside any stream (the main thread).
+///
+/// # Safety
+/// `config` must be the Envoy configuration pointer that defined `id`, still alive.
+pub unsafe fn config_increment_counter(config: Ptr, id: usize, by: u64) {
+    let _ = envoy_dynamic_module_callback_http_filter_config_increment_counter(
+        config.0,
+        id,
+        null(),
+        0,
+        by,
+    );
+}
+
+/// Sets gauge `id` outside any stream (the main thread).
+///
+/// # Safety
+/// As [`config_increment_counter`].
+pub unsafe fn config_set_gauge(config: Ptr, id: usize, value: u64) {
+    let _ =
+        envoy_dynamic_module_callback_http_filter_config_set_gauge(config.0, id, null(), 0, value);
+}
+
+/// Resumes a request a hook stopped.
+///
+/// # Safety
+/// `filter` must be the stream's Envoy filter pointer, inside one of its hooks.
+pub unsafe fn continue_decoding(filter: *mut c_void) {
+    envoy_dynamic_module_callback_http_filter_continue_decoding(filter);
+}
+
+/// A scheduler that posts `on_http_filter_scheduled` to the stream's worker; delete it once.
+///
+/// # Safety
+/// `filter` must be the stream's Envoy filter pointer, inside one of its request hooks.
+pub unsafe fn filter_scheduler(filter: *mut c_void) -> Ptr {
+    Ptr(envoy_dynamic_module_callback_http_filter_scheduler_new(
+        filter,
+    ))
+}
+
+/// Posts event `event` to the scheduler's stream (from any thread).
+///
+/// # Safety
+/// `scheduler` must come from [`filter_scheduler`] and not be deleted yet.
+pub unsafe fn filter_schedule(scheduler: Ptr, event: u64) {
+    envoy_dynamic_module_callback_http_filter_scheduler_commit(scheduler.0, event);
+}
+
+/// # Safety
+/// `scheduler` must come from [`filter_scheduler`], deleted once.
+pub unsafe fn filter_scheduler_delete(scheduler: Ptr) {
+    envoy_dynamic_module_callback_http_filter_scheduler_delete(scheduler.0);
+}
+
+/// A scheduler that posts `on_http_filter_config_scheduled` to the main thread.
+///
+/// # Safety
+/// `config` must be the Envoy configuration pointer, inside `on_http_filter_config_new`.
+pub unsafe fn config_scheduler(config: *mut c_void) -> Ptr {
+    Ptr(envoy_dynamic_module_callback_http_filter_config_scheduler_new(config))
+}
+
+/// Posts event `event` to the main thread (from any thread).
+///
+/// # Safety
+/// `scheduler` must come from [`config_scheduler`] and not be deleted yet.
+pub unsafe fn config_schedule(scheduler: Ptr, event: u64) {
+    envoy_dynamic_module_callback_http_filter_config_scheduler_commit(scheduler.0, event);
+}
+
+/// # Safety
+/// `scheduler` must come from [`config_scheduler`], deleted once.
+pub unsafe fn config_scheduler_delete(scheduler: Ptr) {
+    envoy_dynamic_module_callback_http_filter_config_scheduler_delete(scheduler.0);
+}
+
+/// Starts a call to `cluster` owned by the configuration (its answer comes to
+/// `on_http_filter_config_http_callout_done`); its id, or `Err` with Envoy's refusal code.
+///
+/// # Safety
+/// `config` must be the Envoy configuration pointer, on the main thread.
+pub unsafe fn config_callout(
+    config: Ptr,
+    cluster: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout_ms: u64,
+) -> Result<u64, u32> {
+    let headers: Vec<ModuleHeader> = headers
+        .iter()
+        .map(|(k, v)| ModuleHeader {
+            key_ptr: k.as_ptr(),
+            key_length: k.len(),
+            value_ptr: v.as_ptr(),
+            value_length: v.len(),
+        })
+        .collect();
+    let mut id = 0u64;
+    let result = envoy_dynamic_module_callback_http_filter_config_http_callout(
+        config.0,
+        &mut id,
+        ModuleBuffer::of(cluster.as_bytes()),
+        headers.as_ptr(),
+        headers.len(),
+        ModuleBuffer::of(body),
+        timeout_ms,
+    );
+    if result == CALLOUT_STARTED {
+        Ok(id)
+    } else {
+        Err(result)
+    }
+}
+
+/// The `:status` and body (at most `limit + 1` bytes) of a call's answer, as Envoy hands them
+/// to the done hook.
+///
+/// # Safety
+/// The arrays must be the done hook's, inside it (null with size 0 for none).
+pub unsafe fn call_answer(
+    headers: *const EnvoyHeader,
+    headers_size: usize,
+    chunks: *const EnvoyBuffer,
+    chunks_size: usize,
+    limit: usize,
+) -> (Option<String>, Vec<u8>) {
+    let headers = if headers.is_null() {
+        &[][..]
+    } else {
+        std::slice::from_raw_parts(headers, headers_size)
+    };
+    let status = headers.iter().find_map(|h| {
+        let key = EnvoyBuffer {
+            ptr: h.key_ptr,
+            length: h.key_length,
+        }
+        .bytes();
+        let value = EnvoyBuffer {
+            ptr: h.value_ptr,
+            length: h.value_length,
+        }
+        .bytes();
+        (key == b":status").then(|| String::from_utf8_lossy(value).into_owned())
+    });
+    let chunks = if chunks.is_null() {
+        &[][..]
+    } else {
+        std::slice::from_raw_parts(chunks, chunks_size)
+    };
+    let mut body = Vec::new();
+    for chunk in chunks {
+        let room = (limit + 1).saturating_sub(body.len());
+        let bytes = chunk.bytes();
+        body.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+    (status, body)
 }

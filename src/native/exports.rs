@@ -4,8 +4,9 @@
 //! answered 503, never let through.
 
 use super::abi::{self, EnvoyBuffer, EnvoyHeader, CONTINUE, STOP_ITERATION};
-use super::filter::{Filter, FilterConfig, Stream};
+use super::filter::{now_ms, Filter, FilterConfig, Stream};
 use crate::challenge;
+use crate::jwt::keys::MAX_JWKS_BYTES;
 use crate::shell;
 use std::ffi::{c_char, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -51,7 +52,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *const c_void) {
     guarded((), || {
         if !config.is_null() {
-            drop(Box::from_raw(config.cast_mut().cast::<FilterConfig>()));
+            let config = Box::from_raw(config.cast_mut().cast::<FilterConfig>());
+            config.fetcher.close();
         }
     })
 }
@@ -203,33 +205,73 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
 ) {
 }
 
+/// A paused request is woken (on its worker).
+///
+/// # Safety
+/// Called by Envoy on the stream's worker with its pointers.
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
-    _envoy: *mut c_void,
-    _filter: *const c_void,
-    _event: u64,
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
+    envoy: *mut c_void,
+    filter: *const c_void,
+    event: u64,
 ) {
+    let woken = catch_unwind(AssertUnwindSafe(|| {
+        if let Some(filter) = filter.cast_mut().cast::<Filter>().as_mut() {
+            filter.on_scheduled(envoy, event);
+        }
+    }));
+    if woken.is_err() {
+        abi::log(abi::LOG_ERROR, || "oauth-filter: a hook panicked".into());
+        guarded(STOP_ITERATION, || unavailable(envoy));
+    }
 }
 
+/// The configuration's event on the main thread: start the key fetches that are due.
+///
+/// # Safety
+/// `config` is a pointer `on_http_filter_config_new` returned, alive.
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
     _envoy: *mut c_void,
-    _config: *const c_void,
+    config: *const c_void,
     _event: u64,
 ) {
+    guarded((), || {
+        if let Some(config) = config.cast::<FilterConfig>().as_ref() {
+            config.fetcher.on_scheduled(now_ms());
+        }
+    })
 }
 
+/// The answer to one of the configuration's calls (on the main thread).
+///
+/// # Safety
+/// `config` is a pointer `on_http_filter_config_new` returned, alive; the arrays are Envoy's,
+/// valid during the call.
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
     _envoy: *mut c_void,
-    _config: *const c_void,
-    _callout: u64,
+    config: *const c_void,
+    callout: u64,
     _result: u32,
-    _headers: *const EnvoyHeader,
-    _headers_size: usize,
-    _body: *const EnvoyBuffer,
-    _body_size: usize,
+    headers: *const EnvoyHeader,
+    headers_size: usize,
+    body: *const EnvoyBuffer,
+    body_size: usize,
 ) {
+    guarded((), || {
+        let Some(config) = config.cast::<FilterConfig>().as_ref() else {
+            return;
+        };
+        let (status, body) =
+            abi::call_answer(headers, headers_size, body, body_size, MAX_JWKS_BYTES);
+        if config
+            .fetcher
+            .on_answer(callout, status.as_deref(), body, now_ms())
+        {
+            config.verified.clear();
+        }
+    })
 }
 
 #[no_mangle]

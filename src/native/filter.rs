@@ -1,8 +1,10 @@
 //! The native shell's configuration and requests: what `on_http_filter_config_new` builds, and
-//! one request's headers decided by the core and answered through [`crate::shell`].
+//! one request decided by the core and answered through [`crate::shell`], paused while its
+//! provider's keys are fetched and decided again when they arrive.
 
-use super::abi;
+use super::abi::{self, Ptr};
 use super::known::VerifiedTokens;
+use super::remote::{Fetcher, WAKE};
 use crate::challenge;
 use crate::config::Config;
 use crate::decision::{self, Decision, Request};
@@ -11,28 +13,30 @@ use crate::shell::{self, RequestHost};
 use std::ffi::c_void;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// One filter configuration, shared by every worker (Envoy calls its hooks from all of them):
-/// read-only once built.
+/// One filter configuration, shared by every worker (Envoy calls its hooks from all of them).
 pub struct FilterConfig {
     pub config: Config,
     /// [`REQUEST_COUNTERS`]' ids, by index.
     counters: [Option<usize>; REQUEST_COUNTERS.len()],
     jwt_cache_hits: Option<usize>,
-    verified: VerifiedTokens,
+    pub verified: VerifiedTokens,
+    pub fetcher: Fetcher,
 }
 
 impl FilterConfig {
-    /// Parses the configuration and defines the counters; `Err` names the refused field.
+    /// Parses the configuration, defines the counters and asks for the first key fetches;
+    /// `Err` names the refused field.
     ///
     /// # Safety
     /// `envoy` must be the configuration pointer of `on_http_filter_config_new`, inside it.
     pub unsafe fn new(envoy: *mut c_void, json: &[u8]) -> Result<FilterConfig, String> {
         let config = Config::from_json(json).map_err(|e| e.to_string())?;
         Ok(FilterConfig {
-            config,
             counters: REQUEST_COUNTERS.map(|name| abi::define_counter(envoy, name)),
             jwt_cache_hits: abi::define_counter(envoy, metrics::JWT_CACHE_HITS),
             verified: VerifiedTokens::new(),
+            fetcher: Fetcher::new(envoy, &config),
+            config,
         })
     }
 
@@ -47,19 +51,52 @@ impl FilterConfig {
 /// One stream's state.
 pub struct Filter {
     config: *const FilterConfig,
+    /// The stream's scheduler, once it paused (deleted with the stream).
+    scheduler: Option<Ptr>,
+    /// The provider whose keys the request last waited for, how often it paused, and whether
+    /// it is paused now.
+    waiting: Option<usize>,
+    pauses: u32,
+    paused: bool,
 }
+
+/// A request that paused this often for keys is decided without waiting again.
+const MAX_PAUSES: u32 = 2;
 
 impl Filter {
     pub fn new(config: *const FilterConfig) -> Filter {
-        Filter { config }
+        Filter {
+            config,
+            scheduler: None,
+            waiting: None,
+            pauses: 0,
+            paused: false,
+        }
     }
 
-    /// The request's headers arrived: decide, answer or let it go.
+    /// The request's headers arrived: decide, answer, let go or pause.
     ///
     /// # Safety
     /// `envoy` must be this stream's Envoy filter pointer, inside its request-headers hook; the
     /// configuration outlives the stream (Envoy destroys it after its last filter).
     pub unsafe fn on_request_headers(&mut self, envoy: *mut c_void) -> u32 {
+        self.process(envoy)
+    }
+
+    /// An event posted to the stream: a paused request is decided again.
+    ///
+    /// # Safety
+    /// As [`Filter::on_request_headers`], inside the stream's scheduled hook.
+    pub unsafe fn on_scheduled(&mut self, envoy: *mut c_void, event: u64) {
+        if event != WAKE || !std::mem::take(&mut self.paused) {
+            return;
+        }
+        if self.process(envoy) == abi::CONTINUE {
+            abi::continue_decoding(envoy);
+        }
+    }
+
+    unsafe fn process(&mut self, envoy: *mut c_void) -> u32 {
         let Some(config) = self.config.as_ref() else {
             let refusal = challenge::unavailable("The filter is not configured");
             shell::deny(&mut Stream(envoy), &refusal);
@@ -77,56 +114,111 @@ impl Filter {
             headers: &headers,
             now: now_ms / 1000,
         };
-        let decision = {
-            let known = config.verified.view(&config.config, now_ms);
+        let gave_up = self.waiting_for_too_long();
+        // The states are read-locked while deciding only: parking and fetching take them again.
+        let (decision, generation, refresh) = {
+            let states = config.fetcher.read(config.config.providers.len());
+            let known = config
+                .verified
+                .view(&config.config, states, now_ms, gave_up);
             let decision = decision::decide(&config.config, &known, request);
             if let (Some(id), hits @ 1..) = (config.jwt_cache_hits, known.hits.get()) {
                 abi::increment_counter(envoy, id, hits);
             }
-            decision
+            let generation = match &decision {
+                Decision::Wait { provider, .. } => Fetcher::generation(&known.states, *provider),
+                _ => 0,
+            };
+            let refresh = Fetcher::refresh_due(&known.states, &config.config, now_ms);
+            (decision, generation, refresh)
         };
-        act(config, envoy, decision, now_ms)
+        if refresh {
+            config.fetcher.request();
+        }
+        self.act(config, envoy, decision, now_ms, generation)
+    }
+
+    /// The provider this request paused for too often already.
+    fn waiting_for_too_long(&self) -> Option<usize> {
+        (self.pauses >= MAX_PAUSES)
+            .then_some(self.waiting)
+            .flatten()
+    }
+
+    /// Carries out `decision` on the stream.
+    unsafe fn act(
+        &mut self,
+        config: &FilterConfig,
+        envoy: *mut c_void,
+        decision: Decision,
+        now_ms: u64,
+        generation: u64,
+    ) -> u32 {
+        let mut stream = Stream(envoy);
+        match decision {
+            Decision::Allow(forward) => {
+                shell::apply(&mut stream, &forward);
+                config.count(envoy, metrics::passed(forward.passed));
+                config.verified.remember(forward.verified, now_ms);
+                abi::CONTINUE
+            }
+            Decision::Deny(refusal) => {
+                config.count(envoy, metrics::denied(refusal.reason));
+                abi::log(abi::LOG_DEBUG, || {
+                    format!("oauth-filter: denied: {}", refusal.reason.name())
+                });
+                shell::deny(&mut stream, &refusal);
+                abi::STOP_ITERATION
+            }
+            Decision::Serve(reply) => {
+                if let Some(i) = metrics::metadata(reply.served, reply.status >= 400) {
+                    config.count(envoy, i);
+                }
+                shell::serve(&mut stream, &reply);
+                abi::STOP_ITERATION
+            }
+            Decision::Wait { provider, refetch } => {
+                let scheduler = *self
+                    .scheduler
+                    .get_or_insert_with(|| abi::filter_scheduler(envoy));
+                self.waiting = Some(provider);
+                self.pauses += 1;
+                self.paused = true;
+                config.fetcher.wait(provider, scheduler, generation);
+                if refetch {
+                    config.fetcher.want_refetch(provider);
+                }
+                abi::STOP_ITERATION
+            }
+            // Introspection and upstream tokens need calls the native shell does not make yet:
+            // fail closed.
+            Decision::Introspect { .. } | Decision::AwaitCredential { .. } => {
+                let refusal = challenge::unavailable("Not available in the native build yet");
+                config.count(envoy, metrics::denied(refusal.reason));
+                shell::deny(&mut stream, &refusal);
+                abi::STOP_ITERATION
+            }
+        }
     }
 }
 
-/// Carries out `decision` on the stream.
-unsafe fn act(config: &FilterConfig, envoy: *mut c_void, decision: Decision, now_ms: u64) -> u32 {
-    let mut stream = Stream(envoy);
-    match decision {
-        Decision::Allow(forward) => {
-            shell::apply(&mut stream, &forward);
-            config.count(envoy, metrics::passed(forward.passed));
-            config.verified.remember(forward.verified, now_ms);
-            abi::CONTINUE
-        }
-        Decision::Deny(refusal) => {
-            config.count(envoy, metrics::denied(refusal.reason));
-            abi::log(abi::LOG_DEBUG, || {
-                format!("oauth-filter: denied: {}", refusal.reason.name())
-            });
-            shell::deny(&mut stream, &refusal);
-            abi::STOP_ITERATION
-        }
-        Decision::Serve(reply) => {
-            if let Some(i) = metrics::metadata(reply.served, reply.status >= 400) {
-                config.count(envoy, i);
+impl Drop for Filter {
+    fn drop(&mut self) {
+        if let Some(scheduler) = self.scheduler.take() {
+            // SAFETY: the configuration outlives its streams; no wake can reach the scheduler
+            // once it is forgotten, and it is deleted once.
+            unsafe {
+                if let Some(config) = self.config.as_ref() {
+                    config.fetcher.forget(scheduler);
+                }
+                abi::filter_scheduler_delete(scheduler);
             }
-            shell::serve(&mut stream, &reply);
-            abi::STOP_ITERATION
-        }
-        // Remote keys, introspection and upstream tokens need the native shell's fetches
-        // (not built yet): fail closed.
-        Decision::Wait { .. } | Decision::Introspect { .. } | Decision::AwaitCredential { .. } => {
-            let refusal = challenge::unavailable("Not available in the native build yet");
-            config.count(envoy, metrics::denied(refusal.reason));
-            shell::deny(&mut stream, &refusal);
-            abi::STOP_ITERATION
         }
     }
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
-fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

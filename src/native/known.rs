@@ -1,9 +1,11 @@
-//! What the native shell knows when it decides: the configured keys and the verified-token
-//! cache. Envoy's workers share the module's memory, so one cache serves them all (the Wasm
-//! build has one per VM): decisions read it together, inserts take it alone, after the decision.
+//! What the native shell knows when it decides: the configured and fetched keys and the
+//! verified-token cache. Envoy's workers share the module's memory, so one cache serves them all
+//! (the Wasm build has one per VM): decisions read it together, inserts take it alone, after
+//! the decision.
 
+use super::remote::State;
 use crate::cache::{self, Secret, TokenKey, TtlCache};
-use crate::config::Config;
+use crate::config::{Config, KeySource};
 use crate::decision::{self, Cached, KeysNow, Known};
 use serde_json::{Map, Value};
 use std::cell::Cell;
@@ -31,8 +33,15 @@ impl VerifiedTokens {
         }
     }
 
-    /// A view for one decision at `now_ms`, holding the cache for reading.
-    pub fn view<'a>(&'a self, config: &'a Config, now_ms: u64) -> View<'a> {
+    /// A view for one decision at `now_ms`, holding the cache and the remote providers'
+    /// `states` for reading; `gave_up`: a provider the request waited for long enough.
+    pub fn view<'a>(
+        &'a self,
+        config: &'a Config,
+        states: Vec<Option<RwLockReadGuard<'a, State>>>,
+        now_ms: u64,
+        gave_up: Option<usize>,
+    ) -> View<'a> {
         View {
             config,
             cache: self
@@ -42,6 +51,8 @@ impl VerifiedTokens {
             secret: self.secret,
             now_ms,
             hits: Cell::new(0),
+            states,
+            gave_up,
         }
     }
 
@@ -58,6 +69,15 @@ impl VerifiedTokens {
             let size = cache::json_size(&v.claims);
             cache.insert(v.key, v.claims, size, v.until, now_ms);
         }
+    }
+
+    /// Forgets every verified token (a key set changed: a token verified with a key that is
+    /// gone must not stay valid).
+    pub fn clear(&self) {
+        self.cache
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clear();
     }
 }
 
@@ -80,11 +100,29 @@ pub struct View<'a> {
     now_ms: u64,
     /// Verified-token cache hits, to count once the decision is made.
     pub hits: Cell<u64>,
+    /// The remote providers' states, by provider index.
+    pub states: Vec<Option<RwLockReadGuard<'a, State>>>,
+    gave_up: Option<usize>,
 }
 
 impl Known for View<'_> {
     fn keys_now(&self, provider: usize) -> KeysNow<'_> {
-        decision::configured_keys(self.config, provider)
+        let remote = self.states.get(provider).and_then(Option::as_ref);
+        match (self.config.providers.get(provider).map(|p| &p.keys), remote) {
+            (Some(KeySource::Remote(_)), Some(s)) => {
+                if s.record.has_keys() {
+                    KeysNow::Ready {
+                        keys: &s.keys,
+                        may_refetch: s.record.refetch_allowed(self.now_ms),
+                    }
+                } else if self.gave_up == Some(provider) || s.record.failures > 0 {
+                    KeysNow::Unavailable
+                } else {
+                    KeysNow::Pending
+                }
+            }
+            _ => decision::configured_keys(self.config, provider),
+        }
     }
 
     fn token_key(&self, provider: &str, token: &str) -> TokenKey {

@@ -10,6 +10,7 @@ mod abi;
 mod exports;
 mod filter;
 mod known;
+mod remote;
 
 /// Logs a panic's location through Envoy before the hook's guard turns it into a 503.
 fn install_panic_hook() {

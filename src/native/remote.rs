@@ -1,0 +1,428 @@
+//! Remote key sets in the native shell: one record and key set per provider for the whole
+//! process (Envoy's workers share the module's memory, so there is one fetch per refresh without
+//! the leases the Wasm VMs need), fetched by configuration-owned calls on Envoy's main thread,
+//! and the requests paused until they arrive. The fetch itself is the core's
+//! ([`crate::keyfetch`]).
+//!
+//! Threads: workers decide with the states read-locked, ask for fetches through the
+//! configuration's scheduler and park paused requests in [`Fetcher::wait`]; the main thread
+//! makes the calls, installs what they bring and wakes the parked requests through their own
+//! schedulers.
+
+use super::abi::{self, Ptr};
+use crate::config::{Config, HttpUri, KeySource, RemoteJwks};
+use crate::jwt::keys::Jwk;
+use crate::keyfetch::{self, Answer, Step};
+use crate::remote::Record;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Locks, whatever a panicking holder left (the data stay consistent: every change is one
+/// assignment).
+macro_rules! lock {
+    ($e:expr) => {
+        $e.unwrap_or_else(|poisoned| poisoned.into_inner())
+    };
+}
+
+/// The event a paused request is woken with.
+pub const WAKE: u64 = 1;
+/// The configuration scheduler's event: look for fetches to start.
+const FETCH: u64 = 1;
+/// How often the ticker asks the main thread to look for due refreshes and retries (the same
+/// period as the Wasm build's ticks), so that keys are refreshed without traffic too.
+const TICK: Duration = Duration::from_millis(500);
+
+/// What the process knows of one provider's remote keys.
+#[derive(Default)]
+pub struct State {
+    pub record: Record,
+    /// The keys of `record.jwks`.
+    pub keys: Vec<Jwk>,
+    /// The call under way: its id and step.
+    in_flight: Option<(u64, Step)>,
+    /// A request saw an unknown `kid` and wants a refetch.
+    want_refetch: bool,
+    /// Fetches finished (well or not): a request that saw one generation and parks after the
+    /// next finished is woken at once.
+    pub generation: u64,
+}
+
+/// One provider with remote keys.
+struct Remote {
+    provider: usize,
+    name: String,
+    issuer: String,
+    spec: RemoteJwks,
+    state: RwLock<State>,
+    /// Gauge `oauth_filter.jwks.NAME.keys`.
+    gauge: Option<usize>,
+}
+
+/// A paused request: the provider it waits for, and its stream's scheduler.
+struct Waiter {
+    provider: usize,
+    scheduler: Ptr,
+}
+
+/// The remote key sets of one configuration.
+pub struct Fetcher {
+    remotes: Vec<Remote>,
+    /// The configuration's Envoy pointer (calls and metrics, on the main thread).
+    envoy: Ptr,
+    /// Posts [`FETCH`] to the main thread.
+    scheduler: Ptr,
+    /// A [`FETCH`] is posted and not yet run.
+    requested: AtomicBool,
+    waiters: Mutex<Vec<Waiter>>,
+    fetch_ok: Option<usize>,
+    fetch_failed: Option<usize>,
+    ticker: Mutex<Option<Ticker>>,
+}
+
+/// A thread that posts [`FETCH`] every [`TICK`] (Envoy gives dynamic modules no timers; the
+/// scheduler may be committed from any thread), stopped and joined before the scheduler goes.
+struct Ticker {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: JoinHandle<()>,
+}
+
+impl Ticker {
+    fn start(scheduler: Ptr) -> Option<Ticker> {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("oauth-filter-tick".into())
+            .spawn(move || loop {
+                let (stopped, wake) = &*flag;
+                let guard = lock!(stopped.lock());
+                let (guard, _) = lock!(wake.wait_timeout(guard, TICK));
+                if *guard {
+                    return;
+                }
+                drop(guard);
+                // SAFETY: the scheduler is deleted only after this thread is joined.
+                unsafe { abi::config_schedule(scheduler, FETCH) }
+            });
+        match thread {
+            Ok(thread) => Some(Ticker { stop, thread }),
+            Err(e) => {
+                abi::log(abi::LOG_WARN, || {
+                    format!("oauth-filter: no ticker thread ({e}): keys refresh only with traffic")
+                });
+                None
+            }
+        }
+    }
+
+    fn stop(self) {
+        let (stopped, wake) = &*self.stop;
+        *lock!(stopped.lock()) = true;
+        wake.notify_all();
+        let _ = self.thread.join();
+    }
+}
+
+impl Fetcher {
+    /// The remote providers of `config`, and a first fetch asked for.
+    ///
+    /// # Safety
+    /// `envoy` must be the configuration pointer of `on_http_filter_config_new`, inside it.
+    pub unsafe fn new(envoy: *mut std::ffi::c_void, config: &Config) -> Fetcher {
+        let remotes: Vec<Remote> = config
+            .providers
+            .iter()
+            .enumerate()
+            .filter_map(|(provider, p)| match &p.keys {
+                KeySource::Remote(spec) => Some(Remote {
+                    provider,
+                    name: p.name.clone(),
+                    issuer: p.claims.issuer.clone().unwrap_or_default(),
+                    spec: spec.clone(),
+                    state: RwLock::default(),
+                    gauge: abi::define_gauge(envoy, &format!("oauth_filter.jwks.{}.keys", p.name)),
+                }),
+                _ => None,
+            })
+            .collect();
+        let fetcher = Fetcher {
+            scheduler: if remotes.is_empty() {
+                Ptr(std::ptr::null_mut())
+            } else {
+                abi::config_scheduler(envoy)
+            },
+            remotes,
+            envoy: Ptr(envoy),
+            requested: AtomicBool::new(false),
+            waiters: Mutex::new(Vec::new()),
+            fetch_ok: abi::define_counter(envoy, "oauth_filter.jwks.fetch_success"),
+            fetch_failed: abi::define_counter(envoy, "oauth_filter.jwks.fetch_failure"),
+            ticker: Mutex::new(None),
+        };
+        if !fetcher.remotes.is_empty() {
+            *lock!(fetcher.ticker.lock()) = Ticker::start(fetcher.scheduler);
+        }
+        fetcher.request();
+        fetcher
+    }
+
+    /// Read access to every remote provider's state, by provider index, for one decision.
+    pub fn read(&self, providers: usize) -> Vec<Option<RwLockReadGuard<'_, State>>> {
+        let mut states: Vec<Option<RwLockReadGuard<'_, State>>> =
+            (0..providers).map(|_| None).collect();
+        for r in &self.remotes {
+            if let Some(slot) = states.get_mut(r.provider) {
+                *slot = Some(lock!(r.state.read()));
+            }
+        }
+        states
+    }
+
+    /// Whether a refresh of some provider is due at `now` with none under way.
+    pub fn refresh_due(
+        states: &[Option<RwLockReadGuard<'_, State>>],
+        config: &Config,
+        now: u64,
+    ) -> bool {
+        states.iter().enumerate().any(|(p, s)| {
+            match (s, config.providers.get(p).map(|p| &p.keys)) {
+                (Some(s), Some(KeySource::Remote(spec))) => {
+                    s.in_flight.is_none() && s.record.fetch_due(spec.cache_duration_ms, now, false)
+                }
+                _ => false,
+            }
+        })
+    }
+
+    /// Asks the main thread to look for fetches to start (from any thread; once until it has).
+    pub fn request(&self) {
+        if !self.remotes.is_empty() && !self.requested.swap(true, Ordering::AcqRel) {
+            // SAFETY: the scheduler lives as long as the configuration; commit is thread-safe.
+            unsafe { abi::config_schedule(self.scheduler, FETCH) }
+        }
+    }
+
+    /// A request for `provider` saw an unknown `kid`: refetch if the rate limit allows.
+    pub fn want_refetch(&self, provider: usize) {
+        if let Some(r) = self.remotes.iter().find(|r| r.provider == provider) {
+            lock!(r.state.write()).want_refetch = true;
+        }
+        self.request();
+    }
+
+    /// Parks a request until `provider`'s keys change; `seen`: the generation its decision
+    /// read (if a fetch finished since, it is woken at once).
+    pub fn wait(&self, provider: usize, scheduler: Ptr, seen: u64) {
+        let Some(r) = self.remotes.iter().find(|r| r.provider == provider) else {
+            // SAFETY: the stream's own scheduler, alive in its hook.
+            return unsafe { abi::filter_schedule(scheduler, WAKE) };
+        };
+        {
+            // Under the waiters' lock, which a finished fetch takes (after its generation) to
+            // wake: either it sees this waiter, or this sees its generation.
+            let mut waiters = lock!(self.waiters.lock());
+            if lock!(r.state.read()).generation != seen {
+                // SAFETY: as above.
+                return unsafe { abi::filter_schedule(scheduler, WAKE) };
+            }
+            waiters.push(Waiter {
+                provider,
+                scheduler,
+            });
+        }
+        self.request();
+    }
+
+    /// The generation of `provider`'s fetches.
+    pub fn generation(states: &[Option<RwLockReadGuard<'_, State>>], provider: usize) -> u64 {
+        states
+            .get(provider)
+            .and_then(Option::as_ref)
+            .map_or(0, |s| s.generation)
+    }
+
+    /// Forgets the parked requests of a stream that is going away (before its scheduler is
+    /// deleted: a wake must never reach a deleted scheduler).
+    pub fn forget(&self, scheduler: Ptr) {
+        lock!(self.waiters.lock()).retain(|w| w.scheduler != scheduler);
+    }
+
+    /// Wakes the requests parked for `provider`.
+    fn wake(&self, provider: usize) {
+        let mut waiters = lock!(self.waiters.lock());
+        waiters.retain(|w| {
+            if w.provider != provider {
+                return true;
+            }
+            // SAFETY: under the lock `forget` takes before a scheduler is deleted.
+            unsafe { abi::filter_schedule(w.scheduler, WAKE) };
+            false
+        });
+    }
+
+    /// The configuration is going away: its ticker and scheduler with it.
+    pub fn close(&self) {
+        if let Some(ticker) = lock!(self.ticker.lock()).take() {
+            ticker.stop();
+        }
+        if !self.remotes.is_empty() {
+            // SAFETY: created in `new`, deleted once, here.
+            unsafe { abi::config_scheduler_delete(self.scheduler) }
+        }
+    }
+}
+
+/// The main thread's part: starting calls and taking their answers.
+impl Fetcher {
+    /// [`FETCH`] arrived: start what is due.
+    pub fn on_scheduled(&self, now: u64) {
+        self.requested.store(false, Ordering::Release);
+        for r in &self.remotes {
+            self.maybe_fetch(r, now);
+        }
+    }
+
+    fn maybe_fetch(&self, r: &Remote, now: u64) {
+        let (call, refused_refetch) = {
+            let mut s = lock!(r.state.write());
+            if s.in_flight.is_some() {
+                return;
+            }
+            let refetch = s.want_refetch && s.record.refetch_allowed(now);
+            let refused = s.want_refetch && !refetch;
+            s.want_refetch = false;
+            let call = if s.record.fetch_due(r.spec.cache_duration_ms, now, refetch) {
+                s.record = s.record.started(now, refetch);
+                keyfetch::next_call(&r.spec, &s.record)
+            } else {
+                None
+            };
+            (call, refused)
+        };
+        match call {
+            Some((step, target)) => self.dispatch(r, step, &target, now),
+            // Those requests are decided again with the keys as they are.
+            None if refused_refetch => self.wake(r.provider),
+            None => {}
+        }
+    }
+
+    fn dispatch(&self, r: &Remote, step: Step, target: &HttpUri, now: u64) {
+        let url = match keyfetch::url(target) {
+            Ok(url) => url,
+            Err(why) => return self.fail(r, &why, now),
+        };
+        let headers = keyfetch::get_headers(&url);
+        // SAFETY: on the main thread (config_scheduled or a config callout's done hook).
+        let started = unsafe {
+            abi::config_callout(
+                self.envoy,
+                &target.cluster,
+                &headers,
+                b"",
+                target.timeout_ms,
+            )
+        };
+        match started {
+            Ok(id) => lock!(r.state.write()).in_flight = Some((id, step)),
+            Err(code) => self.fail(
+                r,
+                &format!(
+                    "cannot call cluster {} for {} (refused: {code})",
+                    target.cluster, target.uri
+                ),
+                now,
+            ),
+        }
+    }
+
+    /// The answer to call `id`, if it is one of this configuration's key fetches; `true` if
+    /// keys changed (tokens verified with the old ones must be verified again).
+    pub fn on_answer(&self, id: u64, status: Option<&str>, body: Vec<u8>, now: u64) -> bool {
+        let found = self.remotes.iter().find_map(|r| {
+            let s = lock!(r.state.read());
+            s.in_flight
+                .filter(|(call, _)| *call == id)
+                .map(|(_, step)| (r, step))
+        });
+        let Some((r, step)) = found else { return false };
+        lock!(r.state.write()).in_flight = None;
+        match keyfetch::judge(step, status, body, &r.issuer) {
+            Err(why) => self.fail(r, &why, now),
+            Ok(Answer::Discovered(jwks_uri)) => {
+                let call = {
+                    let mut s = lock!(r.state.write());
+                    s.record.jwks_uri = Some(jwks_uri);
+                    keyfetch::next_call(&r.spec, &s.record)
+                };
+                match call {
+                    Some((step, target)) => self.dispatch(r, step, &target, now),
+                    None => self.fail(r, "discovery gave no JWKS location", now),
+                }
+            }
+            Ok(Answer::Keys(text, set)) => {
+                for problem in &set.problems {
+                    abi::log(abi::LOG_WARN, || {
+                        format!(
+                            "oauth-filter: provider {}: JWKS key skipped: {problem}",
+                            r.name
+                        )
+                    });
+                }
+                let count = set.keys.len();
+                {
+                    let mut s = lock!(r.state.write());
+                    s.record = s.record.succeeded(text, now);
+                    s.keys = set.keys;
+                    s.generation += 1;
+                }
+                abi::log(abi::LOG_INFO, || {
+                    format!("oauth-filter: provider {}: {count} key(s) loaded", r.name)
+                });
+                // SAFETY: on the main thread, with the configuration's pointer.
+                unsafe {
+                    if let Some(id) = self.fetch_ok {
+                        abi::config_increment_counter(self.envoy, id, 1);
+                    }
+                    if let Some(id) = r.gauge {
+                        abi::config_set_gauge(self.envoy, id, count as u64);
+                    }
+                }
+                self.wake(r.provider);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// A fetch failed: keep the last good keys (if any), back off, wake the waiters (who get
+    /// the old keys, or 503 when there never were any).
+    fn fail(&self, r: &Remote, why: &str, now: u64) {
+        let (has_keys, retry) = {
+            let mut s = lock!(r.state.write());
+            let mut next = s.record.failed(now);
+            if r.spec.jwks.is_none() {
+                next.jwks_uri = None;
+            }
+            s.record = next;
+            s.in_flight = None;
+            s.generation += 1;
+            (s.record.has_keys(), s.record.backoff_ms())
+        };
+        let outcome = if has_keys {
+            "keeping the last good keys"
+        } else {
+            "no keys yet: requests get 503"
+        };
+        abi::log(abi::LOG_WARN, || {
+            format!("oauth-filter: provider {}: key fetch failed: {why}; {outcome}; retry in {retry} ms", r.name)
+        });
+        if let Some(id) = self.fetch_failed {
+            // SAFETY: on the main thread, with the configuration's pointer.
+            unsafe { abi::config_increment_counter(self.envoy, id, 1) }
+        }
+        self.wake(r.provider);
+    }
+}
