@@ -141,6 +141,23 @@ pub fn parse(status: Option<&str>, body: &[u8]) -> Result<Answer, Failure> {
     Ok(Answer::Active(doc))
 }
 
+/// Until when an answer may be cached (ms): an active token's (`claims`) until the earlier of
+/// its `exp` and `cache_duration`, an inactive one's for `negative_cache_duration`. Not after
+/// `now`: not cached.
+pub fn cache_until(config: &Introspection, claims: Option<&Map<String, Value>>, now: u64) -> u64 {
+    match claims {
+        Some(claims) => {
+            let limit = now.saturating_add(config.cache_duration_ms);
+            match claims.get("exp").and_then(Value::as_f64) {
+                Some(exp) if exp >= 0.0 => limit.min((exp * 1000.0) as u64),
+                Some(_) => now,
+                None => limit,
+            }
+        }
+        None => now.saturating_add(config.negative_cache_duration_ms),
+    }
+}
+
 /// Whether a token looks like a JWT (three segments, the first a JSON object): such tokens are
 /// verified locally by a provider that has keys; all others are introspected.
 pub fn is_jwt_shaped(token: &str) -> bool {

@@ -101,20 +101,9 @@ impl Intro {
         }
     }
 
-    /// How long an answer may be cached: an active one until the earlier of its `exp` and
-    /// `cache_duration`, an inactive one for `negative_cache_duration`.
+    /// How long an answer may be cached (see [`introspection::cache_until`]).
     fn until(&self, answer: &Cached, now: u64) -> u64 {
-        match answer.as_ref() {
-            Some(claims) => {
-                let limit = now.saturating_add(self.config.cache_duration_ms);
-                match claims.get("exp").and_then(Value::as_f64) {
-                    Some(exp) if exp >= 0.0 => limit.min((exp * 1000.0) as u64),
-                    Some(_) => now,
-                    None => limit,
-                }
-            }
-            None => now.saturating_add(self.config.negative_cache_duration_ms),
-        }
+        introspection::cache_until(&self.config, answer.as_ref().as_ref(), now)
     }
 }
 

@@ -148,6 +148,20 @@ extern "C" {
         label_values_length: usize,
         value: u64,
     ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_define_histogram(
+        config: *mut c_void,
+        name: ModuleBuffer,
+        label_names: *const ModuleBuffer,
+        label_names_length: usize,
+        id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_record_histogram_value(
+        config: *mut c_void,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
     fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter: *mut c_void);
     fn envoy_dynamic_module_callback_http_filter_scheduler_new(filter: *mut c_void) -> *mut c_void;
     fn envoy_dynamic_module_callback_http_filter_scheduler_commit(
@@ -496,4 +510,34 @@ pub unsafe fn call_answer(
         body.extend_from_slice(&bytes[..bytes.len().min(room)]);
     }
     (status, body)
+}
+
+/// Defines histogram `name` on the filter configuration (inside `on_http_filter_config_new`).
+///
+/// # Safety
+/// As [`define_counter`].
+pub unsafe fn define_histogram(config: *mut c_void, name: &str) -> Option<usize> {
+    let mut id = 0usize;
+    let result = envoy_dynamic_module_callback_http_filter_config_define_histogram(
+        config,
+        ModuleBuffer::of(name.as_bytes()),
+        null(),
+        0,
+        &mut id,
+    );
+    (result == METRICS_SUCCESS).then_some(id)
+}
+
+/// Records `value` in histogram `id` outside any stream (the main thread).
+///
+/// # Safety
+/// As [`config_increment_counter`].
+pub unsafe fn config_record_histogram(config: Ptr, id: usize, value: u64) {
+    let _ = envoy_dynamic_module_callback_http_filter_config_record_histogram_value(
+        config.0,
+        id,
+        null(),
+        0,
+        value,
+    );
 }

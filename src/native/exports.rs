@@ -53,7 +53,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(conf
     guarded((), || {
         if !config.is_null() {
             let config = Box::from_raw(config.cast_mut().cast::<FilterConfig>());
-            config.fetcher.close();
+            config.close();
         }
     })
 }
@@ -226,7 +226,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
     }
 }
 
-/// The configuration's event on the main thread: start the key fetches that are due.
+/// The configuration's event on the main thread: start the key fetches and calls that are due.
 ///
 /// # Safety
 /// `config` is a pointer `on_http_filter_config_new` returned, alive.
@@ -234,11 +234,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
     _envoy: *mut c_void,
     config: *const c_void,
-    _event: u64,
+    event: u64,
 ) {
     guarded((), || {
         if let Some(config) = config.cast::<FilterConfig>().as_ref() {
-            config.fetcher.on_scheduled(now_ms());
+            config.on_scheduled(event, now_ms());
         }
     })
 }
@@ -263,14 +263,10 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout
         let Some(config) = config.cast::<FilterConfig>().as_ref() else {
             return;
         };
+        // Enough for the largest answer any call reads (a JWKS), plus one byte.
         let (status, body) =
             abi::call_answer(headers, headers_size, body, body_size, MAX_JWKS_BYTES);
-        if config
-            .fetcher
-            .on_answer(callout, status.as_deref(), body, now_ms())
-        {
-            config.verified.clear();
-        }
+        config.on_answer(callout, status.as_deref(), body, now_ms());
     })
 }
 

@@ -3,14 +3,17 @@
 //! provider's keys are fetched and decided again when they arrive.
 
 use super::abi::{self, Ptr};
-use super::known::VerifiedTokens;
-use super::remote::{Fetcher, WAKE};
+use super::introspect::{Delivered, Introspector, Mailbox, CALL};
+use super::known::{Answers, VerifiedTokens};
+use super::remote::{Fetcher, FETCH, WAKE};
 use crate::challenge;
 use crate::config::Config;
 use crate::decision::{self, Decision, Request};
 use crate::metrics::{self, REQUEST_COUNTERS};
 use crate::shell::{self, RequestHost};
+use std::cell::Cell;
 use std::ffi::c_void;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// One filter configuration, shared by every worker (Envoy calls its hooks from all of them).
@@ -21,6 +24,9 @@ pub struct FilterConfig {
     jwt_cache_hits: Option<usize>,
     pub verified: VerifiedTokens,
     pub fetcher: Fetcher,
+    pub introspector: Introspector,
+    /// Posts events to the main thread (null when nothing is fetched or introspected).
+    scheduler: Ptr,
 }
 
 impl FilterConfig {
@@ -31,13 +37,51 @@ impl FilterConfig {
     /// `envoy` must be the configuration pointer of `on_http_filter_config_new`, inside it.
     pub unsafe fn new(envoy: *mut c_void, json: &[u8]) -> Result<FilterConfig, String> {
         let config = Config::from_json(json).map_err(|e| e.to_string())?;
+        let calls = config.providers.iter().any(|p| {
+            p.introspection.is_some() || matches!(p.keys, crate::config::KeySource::Remote(_))
+        });
+        let scheduler = if calls {
+            abi::config_scheduler(envoy)
+        } else {
+            Ptr(std::ptr::null_mut())
+        };
         Ok(FilterConfig {
             counters: REQUEST_COUNTERS.map(|name| abi::define_counter(envoy, name)),
             jwt_cache_hits: abi::define_counter(envoy, metrics::JWT_CACHE_HITS),
             verified: VerifiedTokens::new(),
-            fetcher: Fetcher::new(envoy, &config),
+            fetcher: Fetcher::new(envoy, scheduler, &config),
+            introspector: Introspector::new(envoy, scheduler, &config),
+            scheduler,
             config,
         })
+    }
+
+    /// An event on the main thread.
+    pub fn on_scheduled(&self, event: u64, now: u64) {
+        match event {
+            FETCH => self.fetcher.on_scheduled(now),
+            CALL => self.introspector.on_scheduled(now),
+            _ => {}
+        }
+    }
+
+    /// The answer to one of the configuration's calls (on the main thread).
+    pub fn on_answer(&self, id: u64, status: Option<&str>, body: Vec<u8>, now: u64) {
+        if self.introspector.on_answer(id, status, &body, now) {
+            return;
+        }
+        if self.fetcher.on_answer(id, status, body, now) {
+            self.verified.clear();
+        }
+    }
+
+    /// The configuration is going away: what posts to its scheduler stops, then the scheduler.
+    pub fn close(&self) {
+        self.fetcher.close();
+        if !self.scheduler.0.is_null() {
+            // SAFETY: created in `new`, deleted once, here, after the ticker stopped.
+            unsafe { abi::config_scheduler_delete(self.scheduler) }
+        }
     }
 
     /// Bumps counter `index` of [`REQUEST_COUNTERS`] for the stream `filter`.
@@ -58,6 +102,9 @@ pub struct Filter {
     waiting: Option<usize>,
     pauses: u32,
     paused: bool,
+    /// Where introspection answers for this request arrive, and those it took in.
+    mailbox: Mailbox,
+    delivered: Delivered,
 }
 
 /// A request that paused this often for keys is decided without waiting again.
@@ -71,6 +118,8 @@ impl Filter {
             waiting: None,
             pauses: 0,
             paused: false,
+            mailbox: Arc::new(Mutex::new(Vec::new())),
+            delivered: Vec::new(),
         }
     }
 
@@ -91,6 +140,8 @@ impl Filter {
         if event != WAKE || !std::mem::take(&mut self.paused) {
             return;
         }
+        let arrived = std::mem::take(&mut *self.mailbox.lock().unwrap_or_else(|p| p.into_inner()));
+        self.delivered.extend(arrived);
         if self.process(envoy) == abi::CONTINUE {
             abi::continue_decoding(envoy);
         }
@@ -114,28 +165,48 @@ impl Filter {
             headers: &headers,
             now: now_ms / 1000,
         };
-        let gave_up = self.waiting_for_too_long();
-        // The states are read-locked while deciding only: parking and fetching take them again.
-        let (decision, generation, refresh) = {
-            let states = config.fetcher.read(config.config.providers.len());
-            let known = config
-                .verified
-                .view(&config.config, states, now_ms, gave_up);
-            let decision = decision::decide(&config.config, &known, request);
-            if let (Some(id), hits @ 1..) = (config.jwt_cache_hits, known.hits.get()) {
-                abi::increment_counter(envoy, id, hits);
-            }
-            let generation = match &decision {
-                Decision::Wait { provider, .. } => Fetcher::generation(&known.states, *provider),
-                _ => 0,
-            };
-            let refresh = Fetcher::refresh_due(&known.states, &config.config, now_ms);
-            (decision, generation, refresh)
+        let (decision, generation) = self.decide(config, envoy, request, now_ms);
+        self.act(config, envoy, decision, now_ms, generation)
+    }
+
+    /// Decides with what the process knows, read-locked only while deciding (parking and
+    /// fetching take the locks again); the generation of the fetches of the provider a
+    /// paused request waits for.
+    unsafe fn decide(
+        &self,
+        config: &FilterConfig,
+        envoy: *mut c_void,
+        request: Request<'_>,
+        now_ms: u64,
+    ) -> (Decision, u64) {
+        let providers = config.config.providers.len();
+        let answers = Answers {
+            introspector: &config.introspector,
+            caches: config.introspector.read(providers),
+            delivered: &self.delivered,
+            hits: Cell::new(0),
         };
-        if refresh {
+        let states = config.fetcher.read(providers);
+        let gave_up = self.waiting_for_too_long();
+        let known = config
+            .verified
+            .view(&config.config, states, answers, now_ms, gave_up);
+        let decision = decision::decide(&config.config, &known, request);
+        if let (Some(id), hits @ 1..) = (config.jwt_cache_hits, known.hits.get()) {
+            abi::increment_counter(envoy, id, hits);
+        }
+        config
+            .introspector
+            .count_hits(envoy, known.answers.hits.get());
+        let generation = match &decision {
+            Decision::Wait { provider, .. } => Fetcher::generation(&known.states, *provider),
+            _ => 0,
+        };
+        if Fetcher::refresh_due(&known.states, &config.config, now_ms) {
+            drop(known);
             config.fetcher.request();
         }
-        self.act(config, envoy, decision, now_ms, generation)
+        (decision, generation)
     }
 
     /// The provider this request paused for too often already.
@@ -178,9 +249,7 @@ impl Filter {
                 abi::STOP_ITERATION
             }
             Decision::Wait { provider, refetch } => {
-                let scheduler = *self
-                    .scheduler
-                    .get_or_insert_with(|| abi::filter_scheduler(envoy));
+                let scheduler = self.scheduler(envoy);
                 self.waiting = Some(provider);
                 self.pauses += 1;
                 self.paused = true;
@@ -190,15 +259,32 @@ impl Filter {
                 }
                 abi::STOP_ITERATION
             }
-            // Introspection and upstream tokens need calls the native shell does not make yet:
-            // fail closed.
-            Decision::Introspect { .. } | Decision::AwaitCredential { .. } => {
+            Decision::Introspect { provider, token } => {
+                let scheduler = self.scheduler(envoy);
+                self.paused = true;
+                let mailbox = &self.mailbox;
+                config
+                    .introspector
+                    .start(envoy, provider, token, scheduler, mailbox, now_ms);
+                abi::STOP_ITERATION
+            }
+            // Upstream tokens need calls the native shell does not make yet: fail closed.
+            Decision::AwaitCredential { .. } => {
                 let refusal = challenge::unavailable("Not available in the native build yet");
                 config.count(envoy, metrics::denied(refusal.reason));
                 shell::deny(&mut stream, &refusal);
                 abi::STOP_ITERATION
             }
         }
+    }
+}
+
+impl Filter {
+    /// The stream's scheduler, made the first time the request pauses.
+    unsafe fn scheduler(&mut self, envoy: *mut c_void) -> Ptr {
+        *self
+            .scheduler
+            .get_or_insert_with(|| abi::filter_scheduler(envoy))
     }
 }
 
@@ -210,6 +296,7 @@ impl Drop for Filter {
             unsafe {
                 if let Some(config) = self.config.as_ref() {
                     config.fetcher.forget(scheduler);
+                    config.introspector.forget(scheduler);
                 }
                 abi::filter_scheduler_delete(scheduler);
             }

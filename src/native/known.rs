@@ -3,6 +3,7 @@
 //! (the Wasm build has one per VM): decisions read it together, inserts take it alone, after
 //! the decision.
 
+use super::introspect::{self, Delivered};
 use super::remote::State;
 use crate::cache::{self, Secret, TokenKey, TtlCache};
 use crate::config::{Config, KeySource};
@@ -33,17 +34,20 @@ impl VerifiedTokens {
         }
     }
 
-    /// A view for one decision at `now_ms`, holding the cache and the remote providers'
-    /// `states` for reading; `gave_up`: a provider the request waited for long enough.
+    /// A view for one decision at `now_ms`, holding the cache, the remote providers' `states`
+    /// and the introspection caches for reading, with what the request's calls `delivered`;
+    /// `gave_up`: a provider the request waited for long enough.
     pub fn view<'a>(
         &'a self,
         config: &'a Config,
         states: Vec<Option<RwLockReadGuard<'a, State>>>,
+        answers: Answers<'a>,
         now_ms: u64,
         gave_up: Option<usize>,
     ) -> View<'a> {
         View {
             config,
+            answers,
             cache: self
                 .cache
                 .read()
@@ -92,9 +96,19 @@ fn random_secret() -> Secret {
     Secret(word(), word())
 }
 
+/// The introspection answers a decision can use: each provider's cache (by provider index)
+/// and what the request's own calls brought, with a count of cache hits.
+pub struct Answers<'a> {
+    pub introspector: &'a introspect::Introspector,
+    pub caches: Vec<Option<RwLockReadGuard<'a, TtlCache<introspect::Cached>>>>,
+    pub delivered: &'a Delivered,
+    pub hits: Cell<u64>,
+}
+
 /// What one decision knows.
 pub struct View<'a> {
     config: &'a Config,
+    pub answers: Answers<'a>,
     cache: RwLockReadGuard<'a, TtlCache<Claims, TokenKey>>,
     secret: Secret,
     now_ms: u64,
@@ -137,7 +151,29 @@ impl Known for View<'_> {
         hit
     }
 
-    fn introspected(&self, _provider: usize, _token: &str) -> Cached<'_> {
-        Cached::Miss
+    fn introspected(&self, provider: usize, token: &str) -> Cached<'_> {
+        let a = &self.answers;
+        let Some(key) = a.introspector.key(provider, token) else {
+            return Cached::Miss;
+        };
+        // What this request's own calls brought comes first (it may not be cached at all).
+        let answer = match a.delivered.iter().rev().find(|(k, _)| *k == key) {
+            Some((_, None)) => return Cached::Failed,
+            Some((_, Some(answer))) => answer.as_ref(),
+            None => {
+                let cache = a.caches.get(provider).and_then(Option::as_ref);
+                match cache.and_then(|c| c.peek(&key, self.now_ms)) {
+                    Some(answer) => {
+                        a.hits.set(a.hits.get() + 1);
+                        answer.as_ref()
+                    }
+                    None => return Cached::Miss,
+                }
+            }
+        };
+        match answer {
+            Some(claims) => Cached::Active(claims),
+            None => Cached::Inactive,
+        }
     }
 }

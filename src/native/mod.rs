@@ -9,6 +9,7 @@
 mod abi;
 mod exports;
 mod filter;
+mod introspect;
 mod known;
 mod remote;
 

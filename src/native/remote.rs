@@ -30,7 +30,7 @@ macro_rules! lock {
 /// The event a paused request is woken with.
 pub const WAKE: u64 = 1;
 /// The configuration scheduler's event: look for fetches to start.
-const FETCH: u64 = 1;
+pub const FETCH: u64 = 1;
 /// How often the ticker asks the main thread to look for due refreshes and retries (the same
 /// period as the Wasm build's ticks), so that keys are refreshed without traffic too.
 const TICK: Duration = Duration::from_millis(500);
@@ -130,7 +130,8 @@ impl Fetcher {
     ///
     /// # Safety
     /// `envoy` must be the configuration pointer of `on_http_filter_config_new`, inside it.
-    pub unsafe fn new(envoy: *mut std::ffi::c_void, config: &Config) -> Fetcher {
+    /// `scheduler`: the configuration's (null when nothing is fetched or introspected).
+    pub unsafe fn new(envoy: *mut std::ffi::c_void, scheduler: Ptr, config: &Config) -> Fetcher {
         let remotes: Vec<Remote> = config
             .providers
             .iter()
@@ -148,11 +149,7 @@ impl Fetcher {
             })
             .collect();
         let fetcher = Fetcher {
-            scheduler: if remotes.is_empty() {
-                Ptr(std::ptr::null_mut())
-            } else {
-                abi::config_scheduler(envoy)
-            },
+            scheduler,
             remotes,
             envoy: Ptr(envoy),
             requested: AtomicBool::new(false),
@@ -262,14 +259,10 @@ impl Fetcher {
         });
     }
 
-    /// The configuration is going away: its ticker and scheduler with it.
+    /// The configuration is going away: its ticker first (it commits the scheduler).
     pub fn close(&self) {
         if let Some(ticker) = lock!(self.ticker.lock()).take() {
             ticker.stop();
-        }
-        if !self.remotes.is_empty() {
-            // SAFETY: created in `new`, deleted once, here.
-            unsafe { abi::config_scheduler_delete(self.scheduler) }
         }
     }
 }
