@@ -77,6 +77,8 @@ pub struct ModuleHeader {
 
 /// `envoy_dynamic_module_type_http_header_type_RequestHeader`.
 const REQUEST_HEADER: u32 = 0;
+/// `…_http_header_type_ResponseHeader`.
+const RESPONSE_HEADER: u32 = 2;
 
 /// Header-hook statuses (`…_request_headers_status`).
 pub const CONTINUE: u32 = 0;
@@ -212,7 +214,20 @@ pub fn log(level: u32, message: impl FnOnce() -> String) {
 /// `filter` must be the stream's Envoy filter pointer, inside one of its hooks; the result must
 /// not outlive the hook, nor a change of the request's headers.
 pub unsafe fn request_headers<'a>(filter: *mut c_void) -> Vec<(&'a str, &'a [u8])> {
-    let size = envoy_dynamic_module_callback_http_get_headers_size(filter, REQUEST_HEADER);
+    headers(filter, REQUEST_HEADER)
+}
+
+/// Every response header of the stream (inside its response-headers hook), as
+/// [`request_headers`].
+///
+/// # Safety
+/// As [`request_headers`], inside the response-headers hook.
+pub unsafe fn response_headers<'a>(filter: *mut c_void) -> Vec<(&'a str, &'a [u8])> {
+    headers(filter, RESPONSE_HEADER)
+}
+
+unsafe fn headers<'a>(filter: *mut c_void, kind: u32) -> Vec<(&'a str, &'a [u8])> {
+    let size = envoy_dynamic_module_callback_http_get_headers_size(filter, kind);
     let empty = EnvoyHeader {
         key_ptr: null(),
         key_length: 0,
@@ -220,8 +235,7 @@ pub unsafe fn request_headers<'a>(filter: *mut c_void) -> Vec<(&'a str, &'a [u8]
         value_length: 0,
     };
     let mut raw = vec![empty; size];
-    if size == 0
-        || !envoy_dynamic_module_callback_http_get_headers(filter, REQUEST_HEADER, raw.as_mut_ptr())
+    if size == 0 || !envoy_dynamic_module_callback_http_get_headers(filter, kind, raw.as_mut_ptr())
     {
         return Vec::new();
     }

@@ -148,13 +148,22 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
     CONTINUE
 }
 
+/// The upstream's response headers: a refused upstream token is dropped.
+///
+/// # Safety
+/// Called by Envoy on the stream's worker with its pointers.
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
-    _envoy: *mut c_void,
-    _filter: *const c_void,
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+    envoy: *mut c_void,
+    filter: *const c_void,
     _end_of_stream: bool,
 ) -> u32 {
-    CONTINUE
+    guarded(CONTINUE, || {
+        if let Some(filter) = filter.cast_mut().cast::<Filter>().as_mut() {
+            filter.on_response_headers(envoy);
+        }
+        CONTINUE
+    })
 }
 
 #[no_mangle]

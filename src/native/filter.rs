@@ -3,9 +3,11 @@
 //! provider's keys are fetched and decided again when they arrive.
 
 use super::abi::{self, Ptr};
+use super::credentials::Clients;
 use super::introspect::{Delivered, Introspector, Mailbox, CALL};
 use super::known::{Answers, VerifiedTokens};
 use super::remote::{Fetcher, FETCH, WAKE};
+use super::ticker::Ticker;
 use crate::challenge;
 use crate::config::Config;
 use crate::decision::{self, Decision, Request};
@@ -25,8 +27,11 @@ pub struct FilterConfig {
     pub verified: VerifiedTokens,
     pub fetcher: Fetcher,
     pub introspector: Introspector,
+    pub clients: Clients,
     /// Posts events to the main thread (null when nothing is fetched or introspected).
     scheduler: Ptr,
+    /// Keeps keys and tokens fresh without traffic.
+    ticker: Mutex<Option<Ticker>>,
 }
 
 impl FilterConfig {
@@ -37,9 +42,11 @@ impl FilterConfig {
     /// `envoy` must be the configuration pointer of `on_http_filter_config_new`, inside it.
     pub unsafe fn new(envoy: *mut c_void, json: &[u8]) -> Result<FilterConfig, String> {
         let config = Config::from_json(json).map_err(|e| e.to_string())?;
-        let calls = config.providers.iter().any(|p| {
-            p.introspection.is_some() || matches!(p.keys, crate::config::KeySource::Remote(_))
-        });
+        let remote =
+            |p: &crate::config::Provider| matches!(p.keys, crate::config::KeySource::Remote(_));
+        let fresh =
+            config.providers.iter().any(remote) || config.rules.iter().any(|r| r.inject.is_some());
+        let calls = fresh || config.providers.iter().any(|p| p.introspection.is_some());
         let scheduler = if calls {
             abi::config_scheduler(envoy)
         } else {
@@ -51,6 +58,8 @@ impl FilterConfig {
             verified: VerifiedTokens::new(),
             fetcher: Fetcher::new(envoy, scheduler, &config),
             introspector: Introspector::new(envoy, scheduler, &config),
+            clients: Clients::new(envoy, scheduler, &config),
+            ticker: Mutex::new(fresh.then(|| Ticker::start(scheduler)).flatten()),
             scheduler,
             config,
         })
@@ -59,7 +68,10 @@ impl FilterConfig {
     /// An event on the main thread.
     pub fn on_scheduled(&self, event: u64, now: u64) {
         match event {
-            FETCH => self.fetcher.on_scheduled(now),
+            FETCH => {
+                self.fetcher.on_scheduled(now);
+                self.clients.on_scheduled(now);
+            }
             CALL => self.introspector.on_scheduled(now),
             _ => {}
         }
@@ -67,7 +79,9 @@ impl FilterConfig {
 
     /// The answer to one of the configuration's calls (on the main thread).
     pub fn on_answer(&self, id: u64, status: Option<&str>, body: Vec<u8>, now: u64) {
-        if self.introspector.on_answer(id, status, &body, now) {
+        if self.introspector.on_answer(id, status, &body, now)
+            || self.clients.on_answer(id, status, &body, now)
+        {
             return;
         }
         if self.fetcher.on_answer(id, status, body, now) {
@@ -77,7 +91,10 @@ impl FilterConfig {
 
     /// The configuration is going away: what posts to its scheduler stops, then the scheduler.
     pub fn close(&self) {
-        self.fetcher.close();
+        let ticker = self.ticker.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(ticker) = ticker {
+            ticker.stop();
+        }
         if !self.scheduler.0.is_null() {
             // SAFETY: created in `new`, deleted once, here, after the ticker stopped.
             unsafe { abi::config_scheduler_delete(self.scheduler) }
@@ -105,6 +122,8 @@ pub struct Filter {
     /// Where introspection answers for this request arrive, and those it took in.
     mailbox: Mailbox,
     delivered: Delivered,
+    /// The upstream client whose token the request was sent with, and the token's generation.
+    sent: Option<(usize, u64)>,
 }
 
 /// A request that paused this often for keys is decided without waiting again.
@@ -120,6 +139,7 @@ impl Filter {
             paused: false,
             mailbox: Arc::new(Mutex::new(Vec::new())),
             delivered: Vec::new(),
+            sent: None,
         }
     }
 
@@ -188,9 +208,10 @@ impl Filter {
         };
         let states = config.fetcher.read(providers);
         let gave_up = self.waiting_for_too_long();
+        let clients = config.clients.read();
         let known = config
             .verified
-            .view(&config.config, states, answers, now_ms, gave_up);
+            .view(&config.config, states, answers, clients, now_ms, gave_up);
         let decision = decision::decide(&config.config, &known, request);
         if let (Some(id), hits @ 1..) = (config.jwt_cache_hits, known.hits.get()) {
             abi::increment_counter(envoy, id, hits);
@@ -200,6 +221,7 @@ impl Filter {
             .count_hits(envoy, known.answers.hits.get());
         let generation = match &decision {
             Decision::Wait { provider, .. } => Fetcher::generation(&known.states, *provider),
+            Decision::AwaitCredential { client, .. } => Clients::settled(&known.clients, *client),
             _ => 0,
         };
         if Fetcher::refresh_due(&known.states, &config.config, now_ms) {
@@ -231,6 +253,9 @@ impl Filter {
                 shell::apply(&mut stream, &forward);
                 config.count(envoy, metrics::passed(forward.passed));
                 config.verified.remember(forward.verified, now_ms);
+                if let Some(c) = forward.injected {
+                    self.sent = config.clients.sent(envoy, c).map(|g| (c, g));
+                }
                 abi::CONTINUE
             }
             Decision::Deny(refusal) => {
@@ -268,11 +293,11 @@ impl Filter {
                     .start(envoy, provider, token, scheduler, mailbox, now_ms);
                 abi::STOP_ITERATION
             }
-            // Upstream tokens need calls the native shell does not make yet: fail closed.
-            Decision::AwaitCredential { .. } => {
-                let refusal = challenge::unavailable("Not available in the native build yet");
-                config.count(envoy, metrics::denied(refusal.reason));
-                shell::deny(&mut stream, &refusal);
+            Decision::AwaitCredential { client, verified } => {
+                config.verified.remember(verified, now_ms);
+                let scheduler = self.scheduler(envoy);
+                self.paused = true;
+                config.clients.wait(client, scheduler, generation);
                 abi::STOP_ITERATION
             }
         }
@@ -280,6 +305,30 @@ impl Filter {
 }
 
 impl Filter {
+    /// The upstream's response headers: a token of ours it refused is dropped.
+    ///
+    /// # Safety
+    /// `envoy` must be this stream's Envoy pointer, inside its response-headers hook.
+    pub unsafe fn on_response_headers(&mut self, envoy: *mut c_void) {
+        let (Some((client, generation)), Some(config)) = (self.sent.take(), self.config.as_ref())
+        else {
+            return;
+        };
+        let headers = abi::response_headers(envoy);
+        let status = headers
+            .iter()
+            .find(|(n, _)| *n == ":status")
+            .map_or(&b""[..], |(_, v)| *v);
+        let challenges: Vec<&[u8]> = headers
+            .iter()
+            .filter(|(n, _)| *n == "www-authenticate")
+            .map(|(_, v)| *v)
+            .collect();
+        if crate::credentials::upstream_refused(status, &challenges) {
+            config.clients.refused(envoy, client, generation, now_ms());
+        }
+    }
+
     /// The stream's scheduler, made the first time the request pauses.
     unsafe fn scheduler(&mut self, envoy: *mut c_void) -> Ptr {
         *self
@@ -297,6 +346,7 @@ impl Drop for Filter {
                 if let Some(config) = self.config.as_ref() {
                     config.fetcher.forget(scheduler);
                     config.introspector.forget(scheduler);
+                    config.clients.forget(scheduler);
                 }
                 abi::filter_scheduler_delete(scheduler);
             }

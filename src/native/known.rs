@@ -3,11 +3,12 @@
 //! (the Wasm build has one per VM): decisions read it together, inserts take it alone, after
 //! the decision.
 
+use super::credentials;
 use super::introspect::{self, Delivered};
 use super::remote::State;
 use crate::cache::{self, Secret, TokenKey, TtlCache};
 use crate::config::{Config, KeySource};
-use crate::decision::{self, Cached, KeysNow, Known};
+use crate::decision::{self, Cached, CredentialNow, KeysNow, Known};
 use serde_json::{Map, Value};
 use std::cell::Cell;
 use std::collections::hash_map::RandomState;
@@ -42,12 +43,14 @@ impl VerifiedTokens {
         config: &'a Config,
         states: Vec<Option<RwLockReadGuard<'a, State>>>,
         answers: Answers<'a>,
+        clients: Vec<RwLockReadGuard<'a, credentials::State>>,
         now_ms: u64,
         gave_up: Option<usize>,
     ) -> View<'a> {
         View {
             config,
             answers,
+            clients,
             cache: self
                 .cache
                 .read()
@@ -109,6 +112,8 @@ pub struct Answers<'a> {
 pub struct View<'a> {
     config: &'a Config,
     pub answers: Answers<'a>,
+    /// The upstream clients' states, by client index.
+    pub clients: Vec<RwLockReadGuard<'a, credentials::State>>,
     cache: RwLockReadGuard<'a, TtlCache<Claims, TokenKey>>,
     secret: Secret,
     now_ms: u64,
@@ -120,6 +125,12 @@ pub struct View<'a> {
 }
 
 impl Known for View<'_> {
+    fn credential(&self, client: usize) -> CredentialNow<'_> {
+        self.clients
+            .get(client)
+            .map_or(CredentialNow::Unavailable, |s| s.now(self.now_ms))
+    }
+
     fn keys_now(&self, provider: usize) -> KeysNow<'_> {
         let remote = self.states.get(provider).and_then(Option::as_ref);
         match (self.config.providers.get(provider).map(|p| &p.keys), remote) {

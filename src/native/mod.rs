@@ -7,11 +7,13 @@
 //! answered 503.
 
 mod abi;
+mod credentials;
 mod exports;
 mod filter;
 mod introspect;
 mod known;
 mod remote;
+mod ticker;
 
 /// Logs a panic's location through Envoy before the hook's guard turns it into a 503.
 fn install_panic_hook() {

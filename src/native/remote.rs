@@ -15,9 +15,7 @@ use crate::jwt::keys::Jwk;
 use crate::keyfetch::{self, Answer, Step};
 use crate::remote::Record;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 /// Locks, whatever a panicking holder left (the data stay consistent: every change is one
 /// assignment).
@@ -31,9 +29,6 @@ macro_rules! lock {
 pub const WAKE: u64 = 1;
 /// The configuration scheduler's event: look for fetches to start.
 pub const FETCH: u64 = 1;
-/// How often the ticker asks the main thread to look for due refreshes and retries (the same
-/// period as the Wasm build's ticks), so that keys are refreshed without traffic too.
-const TICK: Duration = Duration::from_millis(500);
 
 /// What the process knows of one provider's remote keys.
 #[derive(Default)]
@@ -79,50 +74,6 @@ pub struct Fetcher {
     waiters: Mutex<Vec<Waiter>>,
     fetch_ok: Option<usize>,
     fetch_failed: Option<usize>,
-    ticker: Mutex<Option<Ticker>>,
-}
-
-/// A thread that posts [`FETCH`] every [`TICK`] (Envoy gives dynamic modules no timers; the
-/// scheduler may be committed from any thread), stopped and joined before the scheduler goes.
-struct Ticker {
-    stop: Arc<(Mutex<bool>, Condvar)>,
-    thread: JoinHandle<()>,
-}
-
-impl Ticker {
-    fn start(scheduler: Ptr) -> Option<Ticker> {
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("oauth-filter-tick".into())
-            .spawn(move || loop {
-                let (stopped, wake) = &*flag;
-                let guard = lock!(stopped.lock());
-                let (guard, _) = lock!(wake.wait_timeout(guard, TICK));
-                if *guard {
-                    return;
-                }
-                drop(guard);
-                // SAFETY: the scheduler is deleted only after this thread is joined.
-                unsafe { abi::config_schedule(scheduler, FETCH) }
-            });
-        match thread {
-            Ok(thread) => Some(Ticker { stop, thread }),
-            Err(e) => {
-                abi::log(abi::LOG_WARN, || {
-                    format!("oauth-filter: no ticker thread ({e}): keys refresh only with traffic")
-                });
-                None
-            }
-        }
-    }
-
-    fn stop(self) {
-        let (stopped, wake) = &*self.stop;
-        *lock!(stopped.lock()) = true;
-        wake.notify_all();
-        let _ = self.thread.join();
-    }
 }
 
 impl Fetcher {
@@ -156,11 +107,7 @@ impl Fetcher {
             waiters: Mutex::new(Vec::new()),
             fetch_ok: abi::define_counter(envoy, "oauth_filter.jwks.fetch_success"),
             fetch_failed: abi::define_counter(envoy, "oauth_filter.jwks.fetch_failure"),
-            ticker: Mutex::new(None),
         };
-        if !fetcher.remotes.is_empty() {
-            *lock!(fetcher.ticker.lock()) = Ticker::start(fetcher.scheduler);
-        }
         fetcher.request();
         fetcher
     }
@@ -257,13 +204,6 @@ impl Fetcher {
             unsafe { abi::filter_schedule(w.scheduler, WAKE) };
             false
         });
-    }
-
-    /// The configuration is going away: its ticker first (it commits the scheduler).
-    pub fn close(&self) {
-        if let Some(ticker) = lock!(self.ticker.lock()).take() {
-            ticker.stop();
-        }
     }
 }
 
