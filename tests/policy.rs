@@ -648,7 +648,11 @@ fn main() {
                 env.bearer("/api", &t).allowed().header("x-user"),
                 Some("p521")
             );
-            assert!(env.envoy.counter("oauth_filter.jwt.host_verifications") > before);
+            // In Wasm, by Envoy's BoringSSL (the padded key reached the host); natively the
+            // module verifies in process.
+            if support::native_dir().is_none() {
+                assert!(env.envoy.counter("oauth_filter.jwt.host_verifications") > before);
+            }
         },
     );
 
