@@ -66,6 +66,7 @@ test: build native envoy oidc mcp
 
 # The Envoy suites the native build passes so far, against liboauth_filter.so (README, Native).
 test-native: native envoy
+	cargo test --lib --features native native::
 	ENVOY_BIN=$(ENVOY_BIN) OAUTH_FILTER_WASM=$(WASM) OAUTH_FILTER_NATIVE=$(CURDIR)/target/release cargo test --test envoy --test remote --test introspection --test credentials --test policy --test resource
 
 unit:
@@ -80,15 +81,15 @@ floor:
 	cargo build --release --target wasm32-wasip1 --example floor_filter --example floor_callbacks
 
 # Requests per second and latency against Envoy alone and Envoy's jwt_authn (see README).
-bench: build floor envoy
+bench: build native floor envoy
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
-	ENVOY_BIN=$(ENVOY_BIN) cargo run --quiet --profile tools --example bench
+	OAUTH_FILTER_NATIVE=$(CURDIR)/target/release ENVOY_BIN=$(ENVOY_BIN) cargo run --quiet --profile tools --example bench
 
 # The same setups, counted in instructions per request under callgrind (repeatable; see README).
-bench-instructions: build floor envoy
+bench-instructions: build native floor envoy
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	@command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind)
-	BENCH_INSTRUCTIONS=1 ENVOY_BIN=$(ENVOY_BIN) cargo run --quiet --profile tools --example bench
+	BENCH_INSTRUCTIONS=1 OAUTH_FILTER_NATIVE=$(CURDIR)/target/release ENVOY_BIN=$(ENVOY_BIN) cargo run --quiet --profile tools --example bench
 
 # Several minutes (SOAK_SECONDS, default 300) of mixed valid and invalid tokens under wrk while
 # the authorization server is stopped, restarted and slowed; fails if a rejected request reached

@@ -127,6 +127,16 @@ fn wasm_filter(wasm: &Path, config: &str) -> Value {
                               "value": config}}}})
 }
 
+/// The native build (liboauth_filter.so, `make native`) with `config`: Envoy finds it through
+/// `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`, which the harness sets from `OAUTH_FILTER_NATIVE`.
+fn native_filter(config: &str) -> Value {
+    json!({"name": "envoy.filters.http.dynamic_modules", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+        "dynamic_module_config": {"name": "oauth_filter"},
+        "filter_name": "oauth_filter",
+        "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": config}}})
+}
+
 /// Envoy's `jwt_authn` doing what the filter does in the same setups: issuer and audience
 /// checks, the token removed before the upstream (its default), `sub` copied into `x-user`.
 fn jwt_authn(jwks_text: &str, cache: bool) -> Value {
@@ -143,7 +153,7 @@ fn jwt_authn(jwks_text: &str, cache: bool) -> Value {
 }
 
 /// The ratios reported: label, setup, baseline setup (names of setups), target.
-const RATIOS: [(&str, &str, &str, f64); 14] = [
+const RATIOS: [(&str, &str, &str, f64); 19] = [
     (
         "RS256 cold / jwt_authn without cache",
         COLD,
@@ -198,6 +208,26 @@ const RATIOS: [(&str, &str, &str, f64); 14] = [
         HOT,
         f64::NAN,
     ),
+    (
+        "native RS256 cold / jwt_authn without cache",
+        NATIVE_COLD,
+        AUTHN_NOCACHE,
+        1.3,
+    ),
+    (
+        "native RS256 hot / jwt_authn with cache",
+        NATIVE_HOT,
+        AUTHN_CACHE,
+        1.0,
+    ),
+    ("native RS256 hot / no filter", NATIVE_HOT, NONE, 0.85),
+    (
+        "native introspection hit / no filter",
+        NATIVE_INTRO,
+        NONE,
+        0.85,
+    ),
+    ("native RS256 hot / RS256 hot", NATIVE_HOT, HOT, f64::NAN),
 ];
 
 const NONE: &str = "no filter";
@@ -207,6 +237,9 @@ const COLD: &str = "oauth-filter RS256 cold";
 const HOT: &str = "oauth-filter RS256 hot";
 const POLICY: &str = "oauth-filter RS256 hot, policy rule";
 const RESOURCE: &str = "oauth-filter RS256 hot, protected resource";
+const NATIVE_COLD: &str = "native oauth-filter RS256 cold";
+const NATIVE_HOT: &str = "native oauth-filter RS256 hot";
+const NATIVE_INTRO: &str = "native oauth-filter introspection hit";
 const ES: &str = "oauth-filter ES256 cold";
 const ED: &str = "oauth-filter EdDSA cold";
 const PUBLIC: &str = "oauth-filter, public route (no token work)";
@@ -572,6 +605,7 @@ end
     let ours = wasm_filter(&wasm, &filter.to_string());
     let ours_policy = wasm_filter(&wasm, &policy_config(&filter, &es).to_string());
     let ours_resource = wasm_filter(&wasm, &resource_config(&filter).to_string());
+    let native = native_filter(&filter.to_string());
     let mut public = filter.clone();
     public["rules"] = json!([{"match": {"prefix": "/"}}]);
     let ours_public = wasm_filter(&wasm, &public.to_string());
@@ -617,6 +651,24 @@ end
             name: RESOURCE,
             filters: vec![ours_resource],
             tokens: hot.clone(),
+            checks: true,
+        },
+        Setup {
+            name: NATIVE_COLD,
+            filters: vec![native.clone()],
+            tokens: dir.join("rs.txt"),
+            checks: true,
+        },
+        Setup {
+            name: NATIVE_HOT,
+            filters: vec![native.clone()],
+            tokens: hot.clone(),
+            checks: true,
+        },
+        Setup {
+            name: NATIVE_INTRO,
+            filters: vec![native],
+            tokens: dir.join("opaque.txt"),
             checks: true,
         },
         Setup {

@@ -9,6 +9,7 @@ use super::remote::State;
 use crate::cache::{self, Secret, TokenKey, TtlCache};
 use crate::config::{Config, KeySource};
 use crate::decision::{self, Cached, CredentialNow, KeysNow, Known};
+use crate::jwt::keys::{Alg, Jwk};
 use serde_json::{Map, Value};
 use std::cell::Cell;
 use std::collections::hash_map::RandomState;
@@ -125,6 +126,10 @@ pub struct View<'a> {
 }
 
 impl Known for View<'_> {
+    fn check_signature(&self, alg: Alg, key: &Jwk, input: &[u8], signature: &[u8]) -> bool {
+        super::verify::check(alg, key, input, signature)
+    }
+
     fn credential(&self, client: usize) -> CredentialNow<'_> {
         self.clients
             .get(client)
