@@ -27,6 +27,8 @@ use support::tokens::{jwks, now, Signer};
 use support::{free_port, Envoy, Reply, Scripted};
 
 const COLD_TOKENS: usize = 30_000;
+/// More than the verified-token cache's 10,000 entries: a cold count starts at a full cache.
+const WARM_UP_TOKENS: usize = 12_000;
 
 fn claims(jti: usize) -> Value {
     json!({"iss": "https://idp.test", "aud": "orders-api", "sub": "bench", "scope": "orders:read",
@@ -67,14 +69,34 @@ fn resource_config(filter: &Value) -> Value {
     protected
 }
 
+/// The warm-up tokens of a cold setup's token file: `WARM_UP_TOKENS` others of the same key
+/// (more than the verified-token cache holds), in `warm-NAME` beside it.
+fn warm_up_path(tokens: &Path) -> PathBuf {
+    let name = tokens
+        .file_name()
+        .map_or_else(Default::default, |n| n.to_string_lossy().into_owned());
+    tokens.with_file_name(format!("warm-{name}"))
+}
+
+fn warm_up_file(tokens: &Path, signer: &Signer) {
+    let first = COLD_TOKENS;
+    signed_file(&warm_up_path(tokens), signer, first..first + WARM_UP_TOKENS);
+}
+
 /// `count` distinct tokens of `signer`, signed on all cores, one per line in `path`.
 fn token_file(path: &Path, signer: &Signer, count: usize) {
+    signed_file(path, signer, 0..count);
+}
+
+/// The tokens of `signer` whose `jti` are `jtis`, signed on all cores, one per line in `path`.
+fn signed_file(path: &Path, signer: &Signer, jtis: std::ops::Range<usize>) {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let chunks: Vec<Vec<String>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
+                let jtis = jtis.clone();
                 s.spawn(move || {
-                    (t..count)
+                    jtis.skip(t)
                         .step_by(threads)
                         .map(|i| signer.token(&claims(i)))
                         .collect::<Vec<_>>()
@@ -484,12 +506,15 @@ fn instructions(setup: &Setup, clusters: &[Value], script: &Path) -> f64 {
             .output()
             .expect("callgrind_control (apt-get install valgrind)");
     };
-    let wrk = |seconds: u32| -> f64 {
+    // A cold setup warms up with other tokens, filling the verified-token cache, and counts only
+    // tokens it never saw; a hot one warms up with its own.
+    let warm_up = Some(warm_up_path(&setup.tokens)).filter(|p| p.exists());
+    let wrk = |seconds: u32, tokens: &Path| -> f64 {
         let out = Command::new("wrk")
             .args(["-t1", "-c4", &format!("-d{seconds}s"), "-s"])
             .arg(script)
             .arg(format!("http://127.0.0.1:{port}/api/orders"))
-            .env("BENCH_TOKENS", &setup.tokens)
+            .env("BENCH_TOKENS", tokens)
             .output()
             .expect("run wrk");
         let text = String::from_utf8_lossy(&out.stdout);
@@ -501,9 +526,18 @@ fn instructions(setup: &Setup, clusters: &[Value], script: &Path) -> f64 {
             .unwrap_or(0.0)
     };
     control(&["-i", "on"]);
-    wrk(3);
+    let warmed = wrk(3, warm_up.as_deref().unwrap_or(&setup.tokens));
     control(&["-z"]);
-    let requests = wrk(8);
+    let requests = wrk(8, &setup.tokens);
+    if let Some(warm_up) = &warm_up {
+        // Never-seen tokens only: neither run may wrap around its file.
+        let lines = |p: &Path| std::fs::read_to_string(p).map_or(0, |t| t.lines().count()) as f64;
+        assert!(
+            warmed <= lines(warm_up) && requests <= lines(&setup.tokens),
+            "{}: a token file wrapped around",
+            setup.name
+        );
+    }
     control(&["-d"]);
     std::thread::sleep(std::time::Duration::from_secs(1));
     drop(envoy);
@@ -576,6 +610,10 @@ end
     token_file(&rs_cold, &rs, COLD_TOKENS);
     token_file(&es_cold, &es, COLD_TOKENS);
     token_file(&ed_cold, &ed, COLD_TOKENS);
+    // Other tokens of the same keys, to fill the verified-token cache before a cold count.
+    for (path, signer) in [(&rs_cold, &rs), (&es_cold, &es), (&ed_cold, &ed)] {
+        warm_up_file(path, signer);
+    }
     let opaque = dir.join("opaque.txt");
     std::fs::write(&opaque, "opaque-bench-token-0123456789\n").unwrap();
 
