@@ -67,7 +67,7 @@ test: build native envoy oidc mcp
 # The Envoy suites the native build passes so far, against liboauth_filter.so (README, Native).
 test-native: native envoy
 	cargo test --lib --features native native::
-	ENVOY_BIN=$(ENVOY_BIN) OAUTH_FILTER_WASM=$(WASM) OAUTH_FILTER_NATIVE=$(CURDIR)/target/release cargo test --test envoy --test remote --test introspection --test credentials --test policy --test resource
+	ENVOY_BIN=$(ENVOY_BIN) OAUTH_FILTER_WASM=$(WASM) OAUTH_FILTER_NATIVE=$(CURDIR)/target/release cargo test --test envoy --test remote --test introspection --test credentials --test policy --test mesh --test resource
 
 unit:
 	cargo test --lib

@@ -352,5 +352,44 @@ fn main() {
         example.keeps_the_jwt_promises(&signer);
     });
 
+    run.case(
+        "envoy_gateway_dynamic_module_example_works_as_documented",
+        || {
+            let docs = support::yaml_documents("envoy/gateway/dynamic-module.yaml");
+            let kind = |k: &str| docs.iter().find(|d| d["kind"] == k).unwrap();
+            for doc in &docs {
+                let served = match doc["kind"].as_str().unwrap() {
+                    "HTTPRoute" | "BackendTLSPolicy" => "gateway.networking.k8s.io/v1",
+                    "EnvoyProxy" | "EnvoyExtensionPolicy" | "Backend" => {
+                        "gateway.envoyproxy.io/v1alpha1"
+                    }
+                    other => panic!("unexpected kind {other}"),
+                };
+                assert_eq!(doc["apiVersion"], served, "{}", doc["kind"]);
+            }
+            // The policy loads a module the EnvoyProxy allow-lists, by the filter's name, with
+            // the configuration as an object (Envoy Gateway passes its JSON text as a
+            // StringValue, which the filter parses).
+            let module = &kind("EnvoyExtensionPolicy")["spec"]["dynamicModule"][0];
+            let listed = &kind("EnvoyProxy")["spec"]["dynamicModules"][0];
+            assert_eq!(module["name"], listed["name"]);
+            assert_eq!(module["filterName"], "oauth_filter");
+            let path = listed["source"]["local"]["path"].as_str().unwrap();
+            assert!(path.ends_with("/liboauth_filter.so"), "{path}");
+            assert!(module["config"].is_object());
+            let route = kind("HTTPRoute");
+            let cluster = format!(
+                "httproute/{}/{}/rule/0",
+                route["metadata"]["namespace"].as_str().unwrap(),
+                route["metadata"]["name"].as_str().unwrap()
+            );
+            assert!(module["config"].to_string().contains(&cluster));
+            // The same configuration in the real Envoy (the native build under make test-native).
+            let idp = identity_provider(&signer);
+            let example = Example::start(&module["config"], &cluster, &idp);
+            example.keeps_the_jwt_promises(&signer);
+        },
+    );
+
     std::process::exit(run.finish());
 }
