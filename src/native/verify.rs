@@ -1,56 +1,82 @@
-//! Signatures in the native build: `ring` (BoringSSL's assembly) for the algorithms it has, the
-//! core's RustCrypto verifier for the rest (ES512, HMAC). The Wasm build hands the same
-//! algorithms to Envoy's BoringSSL; both give the core's verdicts (`tests/envoy.rs` compares
-//! them on a corpus of good and bad tokens).
+//! Signatures in the native build: AWS-LC (BoringSSL's fork, through `aws-lc-rs`) for RS*, PS*,
+//! ES* and EdDSA, each key parsed once and kept; the core's verifier for HMAC. The Wasm build
+//! hands RS* and ES* to Envoy's BoringSSL; every build gives the core's verdicts
+//! (`tests/envoy.rs` compares them on a corpus of good and bad tokens, the tests below here).
 
 use crate::jwt::keys::{Alg, Jwk, KeyMaterial};
 use crate::jwt::verify;
-use ring::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey};
-use rsa::traits::PublicKeyParts;
+use aws_lc_rs::signature::{self, ParsedPublicKey, VerificationAlgorithm};
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
 
-/// Whether `signature` over `input` is valid for `key` under `alg`.
-pub fn check(alg: Alg, key: &Jwk, input: &[u8], signature: &[u8]) -> bool {
-    match fast(alg, &key.material, input, signature) {
-        Some(valid) => valid,
-        None => verify::verify(alg, &key.material, input, signature),
+/// The most parsed keys kept (key sets are small; past this the table starts again).
+const MAX_PARSED: usize = 1024;
+
+type Parsed = HashMap<(u8, Vec<u8>), Option<Arc<ParsedPublicKey>>>;
+
+/// Keys parsed for AWS-LC, by algorithm and encoded key, for every worker.
+fn parsed() -> &'static RwLock<Parsed> {
+    static PARSED: OnceLock<RwLock<Parsed>> = OnceLock::new();
+    PARSED.get_or_init(|| RwLock::new(HashMap::new()))
+}
+
+/// Whether `sig` over `input` is valid for `key` under `alg`.
+pub fn check(alg: Alg, key: &Jwk, input: &[u8], sig: &[u8]) -> bool {
+    match algorithm(alg).zip(encoded(alg, key)) {
+        Some((params, bytes)) => match public_key(alg, params, bytes) {
+            Some(parsed) => parsed.verify_sig(input, sig).is_ok(),
+            // AWS-LC refused a key the core loaded: let the core judge, as it would in Wasm.
+            None => verify::verify(alg, &key.material, input, sig),
+        },
+        None => verify::verify(alg, &key.material, input, sig),
     }
 }
 
-/// `ring`'s verdict, or `None` where it has no such algorithm (or the key is of another kind:
-/// the core then refuses).
-fn fast(alg: Alg, material: &KeyMaterial, input: &[u8], sig: &[u8]) -> Option<bool> {
-    let rsa: Option<&'static signature::RsaParameters> = match alg {
-        Alg::RS256 => Some(&signature::RSA_PKCS1_2048_8192_SHA256),
-        Alg::RS384 => Some(&signature::RSA_PKCS1_2048_8192_SHA384),
-        Alg::RS512 => Some(&signature::RSA_PKCS1_2048_8192_SHA512),
-        Alg::PS256 => Some(&signature::RSA_PSS_2048_8192_SHA256),
-        Alg::PS384 => Some(&signature::RSA_PSS_2048_8192_SHA384),
-        Alg::PS512 => Some(&signature::RSA_PSS_2048_8192_SHA512),
-        _ => None,
-    };
-    match (rsa, material) {
-        (Some(params), KeyMaterial::Rsa(key)) => {
-            let (n, e) = (key.n().to_bytes_be(), key.e().to_bytes_be());
-            let components = RsaPublicKeyComponents { n: &n, e: &e };
-            Some(components.verify(params, input, sig).is_ok())
-        }
-        (Some(_), _) => None,
-        (None, KeyMaterial::P256(key)) if alg == Alg::ES256 => {
-            let point = key.to_encoded_point(false);
-            let key = UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point.as_bytes());
-            Some(key.verify(input, sig).is_ok())
-        }
-        (None, KeyMaterial::P384(key)) if alg == Alg::ES384 => {
-            let point = key.to_encoded_point(false);
-            let key = UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_FIXED, point.as_bytes());
-            Some(key.verify(input, sig).is_ok())
-        }
-        (None, KeyMaterial::Ed25519(key)) if alg == Alg::EdDSA => {
-            let key = UnparsedPublicKey::new(&signature::ED25519, key.as_ref());
-            Some(key.verify(input, sig).is_ok())
-        }
+fn algorithm(alg: Alg) -> Option<&'static dyn VerificationAlgorithm> {
+    Some(match alg {
+        Alg::RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
+        Alg::RS384 => &signature::RSA_PKCS1_2048_8192_SHA384,
+        Alg::RS512 => &signature::RSA_PKCS1_2048_8192_SHA512,
+        Alg::PS256 => &signature::RSA_PSS_2048_8192_SHA256,
+        Alg::PS384 => &signature::RSA_PSS_2048_8192_SHA384,
+        Alg::PS512 => &signature::RSA_PSS_2048_8192_SHA512,
+        Alg::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
+        Alg::ES384 => &signature::ECDSA_P384_SHA384_FIXED,
+        Alg::ES512 => &signature::ECDSA_P521_SHA512_FIXED,
+        Alg::EdDSA => &signature::ED25519,
+        Alg::HS256 | Alg::HS384 | Alg::HS512 => return None,
+    })
+}
+
+/// The key as AWS-LC reads it: DER SubjectPublicKeyInfo (RSA, EC), the 32 bytes (Ed25519);
+/// `None` when the key is not of the algorithm's kind (the core then refuses).
+fn encoded(alg: Alg, key: &Jwk) -> Option<&[u8]> {
+    match (&key.material, alg) {
+        (KeyMaterial::Ed25519(k), Alg::EdDSA) => Some(k.as_ref()),
+        (KeyMaterial::Ed25519(_) | KeyMaterial::Hmac(_), _) => None,
+        _ if alg.fits(&key.material) => key.spki.as_deref(),
         _ => None,
     }
+}
+
+/// The parsed form of `bytes` for `alg`, parsed the first time it is seen.
+fn public_key(
+    alg: Alg,
+    params: &'static dyn VerificationAlgorithm,
+    bytes: &[u8],
+) -> Option<Arc<ParsedPublicKey>> {
+    let table = parsed();
+    let lookup = (alg as u8, bytes.to_vec());
+    if let Some(found) = table.read().unwrap_or_else(|p| p.into_inner()).get(&lookup) {
+        return found.clone();
+    }
+    let made = ParsedPublicKey::new(params, bytes).ok().map(Arc::new);
+    let mut table = table.write().unwrap_or_else(|p| p.into_inner());
+    if table.len() >= MAX_PARSED {
+        table.clear();
+    }
+    table.insert(lookup, made.clone());
+    made
 }
 
 #[cfg(test)]
@@ -59,33 +85,36 @@ mod tests {
     use crate::jwt::keys::parse_jwks;
     use crate::testkit::{jwks, Signer};
 
-    /// `ring` and the core agree on good signatures, tampered ones, and the high-S twin.
+    /// AWS-LC and the core agree on good signatures, tampered ones, and the high-S twin.
     #[test]
-    fn ring_agrees_with_the_core() {
+    fn aws_lc_agrees_with_the_core() {
         let signers = [
             Signer::rsa("RS256", "rs", 2048),
             Signer::rsa("PS256", "ps", 2048),
             Signer::es256("es"),
             Signer::es384("es384"),
-            Signer::eddsa("ed"),
             Signer::es512("es512"),
+            Signer::eddsa("ed"),
+            Signer::hmac("HS256", "hs", &[7; 32]),
         ];
         for s in &signers {
             let set = parse_jwks(jwks(&[s.jwk()]).as_bytes()).unwrap();
             let key = &set.keys[0];
             let token = s.token(&serde_json::json!({"sub": "x"}));
             let jws = crate::jwt::parse(&token).unwrap();
-            let alg = jws.alg;
             let mut bad = jws.signature.clone();
             bad[0] ^= 1;
             for sig in [&jws.signature, &bad] {
-                let core = verify::verify(alg, &key.material, jws.signing_input.as_bytes(), sig);
-                assert_eq!(
-                    check(alg, key, jws.signing_input.as_bytes(), sig),
-                    core,
-                    "{alg:?}"
-                );
+                let input = jws.signing_input.as_bytes();
+                let core = verify::verify(jws.alg, &key.material, input, sig);
+                assert_eq!(check(jws.alg, key, input, sig), core, "{:?}", jws.alg);
             }
+            assert!(check(
+                jws.alg,
+                key,
+                jws.signing_input.as_bytes(),
+                &jws.signature
+            ));
         }
         let twin = crate::testkit::high_s_twin(&signers[2].token(&serde_json::json!({"sub": "y"})));
         let set = parse_jwks(jwks(&[signers[2].jwk()]).as_bytes()).unwrap();
