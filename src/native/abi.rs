@@ -75,6 +75,19 @@ pub struct ModuleHeader {
     pub value_length: usize,
 }
 
+/// `headers` as Envoy reads them (borrowing the strings: keep them alive for the call).
+fn module_headers(headers: &[(&str, &str)]) -> Vec<ModuleHeader> {
+    headers
+        .iter()
+        .map(|(k, v)| ModuleHeader {
+            key_ptr: k.as_ptr(),
+            key_length: k.len(),
+            value_ptr: v.as_ptr(),
+            value_length: v.len(),
+        })
+        .collect()
+}
+
 /// `envoy_dynamic_module_type_http_header_type_RequestHeader`.
 const REQUEST_HEADER: u32 = 0;
 /// `…_http_header_type_ResponseHeader`.
@@ -280,15 +293,7 @@ pub unsafe fn send_response(
     headers: &[(&str, &str)],
     body: &[u8],
 ) {
-    let headers: Vec<ModuleHeader> = headers
-        .iter()
-        .map(|(k, v)| ModuleHeader {
-            key_ptr: k.as_ptr(),
-            key_length: k.len(),
-            value_ptr: v.as_ptr(),
-            value_length: v.len(),
-        })
-        .collect();
+    let headers = module_headers(headers);
     envoy_dynamic_module_callback_http_send_response(
         filter,
         status,
@@ -311,15 +316,17 @@ pub unsafe fn set_filter_state(filter: *mut c_void, key: &str, value: &[u8]) {
     );
 }
 
-/// Defines counter `name` on the filter configuration; its id. Only while the configuration is
-/// being created (Envoy freezes its stats afterwards).
+/// The signature Envoy's `…_config_define_{counter,gauge,histogram}` share.
+type Define =
+    unsafe extern "C" fn(*mut c_void, ModuleBuffer, *const ModuleBuffer, usize, *mut usize) -> u32;
+
+/// Defines metric `name` (no labels) with `define`; its id.
 ///
 /// # Safety
-/// `config` must be the Envoy configuration pointer given to `on_http_filter_config_new`, inside
-/// that hook.
-pub unsafe fn define_counter(config: *mut c_void, name: &str) -> Option<usize> {
+/// As [`define_counter`].
+unsafe fn define(config: *mut c_void, name: &str, define: Define) -> Option<usize> {
     let mut id = 0usize;
-    let result = envoy_dynamic_module_callback_http_filter_config_define_counter(
+    let result = define(
         config,
         ModuleBuffer::of(name.as_bytes()),
         null(),
@@ -327,6 +334,20 @@ pub unsafe fn define_counter(config: *mut c_void, name: &str) -> Option<usize> {
         &mut id,
     );
     (result == METRICS_SUCCESS).then_some(id)
+}
+
+/// Defines counter `name` on the filter configuration; its id. Only while the configuration is
+/// being created (Envoy freezes its stats afterwards).
+///
+/// # Safety
+/// `config` must be the Envoy configuration pointer given to `on_http_filter_config_new`, inside
+/// that hook.
+pub unsafe fn define_counter(config: *mut c_void, name: &str) -> Option<usize> {
+    define(
+        config,
+        name,
+        envoy_dynamic_module_callback_http_filter_config_define_counter,
+    )
 }
 
 /// Adds `by` to counter `id` from within a stream's hook.
@@ -356,15 +377,11 @@ const CALLOUT_STARTED: u32 = 0;
 /// # Safety
 /// As [`define_counter`].
 pub unsafe fn define_gauge(config: *mut c_void, name: &str) -> Option<usize> {
-    let mut id = 0usize;
-    let result = envoy_dynamic_module_callback_http_filter_config_define_gauge(
+    define(
         config,
-        ModuleBuffer::of(name.as_bytes()),
-        null(),
-        0,
-        &mut id,
-    );
-    (result == METRICS_SUCCESS).then_some(id)
+        name,
+        envoy_dynamic_module_callback_http_filter_config_define_gauge,
+    )
 }
 
 /// Adds `by` to counter `id`, outside any stream (the main thread).
@@ -456,15 +473,7 @@ pub unsafe fn config_callout(
     body: &[u8],
     timeout_ms: u64,
 ) -> Result<u64, u32> {
-    let headers: Vec<ModuleHeader> = headers
-        .iter()
-        .map(|(k, v)| ModuleHeader {
-            key_ptr: k.as_ptr(),
-            key_length: k.len(),
-            value_ptr: v.as_ptr(),
-            value_length: v.len(),
-        })
-        .collect();
+    let headers = module_headers(headers);
     let mut id = 0u64;
     let result = envoy_dynamic_module_callback_http_filter_config_http_callout(
         config.0,
@@ -480,6 +489,27 @@ pub unsafe fn config_callout(
     } else {
         Err(result)
     }
+}
+
+/// Sends `call` (a form POST the core built: introspection, a token request) as a call owned by
+/// the configuration; its id, or why it could not be sent.
+///
+/// # Safety
+/// As [`config_callout`].
+pub unsafe fn config_post(config: Ptr, call: &crate::introspection::Call) -> Result<u64, String> {
+    let headers: Vec<(&str, &str)> = call
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    config_callout(
+        config,
+        &call.cluster,
+        &headers,
+        call.body.as_bytes(),
+        call.timeout_ms,
+    )
+    .map_err(|code| format!("cannot call cluster {} (refused: {code})", call.cluster))
 }
 
 /// The `:status` and body (at most `limit + 1` bytes) of a call's answer, as Envoy hands them
@@ -531,15 +561,11 @@ pub unsafe fn call_answer(
 /// # Safety
 /// As [`define_counter`].
 pub unsafe fn define_histogram(config: *mut c_void, name: &str) -> Option<usize> {
-    let mut id = 0usize;
-    let result = envoy_dynamic_module_callback_http_filter_config_define_histogram(
+    define(
         config,
-        ModuleBuffer::of(name.as_bytes()),
-        null(),
-        0,
-        &mut id,
-    );
-    (result == METRICS_SUCCESS).then_some(id)
+        name,
+        envoy_dynamic_module_callback_http_filter_config_define_histogram,
+    )
 }
 
 /// Records `value` in histogram `id` outside any stream (the main thread).

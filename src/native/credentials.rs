@@ -226,24 +226,8 @@ impl Clients {
 
     fn send(&self, c: usize, client: &Client, refresh: bool, now: u64) {
         let started = match credentials::request(&client.spec) {
-            Some(call) => {
-                let headers: Vec<(&str, &str)> = call
-                    .headers
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.as_str()))
-                    .collect();
-                // SAFETY: on the main thread, with the configuration's pointer.
-                unsafe {
-                    abi::config_callout(
-                        self.envoy,
-                        &call.cluster,
-                        &headers,
-                        call.body.as_bytes(),
-                        call.timeout_ms,
-                    )
-                }
-                .map_err(|code| format!("cannot call cluster {} (refused: {code})", call.cluster))
-            }
+            // SAFETY: on the main thread, with the configuration's pointer.
+            Some(call) => unsafe { abi::config_post(self.envoy, &call) },
             None => Err("the token endpoint URL is not usable".to_string()),
         };
         // SAFETY: as above.

@@ -108,13 +108,18 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     filter: *const c_void,
     _end_of_stream: bool,
 ) -> u32 {
-    let decided = catch_unwind(AssertUnwindSafe(|| {
+    deciding(envoy, || {
         match filter.cast_mut().cast::<Filter>().as_mut() {
             Some(filter) => filter.on_request_headers(envoy),
             None => unavailable(envoy),
         }
-    }));
-    decided.unwrap_or_else(|_| {
+    })
+}
+
+/// Runs `f`, which decides the stream's request; if it panicked, the request is answered 503
+/// (never let through) and STOP_ITERATION returned.
+unsafe fn deciding(envoy: *mut c_void, f: impl FnOnce() -> u32) -> u32 {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
         abi::log(abi::LOG_ERROR, || "oauth-filter: a hook panicked".into());
         guarded(STOP_ITERATION, || unavailable(envoy))
     })
@@ -224,15 +229,12 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
     filter: *const c_void,
     event: u64,
 ) {
-    let woken = catch_unwind(AssertUnwindSafe(|| {
+    deciding(envoy, || {
         if let Some(filter) = filter.cast_mut().cast::<Filter>().as_mut() {
             filter.on_scheduled(envoy, event);
         }
-    }));
-    if woken.is_err() {
-        abi::log(abi::LOG_ERROR, || "oauth-filter: a hook panicked".into());
-        guarded(STOP_ITERATION, || unavailable(envoy));
-    }
+        CONTINUE
+    });
 }
 
 /// The configuration's event on the main thread: start the key fetches and calls that are due.

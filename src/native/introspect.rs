@@ -115,6 +115,9 @@ impl Introspector {
 
     /// Read access to every introspection cache, by provider index, for one decision.
     pub fn read(&self, providers: usize) -> Vec<Option<RwLockReadGuard<'_, TtlCache<Cached>>>> {
+        if self.intros.is_empty() {
+            return Vec::new();
+        }
         let mut caches: Vec<Option<RwLockReadGuard<'_, TtlCache<Cached>>>> =
             (0..providers).map(|_| None).collect();
         for i in &self.intros {
@@ -216,26 +219,13 @@ impl Introspector {
 
     fn dispatch(&self, config: &Introspection, token: &str) -> Result<u64, String> {
         let call = introspection::request(config, token).ok_or("the endpoint URL is not usable")?;
-        let headers: Vec<(&str, &str)> = call
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
         // SAFETY: on the main thread, with the configuration's pointer.
-        let started = unsafe {
-            abi::config_callout(
-                self.envoy,
-                &call.cluster,
-                &headers,
-                call.body.as_bytes(),
-                call.timeout_ms,
-            )
-        };
+        let started = unsafe { abi::config_post(self.envoy, &call) };
         if let (Ok(_), Some(id)) = (&started, self.metrics.calls) {
             // SAFETY: as above.
             unsafe { abi::config_increment_counter(self.envoy, id, 1) }
         }
-        started.map_err(|code| format!("cannot call cluster {} (refused: {code})", call.cluster))
+        started
     }
 
     /// The answer to call `id`, if it is one of this configuration's introspection calls.

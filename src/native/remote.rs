@@ -114,6 +114,9 @@ impl Fetcher {
 
     /// Read access to every remote provider's state, by provider index, for one decision.
     pub fn read(&self, providers: usize) -> Vec<Option<RwLockReadGuard<'_, State>>> {
+        if self.remotes.is_empty() {
+            return Vec::new();
+        }
         let mut states: Vec<Option<RwLockReadGuard<'_, State>>> =
             (0..providers).map(|_| None).collect();
         for r in &self.remotes {
