@@ -260,6 +260,20 @@ fn policy_example() {
     let _ = std::fs::remove_file(&log);
 }
 
+/// Every document is of an API version the CRDs of Envoy Gateway 1.8 to 1.9 (1.6 and 1.7 for
+/// the Wasm resources) and Gateway API 1.4 to 1.6 (standard channel) serve: BackendTLSPolicy is
+/// v1 there, v1alpha3 is gone.
+fn assert_served_versions(docs: &[Value]) {
+    for doc in docs {
+        let served = match doc["kind"].as_str().unwrap() {
+            "HTTPRoute" | "BackendTLSPolicy" => "gateway.networking.k8s.io/v1",
+            "EnvoyProxy" | "EnvoyExtensionPolicy" | "Backend" => "gateway.envoyproxy.io/v1alpha1",
+            other => panic!("unexpected kind {other}"),
+        };
+        assert_eq!(doc["apiVersion"], served, "{}", doc["kind"]);
+    }
+}
+
 fn main() {
     let mut run = support::Runner::new();
     let signer = Signer::es256("idp-1");
@@ -329,16 +343,7 @@ fn main() {
             .unwrap();
         let wasm = &policy["spec"]["wasm"][0];
         assert_eq!(wasm["failOpen"], false);
-        // Versions the CRDs of Envoy Gateway 1.6 to 1.9 and Gateway API 1.4 to 1.6 (standard
-        // channel) serve: BackendTLSPolicy is v1 there, v1alpha3 is gone.
-        for doc in &docs {
-            let served = match doc["kind"].as_str().unwrap() {
-                "HTTPRoute" | "BackendTLSPolicy" => "gateway.networking.k8s.io/v1",
-                "EnvoyExtensionPolicy" | "Backend" => "gateway.envoyproxy.io/v1alpha1",
-                other => panic!("unexpected kind {other}"),
-            };
-            assert_eq!(doc["apiVersion"], served, "{}", doc["kind"]);
-        }
+        assert_served_versions(&docs);
         // The callout route's first rule is the cluster the configuration names.
         let route = docs.iter().find(|d| d["kind"] == "HTTPRoute").unwrap();
         let cluster = format!(
@@ -357,16 +362,7 @@ fn main() {
         || {
             let docs = support::yaml_documents("envoy/gateway/dynamic-module.yaml");
             let kind = |k: &str| docs.iter().find(|d| d["kind"] == k).unwrap();
-            for doc in &docs {
-                let served = match doc["kind"].as_str().unwrap() {
-                    "HTTPRoute" | "BackendTLSPolicy" => "gateway.networking.k8s.io/v1",
-                    "EnvoyProxy" | "EnvoyExtensionPolicy" | "Backend" => {
-                        "gateway.envoyproxy.io/v1alpha1"
-                    }
-                    other => panic!("unexpected kind {other}"),
-                };
-                assert_eq!(doc["apiVersion"], served, "{}", doc["kind"]);
-            }
+            assert_served_versions(&docs);
             // The policy loads a module the EnvoyProxy allow-lists, by the filter's name, with
             // the configuration as an object (Envoy Gateway passes its JSON text as a
             // StringValue, which the filter parses).

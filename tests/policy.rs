@@ -167,12 +167,8 @@ struct Env {
 
 impl Env {
     fn send(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Outcome {
-        let id = request_id();
-        let mut all: Vec<(&str, &[u8])> = vec![("x-test-id", id.as_bytes())];
-        all.extend(headers.iter().map(|(n, v)| (*n, v.as_bytes())));
-        let response = support::request(self.envoy.port, method, path, &all, None);
-        let seen = self.upstream.saw(&id);
-        Outcome { id, response, seen }
+        self.upstream
+            .through(self.envoy.port, method, path, headers)
     }
 
     fn get(&self, path: &str, headers: &[(&str, &str)]) -> Outcome {

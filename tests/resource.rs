@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::tokens::{good_claims, jwks, now, unb64, Signer};
-use support::{free_port, request_id, Envoy, Oidc, Outcome, Upstream};
+use support::{free_port, Envoy, Oidc, Outcome, Upstream};
 
 const REALM: &str = "tools";
 const ISSUER: &str = "https://idp.example";
@@ -63,12 +63,8 @@ struct Env {
 
 impl Env {
     fn send(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Outcome {
-        let id = request_id();
-        let mut all: Vec<(&str, &[u8])> = vec![("x-test-id", id.as_bytes())];
-        all.extend(headers.iter().map(|(n, v)| (*n, v.as_bytes())));
-        let response = support::request(self.envoy.port, method, path, &all, None);
-        let seen = self.upstream.saw(&id);
-        Outcome { id, response, seen }
+        self.upstream
+            .through(self.envoy.port, method, path, headers)
     }
 
     /// A GET of `path` with a token of these claims (`None`: no token).

@@ -217,6 +217,23 @@ impl Upstream {
     pub fn count(&self) -> usize {
         self.server.seen().len()
     }
+
+    /// Sends `method path` with these headers to the Envoy listening on `port`, tagged with a
+    /// fresh `x-test-id`: the answer, and this upstream's copy of the request if it got there.
+    pub fn through(
+        &self,
+        port: u16,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Outcome {
+        let id = request_id();
+        let mut all: Vec<(&str, &[u8])> = vec![("x-test-id", id.as_bytes())];
+        all.extend(headers.iter().map(|(n, v)| (*n, v.as_bytes())));
+        let response = request(port, method, path, &all, None);
+        let seen = self.saw(&id);
+        Outcome { id, response, seen }
+    }
 }
 
 /// A server whose answer for each path the test sets and changes at will (a JWKS endpoint, a
