@@ -28,8 +28,12 @@ pub const SEVERAL_CREDENTIALS: &str = "The request carries more than one credent
 /// Each provider's credential in the request, indexed like the configuration's providers
 /// (providers the rule does not consult have none). Found before anything is verified, and
 /// kept apart from the [`Authenticator`] so that parsed tokens can borrow from it.
-pub fn find(config: &Config, consulted: ProviderSet, request: &Request<'_>) -> Vec<Extracted> {
-    let mut found: Vec<Extracted> = Vec::with_capacity(config.providers.len());
+pub fn find<'a>(
+    config: &'a Config,
+    consulted: ProviderSet,
+    request: &Request<'a>,
+) -> Vec<Extracted<'a>> {
+    let mut found: Vec<Extracted<'a>> = Vec::with_capacity(config.providers.len());
     for (i, p) in config.providers.iter().enumerate() {
         let same =
             (0..i).find(|&j| consulted.contains(j) && config.providers[j].sources == p.sources);
@@ -69,7 +73,7 @@ pub struct Authenticator<'a> {
     config: &'a Config,
     known: &'a dyn Known,
     request: Request<'a>,
-    found: &'a [Extracted],
+    found: &'a [Extracted<'a>],
     /// The audiences of the rule's protected resource: they replace the providers'.
     audiences: Option<&'a [String]>,
     verdicts: Vec<Option<Verdict<'a>>>,
@@ -82,7 +86,7 @@ impl<'a> Authenticator<'a> {
         config: &'a Config,
         known: &'a dyn Known,
         request: Request<'a>,
-        found: &'a [Extracted],
+        found: &'a [Extracted<'a>],
         audiences: Option<&'a [String]>,
     ) -> Authenticator<'a> {
         Authenticator {
@@ -133,13 +137,16 @@ impl<'a> Authenticator<'a> {
         else {
             return Verdict::Refused(Failure::Unavailable("The filter is misconfigured"));
         };
-        let token = match found {
+        let (token, unchecked) = match found {
             Extracted::Missing => return Verdict::Refused(Failure::Missing),
             Extracted::Invalid(why) => return Verdict::Refused(Failure::Malformed(why)),
-            Extracted::Token { token, .. } => token.as_str(),
+            Extracted::Token {
+                token, unchecked, ..
+            } => (&**token, *unchecked),
         };
         let has_keys = !matches!(provider.keys, KeySource::None);
-        // A token this VM verified before needs no parsing and no cryptography.
+        // A token this VM verified before needs no parsing and no cryptography, and no check
+        // of its characters: it passed that check when it was verified.
         let key = has_keys.then(|| self.known.token_key(&provider.name, token));
         if let Some(claims) = key.as_ref().and_then(|k| self.known.verified(k)) {
             return Verdict::Genuine {
@@ -147,6 +154,9 @@ impl<'a> Authenticator<'a> {
                 vouched: false,
                 fresh: None,
             };
+        }
+        if let (true, Err(why)) = (unchecked, extract::well_formed(token)) {
+            return Verdict::Refused(Failure::Malformed(why));
         }
         let at = self.parse(p, token);
         let parsed = at.and_then(|at| Some((at, &self.parsed.get(at)?.1)));
@@ -298,7 +308,7 @@ impl<'a> Authenticator<'a> {
         }
         let mut out = identity::Out::new(self.request);
         for p in accepted.providers.iter() {
-            let (Some(provider), Some(Extracted::Token { token, source })) =
+            let (Some(provider), Some(Extracted::Token { token, source, .. })) =
                 (self.config.providers.get(p), self.found.get(p))
             else {
                 continue;

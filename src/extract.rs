@@ -4,14 +4,27 @@
 //! `Authorization` headers, or a token in a header and in the query at once, is ambiguous and
 //! refused as `invalid_request`, so the filter and the upstream can never disagree on which
 //! credential was presented.
+//!
+//! A token after `Bearer ` is taken as it stands; whether its characters are a `b64token` and
+//! whether the value holds one credential only (no comma) is checked by [`well_formed`] when
+//! the token is not already known: a token found in the verified-token cache passed that check
+//! when it was verified, and a cache hit then reads none of its bytes but the hash's.
 
 use crate::config::Source;
+use std::borrow::Cow;
 
 /// The outcome of looking for a token.
+/// Borrowed from the request and the configuration where it can be: this runs for every
+/// request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Extracted {
-    /// Exactly one token, and where it was found.
-    Token { token: String, source: Source },
+pub enum Extracted<'a> {
+    /// Exactly one token, and where it was found; `unchecked`: its characters are yet to be
+    /// checked with [`well_formed`] (the answer [`Extracted::settled`] gives).
+    Token {
+        token: Cow<'a, str>,
+        source: &'a Source,
+        unchecked: bool,
+    },
     /// No credential for this provider at all (also a header with another auth scheme, such as
     /// `Basic`): the challenge carries no error code (RFC 6750 §3.1).
     Missing,
@@ -40,14 +53,69 @@ pub fn is_b64token(token: &str) -> bool {
     !body.is_empty() && body.bytes().fold(1, |ok, b| ok & B64TOKEN[usize::from(b)]) == 1
 }
 
+impl<'a> Extracted<'a> {
+    /// The outcome with the deferred check done: an unchecked token that is not well formed
+    /// is [`Extracted::Invalid`].
+    pub fn settled(self) -> Extracted<'a> {
+        match self {
+            Extracted::Token {
+                token,
+                source,
+                unchecked: true,
+            } => match well_formed(&token) {
+                Ok(()) => Extracted::Token {
+                    token,
+                    source,
+                    unchecked: false,
+                },
+                Err(why) => Extracted::Invalid(why),
+            },
+            other => other,
+        }
+    }
+}
+
+/// The check a token taken after `Bearer ` waits for: what the value holds after the scheme
+/// and its spaces is one `b64token`, and the value has no comma (proxies join repeated headers
+/// with commas: such a value is two credentials).
+pub fn well_formed(token: &str) -> Result<(), &'static str> {
+    if token.contains(',') {
+        Err(ONE_CREDENTIAL)
+    } else if is_b64token(token) {
+        Ok(())
+    } else {
+        Err(NOT_B64TOKEN)
+    }
+}
+
+const ONE_CREDENTIAL: &str = "The request carries more than one credential";
+
 /// What one header value holds for a header source.
-enum HeaderValue {
+enum HeaderValue<'a> {
     NotOurs,
-    Token(String),
+    /// A token whose characters were checked (`false`) or are to be checked with
+    /// [`well_formed`] (`true`).
+    Token(Cow<'a, str>, bool),
     Invalid(&'static str),
 }
 
-fn from_header_value(value: &[u8], prefix: &str) -> HeaderValue {
+/// The token of a value that starts with the scheme of `prefix` and a space, with its
+/// characters unchecked (`None`: any other shape, for [`from_header_value`]'s full reading).
+fn after_scheme<'a>(value: &'a [u8], prefix: &str) -> Option<&'a str> {
+    let scheme = prefix.strip_suffix(' ')?;
+    let head = value.get(..=scheme.len())?;
+    if !(head.ends_with(b" ") && head[..scheme.len()].eq_ignore_ascii_case(scheme.as_bytes())) {
+        return None;
+    }
+    let rest = &value[scheme.len()..];
+    let token = &rest[rest.iter().position(|&b| b != b' ')?..];
+    std::str::from_utf8(token).ok()
+}
+
+fn from_header_value<'a>(value: &'a [u8], prefix: &str) -> HeaderValue<'a> {
+    if let Some(token) = after_scheme(value, prefix) {
+        return HeaderValue::Token(Cow::Borrowed(token), true);
+    }
     let Ok(value) = std::str::from_utf8(value) else {
         return HeaderValue::Invalid("The credentials are not valid text");
     };
@@ -62,7 +130,7 @@ fn from_header_value(value: &[u8], prefix: &str) -> HeaderValue {
                 .split(',')
                 .any(|piece| starts_scheme(piece.trim_start_matches([' ', '\t']), scheme));
             return if ours {
-                HeaderValue::Invalid("The request carries more than one credential")
+                HeaderValue::Invalid(ONE_CREDENTIAL)
             } else {
                 HeaderValue::NotOurs
             };
@@ -109,11 +177,11 @@ fn starts_scheme(text: &str, scheme: &str) -> bool {
         && matches!(text.as_bytes().get(scheme.len()), None | Some(b' ' | b'\t'))
 }
 
-fn checked(token: &str) -> HeaderValue {
+fn checked(token: &str) -> HeaderValue<'_> {
     if is_b64token(token) {
-        HeaderValue::Token(token.to_string())
+        HeaderValue::Token(Cow::Borrowed(token), false)
     } else {
-        HeaderValue::Invalid("The bearer token contains characters a bearer token cannot contain")
+        HeaderValue::Invalid(NOT_B64TOKEN)
     }
 }
 
@@ -151,52 +219,81 @@ pub fn form_decode(text: &str) -> Option<String> {
 
 /// Looks for the token of a provider with `sources` in the request's headers (lower-case names,
 /// every value) and its `:path`.
-pub fn extract(sources: &[Source], headers: &[(&str, &[u8])], path: &str) -> Extracted {
+pub fn extract<'a>(
+    sources: &'a [Source],
+    headers: &'a [(&'a str, &'a [u8])],
+    path: &'a str,
+) -> Extracted<'a> {
     let mut found = Found {
         count: 0,
         last: None,
     };
     for source in sources {
-        let mut add = |token: String| found.add(token, source);
+        let mut add = |token: Cow<'a, str>, unchecked: bool| found.add(token, unchecked, source);
         let looked = match source {
             Source::Header { name, prefix } => in_headers(name, prefix, headers, &mut add),
             Source::Cookie(cookie) => in_cookies(cookie, headers, &mut add),
             Source::Param(param) => in_query(param, path, &mut add),
         };
         if let Err(why) = looked {
-            return Extracted::Invalid(why);
+            // A malformed token found before the reason of this refusal is the one refused.
+            return Extracted::Invalid(found.settle().err().unwrap_or(why));
         }
     }
     match (found.count, found.last) {
-        (1, Some((token, source))) => Extracted::Token {
+        (1, Some((token, unchecked, source))) => Extracted::Token {
             token,
-            source: source.clone(),
+            source,
+            unchecked,
         },
         (0, _) | (_, None) => Extracted::Missing,
         _ => Extracted::Invalid("The request carries more than one token"),
     }
 }
 
-/// The tokens seen so far: how many, and the last with the source it came from.
-struct Found<'s> {
+/// The tokens seen so far: how many, and the last, unchecked or not, with its source.
+struct Found<'a> {
     count: usize,
-    last: Option<(String, &'s Source)>,
+    last: Option<(Cow<'a, str>, bool, &'a Source)>,
 }
 
-impl<'s> Found<'s> {
-    fn add(&mut self, token: String, source: &'s Source) {
+impl<'a> Found<'a> {
+    /// Takes a token in; from the second on, every token is checked at once, in the order
+    /// found, so that the first malformed one is refused, as it would be alone.
+    fn add(
+        &mut self,
+        token: Cow<'a, str>,
+        unchecked: bool,
+        source: &'a Source,
+    ) -> Result<(), &'static str> {
+        if self.count > 0 {
+            self.settle()?;
+            if unchecked {
+                well_formed(&token)?;
+            }
+        }
         self.count += 1;
-        self.last = Some((token, source));
+        self.last = Some((token, unchecked && self.count == 1, source));
+        Ok(())
+    }
+
+    /// Checks the last token if it was not checked yet.
+    fn settle(&mut self) -> Result<(), &'static str> {
+        if let Some((token, unchecked @ true, _)) = &mut self.last {
+            well_formed(token)?;
+            *unchecked = false;
+        }
+        Ok(())
     }
 }
 
 const NOT_B64TOKEN: &str = "The bearer token contains characters a bearer token cannot contain";
 
-fn in_headers(
+fn in_headers<'a>(
     name: &str,
     prefix: &str,
-    headers: &[(&str, &[u8])],
-    add: &mut dyn FnMut(String),
+    headers: &'a [(&'a str, &'a [u8])],
+    add: &mut dyn FnMut(Cow<'a, str>, bool) -> Result<(), &'static str>,
 ) -> Result<(), &'static str> {
     let mut values = headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name));
     if name == "authorization" && values.clone().nth(1).is_some() {
@@ -206,16 +303,16 @@ fn in_headers(
         match from_header_value(value, prefix) {
             HeaderValue::NotOurs => {}
             HeaderValue::Invalid(why) => return Err(why),
-            HeaderValue::Token(token) => add(token),
+            HeaderValue::Token(token, unchecked) => add(token, unchecked)?,
         }
     }
     Ok(())
 }
 
-fn in_cookies(
+fn in_cookies<'a>(
     cookie: &str,
-    headers: &[(&str, &[u8])],
-    add: &mut dyn FnMut(String),
+    headers: &'a [(&'a str, &'a [u8])],
+    add: &mut dyn FnMut(Cow<'a, str>, bool) -> Result<(), &'static str>,
 ) -> Result<(), &'static str> {
     for pair in cookie_pairs(headers) {
         let (name, value) = pair.ok_or("The cookies are not valid text")?;
@@ -225,12 +322,16 @@ fn in_cookies(
         if !is_b64token(value) {
             return Err(NOT_B64TOKEN);
         }
-        add(value.to_string());
+        add(Cow::Borrowed(value), false)?;
     }
     Ok(())
 }
 
-fn in_query(param: &str, path: &str, add: &mut dyn FnMut(String)) -> Result<(), &'static str> {
+fn in_query<'a>(
+    param: &str,
+    path: &'a str,
+    add: &mut dyn FnMut(Cow<'a, str>, bool) -> Result<(), &'static str>,
+) -> Result<(), &'static str> {
     for (name, value) in query_pairs(path) {
         if form_decode(name).as_deref() != Some(param) {
             continue;
@@ -242,7 +343,7 @@ fn in_query(param: &str, path: &str, add: &mut dyn FnMut(String)) -> Result<(), 
         if !is_b64token(&token) {
             return Err(NOT_B64TOKEN);
         }
-        add(token);
+        add(Cow::Owned(token), false)?;
     }
     Ok(())
 }
@@ -330,11 +431,38 @@ mod tests {
         pairs.iter().map(|(n, v)| (*n, v.as_bytes())).collect()
     }
 
-    fn token(t: &str, s: &Source) -> Extracted {
-        Extracted::Token {
-            token: t.into(),
-            source: s.clone(),
+    /// What extraction found, owned (the tests' closures build their headers anew).
+    #[derive(Debug, PartialEq)]
+    enum Got {
+        Token(String, Source, bool),
+        Missing,
+        Invalid(&'static str),
+    }
+
+    fn got(e: Extracted<'_>) -> Got {
+        match e {
+            Extracted::Token {
+                token,
+                source,
+                unchecked,
+            } => Got::Token(token.into_owned(), source.clone(), unchecked),
+            Extracted::Missing => Got::Missing,
+            Extracted::Invalid(why) => Got::Invalid(why),
         }
+    }
+
+    fn token(t: &str, s: &Source) -> Got {
+        Got::Token(t.into(), s.clone(), false)
+    }
+
+    /// What extraction answers once the deferred check is done.
+    fn extract(sources: &[Source], headers: &[(&str, &[u8])], path: &str) -> Got {
+        got(super::extract(sources, headers, path).settled())
+    }
+
+    /// What extraction answers before it.
+    fn raw(sources: &[Source], headers: &[(&str, &[u8])], path: &str) -> Got {
+        got(super::extract(sources, headers, path))
     }
 
     #[test]
@@ -344,48 +472,86 @@ mod tests {
         assert_eq!(one("Bearer abc.def-_~+/=="), token("abc.def-_~+/==", &s[0]));
         assert_eq!(one("bearer abc"), token("abc", &s[0]));
         assert_eq!(one("BEARER   abc"), token("abc", &s[0]));
-        assert_eq!(one("Basic dXNlcjpwYXNz"), Extracted::Missing);
-        assert_eq!(one("Bearerabc"), Extracted::Missing);
-        assert!(matches!(one("Bearer"), Extracted::Invalid(_)));
-        assert!(matches!(one("Bearer "), Extracted::Invalid(_)));
-        assert!(matches!(one("Bearer\tabc"), Extracted::Invalid(_)));
-        assert!(matches!(one("Bearer a b"), Extracted::Invalid(_)));
-        assert!(matches!(one("Bearer a,b"), Extracted::Invalid(_)));
+        assert_eq!(one("Basic dXNlcjpwYXNz"), Got::Missing);
+        assert_eq!(one("Bearerabc"), Got::Missing);
+        assert!(matches!(one("Bearer"), Got::Invalid(_)));
+        assert!(matches!(one("Bearer "), Got::Invalid(_)));
+        assert!(matches!(one("Bearer\tabc"), Got::Invalid(_)));
+        assert!(matches!(one("Bearer a b"), Got::Invalid(_)));
+        assert!(matches!(one("Bearer a,b"), Got::Invalid(_)));
         // Repeated headers joined by a proxy.
-        assert!(matches!(
-            one("Basic eA==,Bearer abc"),
-            Extracted::Invalid(_)
-        ));
-        assert!(matches!(
-            one("Bearer abc, bearer abc"),
-            Extracted::Invalid(_)
-        ));
-        assert_eq!(
-            one("Digest username=\"a\", realm=\"b\""),
-            Extracted::Missing
-        );
-        assert!(matches!(one("Bearer ===="), Extracted::Invalid(_)));
-        assert!(matches!(one("Bearer a=b"), Extracted::Invalid(_)));
-        assert_eq!(extract(&s, &h(&[]), "/"), Extracted::Missing);
+        assert!(matches!(one("Basic eA==,Bearer abc"), Got::Invalid(_)));
+        assert!(matches!(one("Bearer abc, bearer abc"), Got::Invalid(_)));
+        assert_eq!(one("Digest username=\"a\", realm=\"b\""), Got::Missing);
+        assert!(matches!(one("Bearer ===="), Got::Invalid(_)));
+        assert!(matches!(one("Bearer a=b"), Got::Invalid(_)));
+        assert_eq!(extract(&s, &h(&[]), "/"), Got::Missing);
         let bad_utf8 = vec![("authorization", &b"Bearer \xff"[..])];
-        assert!(matches!(extract(&s, &bad_utf8, "/"), Extracted::Invalid(_)));
+        assert!(matches!(extract(&s, &bad_utf8, "/"), Got::Invalid(_)));
+    }
+
+    #[test]
+    fn bearer_tokens_are_checked_when_settled_with_the_same_answers() {
+        let s = bearer();
+        let unsettled = |v: &str| raw(&s, &h(&[("authorization", v)]), "/");
+        let settled = |v: &str| extract(&s, &h(&[("authorization", v)]), "/");
+        let unchecked = |t: &str| Got::Token(t.into(), s[0].clone(), true);
+        assert_eq!(unsettled("Bearer a,b"), unchecked("a,b"));
+        assert_eq!(unsettled("bearer  a b"), unchecked("a b"));
+        for (value, why) in [
+            ("Bearer a,b", ONE_CREDENTIAL),
+            ("Bearer ,", ONE_CREDENTIAL),
+            ("Bearer abc, Basic eA==", ONE_CREDENTIAL),
+            ("Bearer a b", NOT_B64TOKEN),
+            ("Bearer \tabc", NOT_B64TOKEN),
+            ("Bearer ====", NOT_B64TOKEN),
+            (
+                "Bearer    ",
+                "The authorization scheme is given without a token",
+            ),
+            ("Bearer, x", ONE_CREDENTIAL),
+            ("Bearer\tabc", "The authorization header is malformed"),
+        ] {
+            assert_eq!(settled(value), Got::Invalid(why), "{value}");
+        }
+        let bad_utf8 = vec![("authorization", &b"Bearer a\xff"[..])];
+        assert_eq!(
+            raw(&s, &bad_utf8, "/"),
+            Got::Invalid("The credentials are not valid text")
+        );
+        // With two sources, the first malformed token is refused, before the count.
+        let s = both();
+        let first_bad = h(&[("authorization", "Bearer a b")]);
+        assert_eq!(
+            raw(&s, &first_bad, "/x?access_token=b"),
+            Got::Invalid(NOT_B64TOKEN)
+        );
+        assert_eq!(
+            raw(&s, &first_bad, "/x?access_token=%zz"),
+            Got::Invalid(NOT_B64TOKEN)
+        );
+        let fine = h(&[("authorization", "Bearer a")]);
+        assert_eq!(
+            raw(&s, &fine, "/x?access_token=b"),
+            Got::Invalid("The request carries more than one token")
+        );
     }
 
     #[test]
     fn two_credentials_are_invalid_request() {
         let s = both();
         let two = h(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]);
-        assert!(matches!(extract(&s, &two, "/"), Extracted::Invalid(_)));
+        assert!(matches!(extract(&s, &two, "/"), Got::Invalid(_)));
         let mixed = h(&[("authorization", "Basic x"), ("authorization", "Bearer b")]);
-        assert!(matches!(extract(&s, &mixed, "/"), Extracted::Invalid(_)));
+        assert!(matches!(extract(&s, &mixed, "/"), Got::Invalid(_)));
         let header_and_query = h(&[("authorization", "Bearer a")]);
         assert!(matches!(
             extract(&s, &header_and_query, "/x?access_token=b"),
-            Extracted::Invalid(_)
+            Got::Invalid(_)
         ));
         assert!(matches!(
             extract(&s, &[], "/x?access_token=a&access_token=a"),
-            Extracted::Invalid(_)
+            Got::Invalid(_)
         ));
     }
 
@@ -396,24 +562,21 @@ mod tests {
             extract(&s, &[], "/x?a=1&access_token=abc.d%2De&b"),
             token("abc.d-e", &s[1])
         );
-        assert_eq!(extract(&s, &[], "/x?access_tokenx=abc"), Extracted::Missing);
+        assert_eq!(extract(&s, &[], "/x?access_tokenx=abc"), Got::Missing);
         assert!(matches!(
             extract(&s, &[], "/x?access_token="),
-            Extracted::Invalid(_)
+            Got::Invalid(_)
         ));
         assert!(matches!(
             extract(&s, &[], "/x?access_token=a%2"),
-            Extracted::Invalid(_)
+            Got::Invalid(_)
         ));
         assert!(matches!(
             extract(&s, &[], "/x?access_token=a+b"),
-            Extracted::Invalid(_)
+            Got::Invalid(_)
         ));
         // Without from_params the query is never read.
-        assert_eq!(
-            extract(&bearer(), &[], "/x?access_token=abc"),
-            Extracted::Missing
-        );
+        assert_eq!(extract(&bearer(), &[], "/x?access_token=abc"), Got::Missing);
     }
 
     #[test]
@@ -428,7 +591,7 @@ mod tests {
         );
         assert!(matches!(
             extract(&s, &h(&[("x-jwt", "a"), ("x-jwt", "b")]), "/"),
-            Extracted::Invalid(_)
+            Got::Invalid(_)
         ));
     }
 
@@ -439,21 +602,21 @@ mod tests {
         assert_eq!(one("session=abc"), token("abc", &s[0]));
         assert_eq!(one("a=1; session=abc; b=2"), token("abc", &s[0]));
         assert_eq!(one("a=1;session=\"abc\""), token("abc", &s[0]));
-        assert_eq!(one("sessionx=abc; xsession=abc"), Extracted::Missing);
-        assert_eq!(one("session="), Extracted::Missing);
-        assert_eq!(one("session"), Extracted::Missing);
-        assert!(matches!(one("session=a b"), Extracted::Invalid(_)));
-        assert!(matches!(one("session=a; session=a"), Extracted::Invalid(_)));
+        assert_eq!(one("sessionx=abc; xsession=abc"), Got::Missing);
+        assert_eq!(one("session="), Got::Missing);
+        assert_eq!(one("session"), Got::Missing);
+        assert!(matches!(one("session=a b"), Got::Invalid(_)));
+        assert!(matches!(one("session=a; session=a"), Got::Invalid(_)));
         // HTTP/2 may send each cookie in a header of its own.
         let two = h(&[("cookie", "session=a"), ("cookie", "session=b")]);
-        assert!(matches!(extract(&s, &two, "/"), Extracted::Invalid(_)));
+        assert!(matches!(extract(&s, &two, "/"), Got::Invalid(_)));
         let split = h(&[("cookie", "a=1"), ("cookie", "session=b")]);
         assert_eq!(extract(&s, &split, "/"), token("b", &s[0]));
         let bad_utf8 = vec![("cookie", &b"session=\xff"[..])];
-        assert!(matches!(extract(&s, &bad_utf8, "/"), Extracted::Invalid(_)));
+        assert!(matches!(extract(&s, &bad_utf8, "/"), Got::Invalid(_)));
         // Many cookies by that name, however many: one clear refusal.
         let many = vec!["session=x"; 500].join("; ");
-        assert!(matches!(one(&many), Extracted::Invalid(_)));
+        assert!(matches!(one(&many), Got::Invalid(_)));
         assert_eq!(
             without_cookies(
                 &h(&[("cookie", "a=1; session=x"), ("cookie", "b=2")]),

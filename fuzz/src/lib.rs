@@ -351,25 +351,33 @@ pub fn extract(data: &[u8]) {
         .collect();
     let request_headers: Vec<(&str, &[u8])> = owned.iter().map(|(n, v)| (n.as_str(), *v)).collect();
 
-    match extract::extract(&sources, &request_headers, &path) {
-        Extracted::Token { token, source } => {
+    let found = extract::extract(&sources, &request_headers, &path);
+    // The deferred check only ever turns a token into a refusal, never into another token.
+    let settled = found.clone().settled();
+    match (&found, &settled) {
+        (Extracted::Token { token: a, .. }, Extracted::Token { token: b, .. }) => assert_eq!(a, b),
+        (Extracted::Token { .. }, Extracted::Invalid(_)) => {}
+        (raw, settled) => assert_eq!(raw, settled),
+    }
+    match settled {
+        Extracted::Token { token, source, .. } => {
             assert!(extract::is_b64token(&token), "{token:?}");
-            assert!(sources.contains(&source));
+            assert!(sources.contains(source));
             // A token taken from the query is gone from the path the upstream sees.
-            if let Source::Param(param) = &source {
+            if let Source::Param(param) = source {
                 let stripped = extract::strip_param(&path, param);
-                let again = extract::extract(std::slice::from_ref(&source), &[], &stripped);
+                let again = extract::extract(std::slice::from_ref(source), &[], &stripped);
                 assert!(
                     !matches!(again, Extracted::Token { .. }),
                     "{path:?} stripped of {param:?} is {stripped:?}, still with a token"
                 );
             }
             // A token taken from a cookie is gone from the Cookie header the upstream sees.
-            if let Source::Cookie(cookie) = &source {
+            if let Source::Cookie(cookie) = source {
                 let kept = extract::without_cookies(&request_headers, &[cookie.as_str()]);
                 let kept: Vec<(&str, &[u8])> =
                     kept.iter().map(|c| ("cookie", c.as_bytes())).collect();
-                let again = extract::extract(std::slice::from_ref(&source), &kept, "/");
+                let again = extract::extract(std::slice::from_ref(source), &kept, "/");
                 assert!(
                     !matches!(again, Extracted::Token { .. }),
                     "{kept:?} still has the {cookie:?} cookie"
