@@ -247,7 +247,16 @@ unsafe fn headers<'a>(filter: *mut c_void, kind: u32) -> Vec<(&'a str, &'a [u8])
         value_ptr: null(),
         value_length: 0,
     };
-    let mut raw = vec![empty; size];
+    // Requests seldom have more than a few dozen headers: no allocation for Envoy's array then.
+    let mut stack = [empty; 32];
+    let mut heap = Vec::new();
+    let raw: &mut [EnvoyHeader] = match stack.get_mut(..size) {
+        Some(few) => few,
+        None => {
+            heap.resize(size, empty);
+            &mut heap
+        }
+    };
     if size == 0 || !envoy_dynamic_module_callback_http_get_headers(filter, kind, raw.as_mut_ptr())
     {
         return Vec::new();
@@ -264,9 +273,20 @@ unsafe fn headers<'a>(filter: *mut c_void, kind: u32) -> Vec<(&'a str, &'a [u8])
             };
             // Envoy's header names are ASCII: a name that is not UTF-8 cannot be one the core
             // reads, and is left out.
-            Some((std::str::from_utf8(key.bytes()).ok()?, value.bytes()))
+            Some((header_name(key.bytes())?, value.bytes()))
         })
         .collect()
+}
+
+/// A header name as text: ASCII, as every name Envoy's codecs accept, is checked with the
+/// cheaper test (this runs for every header of every request).
+fn header_name(name: &[u8]) -> Option<&str> {
+    if name.is_ascii() {
+        // SAFETY: ASCII is UTF-8.
+        Some(unsafe { std::str::from_utf8_unchecked(name) })
+    } else {
+        std::str::from_utf8(name).ok()
+    }
 }
 
 /// Sets (`Some`) or removes (`None`) a request header.

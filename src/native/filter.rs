@@ -15,7 +15,7 @@ use crate::metrics::{self, REQUEST_COUNTERS};
 use crate::shell::{self, RequestHost};
 use std::cell::Cell;
 use std::ffi::c_void;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// One filter configuration, shared by every worker (Envoy calls its hooks from all of them).
@@ -119,8 +119,9 @@ pub struct Filter {
     waiting: Option<usize>,
     pauses: u32,
     paused: bool,
-    /// Where introspection answers for this request arrive, and those it took in.
-    mailbox: Mailbox,
+    /// Where introspection answers for this request arrive (made by its first call), and
+    /// those it took in.
+    mailbox: Option<Mailbox>,
     delivered: Delivered,
     /// The upstream client whose token the request was sent with, and the token's generation.
     sent: Option<(usize, u64)>,
@@ -137,7 +138,7 @@ impl Filter {
             waiting: None,
             pauses: 0,
             paused: false,
-            mailbox: Arc::new(Mutex::new(Vec::new())),
+            mailbox: None,
             delivered: Vec::new(),
             sent: None,
         }
@@ -160,8 +161,10 @@ impl Filter {
         if event != WAKE || !std::mem::take(&mut self.paused) {
             return;
         }
-        let arrived = std::mem::take(&mut *self.mailbox.lock().unwrap_or_else(|p| p.into_inner()));
-        self.delivered.extend(arrived);
+        if let Some(mailbox) = &self.mailbox {
+            let arrived = std::mem::take(&mut *mailbox.lock().unwrap_or_else(|p| p.into_inner()));
+            self.delivered.extend(arrived);
+        }
         if self.process(envoy) == abi::CONTINUE {
             abi::continue_decoding(envoy);
         }
@@ -287,7 +290,7 @@ impl Filter {
             Decision::Introspect { provider, token } => {
                 let scheduler = self.scheduler(envoy);
                 self.paused = true;
-                let mailbox = &self.mailbox;
+                let mailbox = self.mailbox.get_or_insert_with(Mailbox::default);
                 config
                     .introspector
                     .start(envoy, provider, token, scheduler, mailbox, now_ms);

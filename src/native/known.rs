@@ -6,6 +6,7 @@
 use super::credentials;
 use super::introspect::{self, Delivered};
 use super::remote::State;
+use super::tokenkey::TokenHasher;
 use crate::cache::{self, Secret, TokenKey, TtlCache};
 use crate::config::{Config, KeySource};
 use crate::decision::{self, Cached, CredentialNow, KeysNow, Known};
@@ -21,8 +22,8 @@ type Claims = Map<String, Value>;
 /// The verified-token cache of one configuration, for every worker.
 pub struct VerifiedTokens {
     cache: RwLock<TtlCache<Claims, TokenKey>>,
-    /// The cache keys' secret, drawn when the configuration loads.
-    secret: Secret,
+    /// Makes the cache keys, under secrets drawn when the configuration loads.
+    hasher: TokenHasher,
 }
 
 impl VerifiedTokens {
@@ -32,7 +33,7 @@ impl VerifiedTokens {
                 cache::VERIFIED_ENTRIES,
                 cache::VERIFIED_BYTES,
             )),
-            secret: random_secret(),
+            hasher: TokenHasher::new(random_secret(), random_secret()),
         }
     }
 
@@ -56,7 +57,7 @@ impl VerifiedTokens {
                 .cache
                 .read()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
-            secret: self.secret,
+            hasher: &self.hasher,
             now_ms,
             hits: Cell::new(0),
             states,
@@ -116,7 +117,7 @@ pub struct View<'a> {
     /// The upstream clients' states, by client index.
     pub clients: Vec<RwLockReadGuard<'a, credentials::State>>,
     cache: RwLockReadGuard<'a, TtlCache<Claims, TokenKey>>,
-    secret: Secret,
+    hasher: &'a TokenHasher,
     now_ms: u64,
     /// Verified-token cache hits, to count once the decision is made.
     pub hits: Cell<u64>,
@@ -156,7 +157,7 @@ impl Known for View<'_> {
     }
 
     fn token_key(&self, provider: &str, token: &str) -> TokenKey {
-        self.secret.key(provider, token)
+        self.hasher.key(provider, token)
     }
 
     fn verified(&self, key: &TokenKey) -> Option<&Claims> {

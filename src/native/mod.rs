@@ -14,6 +14,7 @@ mod introspect;
 mod known;
 mod remote;
 mod ticker;
+mod tokenkey;
 mod verify;
 
 /// Logs a panic's location through Envoy before the hook's guard turns it into a 503.
