@@ -557,7 +557,12 @@ fn instructions(setup: &Setup, clusters: &[Value], script: &Path) -> f64 {
                 .unwrap_or(0.0);
         }
     }
-    let _ = std::fs::remove_dir_all(&out);
+    // BENCH_KEEP_CALLGRIND=1 keeps the profile, for `callgrind_annotate --inclusive=yes`.
+    if support::env_number("BENCH_KEEP_CALLGRIND", 0) == 1 {
+        eprintln!("{}: callgrind output kept in {}", setup.name, out.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&out);
+    }
     total / requests.max(1.0)
 }
 
@@ -839,43 +844,68 @@ end
     report.push_str(&ratio_rows("ratio", &setups, &rps, |a, b| a / b));
 
     if memory_tokens > 0 {
-        eprintln!("memory: signing {memory_tokens} distinct HS256 tokens...");
-        let hs = Signer::hmac("HS256", "hs", &[42u8; 32]);
-        let many = dir.join("many.txt");
-        token_file(&many, &hs, memory_tokens);
-        let filter = json!({
-            "providers": {"idp": {"issuer": "https://idp.test", "audiences": ["orders-api"],
-                                  "local_jwks": {"inline_string": jwks(&[hs.jwk()])}}},
-            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}]
-        });
-        let setup = Setup {
-            name: "memory",
-            filters: vec![wasm_filter(&wasm, &filter.to_string())],
-            tokens: many.clone(),
-            checks: true,
-        };
-        let envoy = start(&setup, &clusters);
-        check(&envoy, &setup);
-        let before = support::rss_kib(envoy.pid());
-        let mut sent = 0.0;
-        let mut rounds = 0;
-        while sent < memory_tokens as f64 && rounds < 20 {
-            let s = run_wrk(&envoy, &many, &script, 10);
-            sent += s.rps * 10.0;
-            rounds += 1;
-        }
-        let after = support::rss_kib(envoy.pid());
-        let entries = envoy.counter("oauth_filter.allowed");
-        report.push_str(&format!(
-            "\nMemory: Envoy RSS {} MiB before, {} MiB after {} requests with distinct tokens ({} allowed); .wasm {} KiB\n",
-            before / 1024,
-            after / 1024,
-            sent as u64,
-            entries,
-            std::fs::metadata(&wasm).map_or(0, |m| m.len() / 1024)
-        ));
-        let _ = std::fs::remove_file(&many);
+        report.push_str(&memory_rows(&dir, &wasm, memory_tokens, &clusters, &script));
     }
     println!("\n{report}");
     std::fs::write(dir.join("results.md"), &report).unwrap();
+}
+
+/// Envoy's memory before and after `tokens` requests with distinct tokens (every one verified
+/// and cached, so the caches stay at their bounds), for the Wasm module and the native one.
+fn memory_rows(
+    dir: &Path,
+    wasm: &Path,
+    tokens: usize,
+    clusters: &[Value],
+    script: &Path,
+) -> String {
+    eprintln!("memory: signing {tokens} distinct HS256 tokens...");
+    let hs = Signer::hmac("HS256", "hs", &[42u8; 32]);
+    let many = dir.join("many.txt");
+    token_file(&many, &hs, tokens);
+    let filter = json!({
+        "providers": {"idp": {"issuer": "https://idp.test", "audiences": ["orders-api"],
+                              "local_jwks": {"inline_string": jwks(&[hs.jwk()])}}},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}]
+    })
+    .to_string();
+    let size_kib = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len() / 1024);
+    let native = support::native_dir().map(|d| d.join("liboauth_filter.so"));
+    let mut builds = vec![(
+        "Wasm",
+        wasm_filter(wasm, &filter),
+        size_kib(wasm),
+        "wasmcustom",
+    )];
+    if let Some(so) = native.filter(|so| so.exists()) {
+        let stats = "dynamicmodulescustom";
+        builds.push(("native", native_filter(&filter), size_kib(&so), stats));
+    }
+    let mut rows = String::from("\nMemory (Envoy RSS, 1 worker):\n\n| build | before | after | requests | allowed | module |\n|---|---:|---:|---:|---:|---:|\n");
+    for (build, module, kib, stats) in builds {
+        let setup = Setup {
+            name: "memory",
+            filters: vec![module],
+            tokens: many.clone(),
+            checks: true,
+        };
+        let envoy = start(&setup, clusters);
+        check(&envoy, &setup);
+        let before = support::rss_kib(envoy.pid());
+        let (mut sent, mut rounds) = (0.0, 0);
+        while sent < tokens as f64 && rounds < 20 {
+            sent += run_wrk(&envoy, &many, script, 10).rps * 10.0;
+            rounds += 1;
+        }
+        let after = support::rss_kib(envoy.pid());
+        rows.push_str(&format!(
+            "| {build} | {} MiB | {} MiB | {} | {} | {kib} KiB |\n",
+            before / 1024,
+            after / 1024,
+            sent as u64,
+            envoy.stat(&format!("{stats}.oauth_filter.allowed")),
+        ));
+    }
+    let _ = std::fs::remove_file(&many);
+    rows
 }

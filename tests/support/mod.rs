@@ -845,12 +845,16 @@ impl Envoy {
         } else {
             "wasmcustom."
         };
-        let name = format!("{prefix}{name}");
+        self.stat(&format!("{prefix}{name}"))
+    }
+
+    /// The value of the counter or gauge `name`, as Envoy's admin names it (0 if none).
+    pub fn stat(&self, name: &str) -> u64 {
         let stats = admin_get(self.admin, &format!("/stats?filter={name}")).unwrap_or_default();
         stats
             .lines()
             .filter_map(|l| l.split_once(": "))
-            .find(|(n, _)| *n == name.as_str())
+            .find(|(n, _)| *n == name)
             .and_then(|(_, v)| v.trim().parse().ok())
             .unwrap_or(0)
     }
