@@ -8,7 +8,7 @@ ENVOY_CONFIGS := $(shell find envoy -name '*.yaml' -exec grep -l 'static_resourc
 
 NATIVE := target/release/liboauth_filter.so
 
-.PHONY: all build native floor envoy oidc mcp run test test-native unit integration lint validate bench bench-instructions soak fuzz oci clean
+.PHONY: all build native floor envoy oidc mcp run test test-native unit integration lint validate bench bench-instructions soak soak-native fuzz oci clean
 
 all: build
 
@@ -97,6 +97,11 @@ bench-instructions: build native floor envoy
 soak: build envoy oidc
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	ENVOY_BIN=$(ENVOY_BIN) cargo run --quiet --profile tools --example soak
+
+# The same soak against the native build (liboauth_filter.so).
+soak-native: build native envoy oidc
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	OAUTH_FILTER_NATIVE=$(CURDIR)/target/release ENVOY_BIN=$(ENVOY_BIN) cargo run --quiet --profile tools --example soak
 
 lint:
 	cargo fmt --check

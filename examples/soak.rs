@@ -725,14 +725,17 @@ fn load_average() -> String {
         .join(" ")
 }
 
-/// The filter's counters (`wasmcustom.oauth_filter.*`, prefix removed).
+/// The filter's counters (`wasmcustom.oauth_filter.*`, or `dynamicmodulescustom.…` for the
+/// native build, prefix removed).
 fn counters(envoy: &Envoy) -> BTreeMap<String, u64> {
     support::admin_get(envoy.admin, "/stats?filter=oauth_filter")
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split_once(": "))
         .filter_map(|(n, v)| {
-            let name = n.strip_prefix("wasmcustom.oauth_filter.")?;
+            let name = n
+                .strip_prefix("wasmcustom.oauth_filter.")
+                .or_else(|| n.strip_prefix("dynamicmodulescustom.oauth_filter."))?;
             Some((name.to_string(), v.trim().parse().ok()?))
         })
         .collect()
