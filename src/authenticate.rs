@@ -22,8 +22,6 @@ use serde_json::{Map, Value};
 pub const NO_KEYS: &str = "The keys to check the token cannot be fetched";
 /// The description of the 503 answered when introspection gives no usable answer.
 pub const INTROSPECTION_FAILED: &str = "The token cannot be introspected";
-/// The description of the 400 for credentials in several places that a pass did not all check.
-pub const SEVERAL_CREDENTIALS: &str = "The request carries more than one credential";
 
 /// Each provider's credential in the request, indexed like the configuration's providers
 /// (providers the rule does not consult have none). Found before anything is verified, and
@@ -304,7 +302,7 @@ impl<'a> Authenticator<'a> {
         forward: &mut Forward,
     ) -> Result<(), &'static str> {
         if rule.several_places && !accepted.lenient && !self.all_checked(rule, accepted) {
-            return Err(SEVERAL_CREDENTIALS);
+            return Err(extract::ONE_CREDENTIAL);
         }
         let mut out = identity::Out::new(self.request);
         for p in accepted.providers.iter() {

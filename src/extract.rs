@@ -88,7 +88,8 @@ pub fn well_formed(token: &str) -> Result<(), &'static str> {
     }
 }
 
-const ONE_CREDENTIAL: &str = "The request carries more than one credential";
+/// The description of the 400 for a request with several credentials where one is allowed.
+pub const ONE_CREDENTIAL: &str = "The request carries more than one credential";
 
 /// What one header value holds for a header source.
 enum HeaderValue<'a> {

@@ -2,7 +2,7 @@
 //! when the configuration loads.
 //!
 //! Every request with a cached token hashes the whole token (several hundred bytes). SipHash-2-4,
-//! the Wasm build's key ([`crate::cache::Secret`]), costs about 4.5 instructions a byte; AWS-LC's
+//! the Wasm build's key ([`crate::cache::Secret`]), costs about 4.8 instructions a byte; AWS-LC's
 //! GHASH runs on carry-less multiplication and AES-NI, several blocks at once, for a fraction of
 //! that (README, Performance). The key is the GMAC tag of the token (as additional data, nothing
 //! encrypted) under a nonce fixed per provider. A fixed nonce would be fatal for a MAC whose tags
