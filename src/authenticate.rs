@@ -8,10 +8,12 @@
 //! once; each leaf then checks dates, issuer and its audiences (or those of the rule's protected
 //! resource), its scopes and claims, and its step-up conditions (`acr_values`, `max_age`).
 
+use crate::binding;
 use crate::cache;
 use crate::claims;
 use crate::config::{Config, KeySource, Provider, Rule};
 use crate::decision::{Cached, Forward, KeysNow, Known, Request, Verified, MAX_VERIFIED_CACHE_MS};
+use crate::dpop::replay;
 use crate::extract::{self, Extracted};
 use crate::identity;
 use crate::jwt::{self, keys::Jwk, Jws, TokenError};
@@ -77,6 +79,8 @@ pub struct Authenticator<'a> {
     verdicts: Vec<Option<Verdict<'a>>>,
     /// Tokens parsed so far, with the provider whose token each is.
     parsed: Vec<(usize, Result<Jws<'a>, TokenError>)>,
+    /// The good DPoP proofs of providers whose tokens are bound to their key.
+    proofs: Vec<(usize, replay::Use)>,
 }
 
 impl<'a> Authenticator<'a> {
@@ -95,6 +99,7 @@ impl<'a> Authenticator<'a> {
             audiences,
             verdicts: (0..found.len()).map(|_| None).collect(),
             parsed: Vec::new(),
+            proofs: Vec::new(),
         }
     }
 
@@ -129,8 +134,33 @@ impl<'a> Authenticator<'a> {
         }
     }
 
-    /// What provider `p` makes of its token.
+    /// What provider `p` makes of its token: is it genuine, and if it is bound to a key or a
+    /// certificate (`cnf`), does the request prove it holds them.
     fn judge(&mut self, p: usize) -> Verdict<'a> {
+        let verdict = self.genuine(p);
+        let Verdict::Genuine { claims, .. } = &verdict else {
+            return verdict;
+        };
+        let (Some(provider), Some(Extracted::Token { token, source, .. }), Some(map)) = (
+            self.config.providers.get(p),
+            self.found.get(p),
+            self.claims(*claims),
+        ) else {
+            return verdict;
+        };
+        let via_dpop = source.is_dpop();
+        match binding::check(provider, map, token, via_dpop, &self.request, self.known) {
+            Ok(None) => verdict,
+            Ok(Some(proof)) => {
+                self.proofs.push((p, proof));
+                verdict
+            }
+            Err(failure) => Verdict::Refused(failure),
+        }
+    }
+
+    /// Whether provider `p`'s token is genuine.
+    fn genuine(&mut self, p: usize) -> Verdict<'a> {
         let (Some(provider), Some(found)) = (self.config.providers.get(p), self.found.get(p))
         else {
             return Verdict::Refused(Failure::Unavailable("The filter is misconfigured"));
@@ -322,6 +352,11 @@ impl<'a> Authenticator<'a> {
         }
         out.finish(forward);
         forward.verified = self.fresh();
+        for (p, proof) in &self.proofs {
+            if accepted.providers.contains(*p) && !forward.proofs.contains(proof) {
+                forward.proofs.push(*proof);
+            }
+        }
         Ok(())
     }
 

@@ -10,16 +10,20 @@ pub enum DenyReason {
     InvalidToken,
     InsufficientScope,
     InsufficientUserAuthentication,
+    InvalidDpopProof,
+    UseDpopNonce,
     Unavailable,
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 6] = [
+    pub const ALL: [DenyReason; 8] = [
         DenyReason::MissingToken,
         DenyReason::InvalidRequest,
         DenyReason::InvalidToken,
         DenyReason::InsufficientScope,
         DenyReason::InsufficientUserAuthentication,
+        DenyReason::InvalidDpopProof,
+        DenyReason::UseDpopNonce,
         DenyReason::Unavailable,
     ];
 
@@ -31,6 +35,8 @@ impl DenyReason {
             DenyReason::InvalidToken => "invalid_token",
             DenyReason::InsufficientScope => "insufficient_scope",
             DenyReason::InsufficientUserAuthentication => "insufficient_user_authentication",
+            DenyReason::InvalidDpopProof => "invalid_dpop_proof",
+            DenyReason::UseDpopNonce => "use_dpop_nonce",
             DenyReason::Unavailable => "temporarily_unavailable",
         }
     }
@@ -41,7 +47,13 @@ impl DenyReason {
 pub struct Challenge {
     pub reason: DenyReason,
     pub status: u32,
+    /// The first (or only) challenge: `Bearer`, or `DPoP` where no provider takes `Bearer`.
     pub www_authenticate: Option<String>,
+    /// A second `WWW-Authenticate`, the `DPoP` challenge beside the `Bearer` one (RFC 9449
+    /// §7.1).
+    pub dpop: Option<String>,
+    /// A fresh `DPoP-Nonce` (RFC 9449 §8).
+    pub dpop_nonce: Option<String>,
     pub body: String,
 }
 
@@ -49,8 +61,11 @@ impl Challenge {
     /// The headers of the reply, `WWW-Authenticate` first when there is one.
     pub fn headers(&self) -> Vec<(&str, &str)> {
         let mut headers = Vec::with_capacity(3);
-        if let Some(value) = &self.www_authenticate {
+        for value in self.www_authenticate.iter().chain(&self.dpop) {
             headers.push(("www-authenticate", value.as_str()));
+        }
+        if let Some(nonce) = &self.dpop_nonce {
+            headers.push(("dpop-nonce", nonce.as_str()));
         }
         headers.push(("content-type", "application/json"));
         headers.push(("cache-control", "no-store"));
@@ -69,6 +84,17 @@ pub struct Hints<'a> {
     pub realm: &'a str,
     pub scope: &'a str,
     pub resource_metadata: Option<&'a str>,
+    /// Whether the rule's providers take DPoP tokens (then every challenge has a `DPoP` one).
+    pub dpop: Option<DpopHints>,
+}
+
+/// How a rule's challenges speak of DPoP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DpopHints {
+    /// Some provider still takes `Bearer`: the `Bearer` challenge stays, first.
+    pub bearer: bool,
+    /// The request came with the DPoP scheme: the error goes on the `DPoP` challenge.
+    pub presented: bool,
 }
 
 impl<'a> Hints<'a> {
@@ -78,6 +104,7 @@ impl<'a> Hints<'a> {
             realm,
             scope: "",
             resource_metadata: None,
+            dpop: None,
         }
     }
 }
@@ -99,7 +126,19 @@ fn body(error: &str, description: &str) -> String {
 /// A `Bearer` challenge: realm, the error and its description when there is one, then the
 /// `extra` attributes (already formatted, each starting with `, `), then `resource_metadata`.
 fn bearer(hints: &Hints<'_>, error: Option<(&str, &str)>, extra: &str) -> String {
-    let mut header = format!("Bearer realm=\"{}\"", hints.realm);
+    scheme("Bearer", "", hints, error, extra)
+}
+
+/// A challenge of `name`: realm, `algs` (already formatted), the error, `extra`,
+/// `resource_metadata`.
+fn scheme(
+    name: &str,
+    algs: &str,
+    hints: &Hints<'_>,
+    error: Option<(&str, &str)>,
+    extra: &str,
+) -> String {
+    let mut header = format!("{name} realm=\"{}\"{algs}", hints.realm);
     if let Some((code, description)) = error {
         header.push_str(&format!(
             ", error=\"{code}\", error_description=\"{description}\""
@@ -110,6 +149,67 @@ fn bearer(hints: &Hints<'_>, error: Option<(&str, &str)>, extra: &str) -> String
         header.push_str(&format!(", resource_metadata=\"{url}\""));
     }
     header
+}
+
+/// A refusal with its challenges: `Bearer` alone, or with the rule's `DPoP` challenge (the
+/// error on the scheme the request used, or on `DPoP` where `Bearer` is not taken).
+fn refusal(
+    reason: DenyReason,
+    status: u32,
+    hints: &Hints<'_>,
+    error: Option<(&str, &str)>,
+    extra: &str,
+) -> Challenge {
+    let code = error.map_or(reason.name(), |(code, _)| code);
+    let description = error.map_or("A bearer token is required", |(_, d)| d);
+    let (first, second) = match hints.dpop {
+        None => (bearer(hints, error, extra), None),
+        Some(d) => {
+            let on_dpop = d.presented || !d.bearer;
+            let algs = format!(", algs=\"{}\"", crate::dpop::ALGS);
+            let dpop = scheme("DPoP", &algs, hints, error.filter(|_| on_dpop), extra);
+            if d.bearer {
+                let bearer = bearer(hints, error.filter(|_| !on_dpop), extra);
+                (bearer, Some(dpop))
+            } else {
+                (dpop, None)
+            }
+        }
+    };
+    Challenge {
+        reason,
+        status,
+        www_authenticate: Some(first),
+        dpop: second,
+        dpop_nonce: None,
+        body: body(code, description),
+    }
+}
+
+/// 401 for a DPoP proof that does not do (`invalid_dpop_proof`, or `use_dpop_nonce` with
+/// `nonce`, the fresh nonce to use).
+pub fn invalid_dpop_proof(
+    hints: &Hints<'_>,
+    error: crate::dpop::ProofError,
+    nonce: Option<String>,
+) -> Challenge {
+    let reason = match error {
+        crate::dpop::ProofError::Nonce => DenyReason::UseDpopNonce,
+        _ => DenyReason::InvalidDpopProof,
+    };
+    let mut hints = *hints;
+    if let Some(d) = &mut hints.dpop {
+        d.presented = true;
+    }
+    let mut challenge = refusal(
+        reason,
+        401,
+        &hints,
+        Some((error.code(), error.description())),
+        "",
+    );
+    challenge.dpop_nonce = nonce;
+    challenge
 }
 
 /// `, scope="…"` for a non-empty space-separated list.
@@ -123,34 +223,21 @@ fn scope_attribute(scope: &str) -> String {
 
 /// 401 for a request with no credential at all: no error code (RFC 6750 §3.1).
 pub fn missing_token(hints: &Hints<'_>) -> Challenge {
-    Challenge {
-        reason: DenyReason::MissingToken,
-        status: 401,
-        www_authenticate: Some(bearer(hints, None, &scope_attribute(hints.scope))),
-        body: body("missing_token", "A bearer token is required"),
-    }
+    let scope = scope_attribute(hints.scope);
+    refusal(DenyReason::MissingToken, 401, hints, None, &scope)
 }
 
 /// 400 for a malformed or ambiguous credential.
 pub fn invalid_request(hints: &Hints<'_>, description: &str) -> Challenge {
     let error = Some(("invalid_request", description));
-    Challenge {
-        reason: DenyReason::InvalidRequest,
-        status: 400,
-        www_authenticate: Some(bearer(hints, error, "")),
-        body: body("invalid_request", description),
-    }
+    refusal(DenyReason::InvalidRequest, 400, hints, error, "")
 }
 
 /// 401 for a token that is malformed, forged, expired or not for this API.
 pub fn invalid_token(hints: &Hints<'_>, description: &str) -> Challenge {
     let error = Some(("invalid_token", description));
-    Challenge {
-        reason: DenyReason::InvalidToken,
-        status: 401,
-        www_authenticate: Some(bearer(hints, error, &scope_attribute(hints.scope))),
-        body: body("invalid_token", description),
-    }
+    let scope = scope_attribute(hints.scope);
+    refusal(DenyReason::InvalidToken, 401, hints, error, &scope)
 }
 
 /// 403 for a valid token without a scope or claim the route requires. `scope` lists every
@@ -162,13 +249,8 @@ pub fn insufficient_scope(hints: &Hints<'_>, scopes: &[&str], scope_missing: boo
         "The access token lacks a claim this resource requires"
     };
     let error = Some(("insufficient_scope", description));
-    let header = bearer(hints, error, &scope_attribute(&scopes.join(" ")));
-    Challenge {
-        reason: DenyReason::InsufficientScope,
-        status: 403,
-        www_authenticate: Some(header),
-        body: body("insufficient_scope", description),
-    }
+    let scope = scope_attribute(&scopes.join(" "));
+    refusal(DenyReason::InsufficientScope, 403, hints, error, &scope)
 }
 
 /// 401 for a valid token whose user authentication is too weak or too old (RFC 9470).
@@ -185,13 +267,14 @@ pub fn insufficient_user_authentication(hints: &Hints<'_>, step_up: StepUp<'_>) 
     if let Some(seconds) = step_up.max_age {
         extra.push_str(&format!(", max_age=\"{seconds}\""));
     }
-    let code = DenyReason::InsufficientUserAuthentication.name();
-    Challenge {
-        reason: DenyReason::InsufficientUserAuthentication,
-        status: 401,
-        www_authenticate: Some(bearer(hints, Some((code, description)), &extra)),
-        body: body(code, description),
-    }
+    let reason = DenyReason::InsufficientUserAuthentication;
+    refusal(
+        reason,
+        401,
+        hints,
+        Some((reason.name(), description)),
+        &extra,
+    )
 }
 
 /// 503 when the filter cannot decide (no configuration, keys or introspection unreachable).
@@ -200,6 +283,8 @@ pub fn unavailable(description: &str) -> Challenge {
         reason: DenyReason::Unavailable,
         status: 503,
         www_authenticate: None,
+        dpop: None,
+        dpop_nonce: None,
         body: body("temporarily_unavailable", description),
     }
 }
@@ -238,6 +323,7 @@ mod tests {
             realm: "mcp",
             scope: "tools:read tools:call",
             resource_metadata: Some(url),
+            dpop: None,
         };
         let w = |c: Challenge| c.www_authenticate.unwrap();
         assert_eq!(

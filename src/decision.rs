@@ -4,9 +4,12 @@
 //! and what goes upstream [`crate::identity`]'s; this module puts them in order.
 
 use crate::authenticate::{self, Authenticator};
+use crate::binding::Peer;
 use crate::cache;
 use crate::challenge::{self, Challenge, Hints, StepUp};
 use crate::config::{Config, KeySource, Rule};
+use crate::dpop::{nonce, replay, ProofError};
+use crate::extract::Extracted;
 use crate::jwt;
 use crate::jwt::keys::{Alg, Jwk};
 use crate::requirement::{self, Failure, Outcome, Pending};
@@ -61,6 +64,11 @@ pub struct Forward {
     pub verified: Vec<Verified>,
     /// The upstream client (index into `Config::clients`) whose token `set` carries.
     pub injected: Option<usize>,
+    /// The DPoP proofs the request passed with: the shell records them in the replay store
+    /// before the request goes, and answers `replayed` if one was there already.
+    pub proofs: Vec<replay::Use>,
+    /// The answer to a replayed proof (made only when there are `proofs`).
+    pub replayed: Option<Box<Challenge>>,
 }
 
 /// A verified token's claims, to cache under `key` until `until` (ms since the epoch).
@@ -152,11 +160,22 @@ pub trait Known {
     fn verified(&self, key: &cache::TokenKey) -> Option<&Map<String, Value>>;
     /// The cached, unexpired answer for `token` at `provider`'s introspection endpoint.
     fn introspected(&self, provider: usize, token: &str) -> Cached<'_>;
+    /// The downstream connection's client certificate (asked only for certificate-bound tokens).
+    fn client_certificate(&self) -> Peer {
+        Peer::Plain
+    }
+    /// The secret every worker shares, for DPoP nonces and replay-store keys.
+    fn shared_secret(&self) -> &[u8; 32] {
+        &NO_SECRET
+    }
     /// Checks one signature; the host may do it faster than Wasm, with the same verdicts.
     fn check_signature(&self, alg: Alg, key: &Jwk, input: &[u8], signature: &[u8]) -> bool {
         jwt::verify::verify(alg, &key.material, input, signature)
     }
 }
+
+/// The shared secret of a [`Known`] that has none (tests, the fuzz harness).
+static NO_SECRET: [u8; 32] = [0; 32];
 
 /// Only configured keys: remote key sets are always pending, nothing was introspected.
 pub struct LocalKeys<'a>(pub &'a Config);
@@ -212,10 +231,21 @@ pub fn decide(config: &Config, known: &dyn Known, request: Request<'_>) -> Decis
     let resource = rule.resource.and_then(|r| config.resources.get(r));
     let audiences = resource.map(|r| r.audiences.as_slice());
     let mut auth = Authenticator::new(config, known, request, &found, audiences);
+    let presented = found
+        .iter()
+        .any(|f| matches!(f, Extracted::Token { source, .. } if source.is_dpop()));
     let hints = Hints {
         realm: &config.realm,
         scope: &rule.scope,
         resource_metadata: resource.map(|r| r.metadata_url.as_str()),
+        dpop: rule.dpop.map(|d| challenge::DpopHints {
+            bearer: d.bearer,
+            presented,
+        }),
+    };
+    let nonce = || {
+        let wants = rule.dpop.is_some_and(|d| d.nonce);
+        wants.then(|| nonce::issue(known.shared_secret(), request.now))
     };
     match requirement::evaluate(requires, &mut auth) {
         Outcome::Pass(accepted) => {
@@ -225,11 +255,24 @@ pub fn decide(config: &Config, known: &dyn Known, request: Request<'_>) -> Decis
                 Passed::Authenticated
             };
             match auth.pass(rule, accepted, &mut forward) {
-                Ok(()) => inject(rule, forward, known),
+                Ok(()) => {
+                    if !forward.proofs.is_empty() {
+                        let replayed =
+                            challenge::invalid_dpop_proof(&hints, ProofError::Replayed, nonce());
+                        forward.replayed = Some(Box::new(replayed));
+                    }
+                    inject(rule, forward, known)
+                }
                 Err(why) => Decision::Deny(challenge::invalid_request(&hints, why)),
             }
         }
-        Outcome::Fail(failure) => Decision::Deny(answer(&hints, failure)),
+        Outcome::Fail(failure) => {
+            let mut answer = answer(&hints, failure);
+            if answer.status == 401 {
+                answer.dpop_nonce = nonce();
+            }
+            Decision::Deny(answer)
+        }
         Outcome::Wait(Pending::Keys { provider, refetch }) => Decision::Wait { provider, refetch },
         Outcome::Wait(Pending::Introspection { provider }) => match auth.token(provider) {
             Some(token) => Decision::Introspect {
@@ -267,6 +310,7 @@ fn answer(hints: &Hints<'_>, failure: Failure<'_>) -> Challenge {
         Failure::Missing => challenge::missing_token(hints),
         Failure::Malformed(why) => challenge::invalid_request(hints, why),
         Failure::Invalid { description, .. } => challenge::invalid_token(hints, description),
+        Failure::Proof(error) => challenge::invalid_dpop_proof(hints, error, None),
         Failure::Insufficient {
             scopes,
             scope_missing,

@@ -57,6 +57,13 @@ impl<'a> Out<'a> {
         if provider.forward {
             return;
         }
+        let proof = |(n, _): &(&str, &[u8])| *n == "dpop";
+        if source.is_dpop() && self.request.headers.iter().any(proof) {
+            let dpop = "dpop".to_string();
+            if !forward.remove.contains(&dpop) {
+                forward.remove.push(dpop);
+            }
+        }
         match source {
             Source::Header { name, .. } => {
                 if !forward.remove.contains(name) {

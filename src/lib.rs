@@ -5,12 +5,14 @@
 //! Wasm build.
 
 pub mod authenticate;
+pub mod binding;
 pub mod cache;
 pub mod challenge;
 pub mod claims;
 pub mod config;
 pub mod credentials;
 pub mod decision;
+pub mod dpop;
 pub mod extract;
 pub mod headers;
 pub mod identity;

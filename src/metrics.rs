@@ -6,7 +6,7 @@ use crate::challenge::DenyReason;
 use crate::decision::Passed;
 
 /// The counters, by index.
-pub const REQUEST_COUNTERS: [&str; 13] = [
+pub const REQUEST_COUNTERS: [&str; 16] = [
     "oauth_filter.allowed",
     "oauth_filter.anonymous",
     "oauth_filter.cors_preflight",
@@ -20,7 +20,13 @@ pub const REQUEST_COUNTERS: [&str; 13] = [
     "oauth_filter.denied.temporarily_unavailable",
     "oauth_filter.metadata.served",
     "oauth_filter.metadata.refused",
+    "oauth_filter.denied.invalid_dpop_proof",
+    "oauth_filter.denied.use_dpop_nonce",
+    "oauth_filter.dpop.replays",
 ];
+
+/// The counter of a proof refused by the replay store (also counted under `denied`).
+pub const DPOP_REPLAYS: usize = 15;
 
 /// Requests whose token was found in the verified-token cache.
 pub const JWT_CACHE_HITS: &str = "oauth_filter.jwt.cache_hits";
@@ -45,6 +51,8 @@ pub fn denied(reason: DenyReason) -> usize {
         DenyReason::InsufficientScope => 8,
         DenyReason::InsufficientUserAuthentication => 9,
         DenyReason::Unavailable => 10,
+        DenyReason::InvalidDpopProof => 13,
+        DenyReason::UseDpopNonce => 14,
     }
 }
 
@@ -82,6 +90,7 @@ mod tests {
                 .into_iter()
                 .flatten(),
         );
+        all.push(DPOP_REPLAYS);
         all.sort_unstable();
         assert_eq!(all, (0..REQUEST_COUNTERS.len()).collect::<Vec<_>>());
         assert_eq!(metadata(false, false), None);

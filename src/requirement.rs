@@ -116,6 +116,9 @@ pub enum Failure<'a> {
         acr_values: Option<&'a [String]>,
         max_age: Option<u64>,
     },
+    /// 401 `invalid_dpop_proof` or `use_dpop_nonce`: a genuine DPoP-bound token whose proof
+    /// does not do (RFC 9449 §7.1).
+    Proof(crate::dpop::ProofError),
     /// 503: keys or introspection could not be had.
     Unavailable(&'static str),
 }
@@ -206,7 +209,7 @@ impl Group {
             (Failure::Unavailable(_), Group::All) => 0,
             (Failure::Missing, _) => 1,
             (Failure::Invalid { foreign: true, .. }, _) => 2,
-            (Failure::Invalid { .. }, _) => 3,
+            (Failure::Invalid { .. } | Failure::Proof(_), _) => 3,
             (Failure::Insufficient { .. }, _) => 4,
             (Failure::StepUp { .. }, _) => 5,
             (Failure::Unavailable(_), Group::Any) => 6,

@@ -95,6 +95,7 @@ mod tests {
             filter_state: vec![("oauth.sub".into(), "alice".into())],
             verified: Vec::new(),
             injected: None,
+            ..Forward::default()
         };
         let mut host = Recorder::default();
         apply(&mut host, &forward);

@@ -79,3 +79,50 @@ fn headers() {
 fn host_answers() {
     replay("host_answers", harness::host_answers);
 }
+
+#[test]
+fn dpop_proof() {
+    replay("dpop_proof", harness::dpop_proof);
+}
+
+/// The seed proofs were signed by Node's crypto (another JOSE implementation): the good ones
+/// pass, each hostile one fails for its own reason.
+#[test]
+fn dpop_seeds_signed_elsewhere() {
+    use oauth_filter::config::Dpop;
+    use oauth_filter::dpop::{self, ProofError};
+    use oauth_filter::jwt::verify;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/dpop_proof");
+    fn expect(token: &str) -> dpop::Expect<'_> {
+        dpop::Expect {
+            target: harness::DPOP_TARGET,
+            token,
+            now: harness::NOW,
+            dpop: Dpop {
+                required: false,
+                max_age: 60,
+                nonce: true,
+            },
+            skew: 60,
+            nonce_secret: Some(&harness::DPOP_SECRET),
+        }
+    }
+    let cases = [
+        ("seed-es256", None),
+        ("seed-eddsa", None),
+        ("seed-ed25519", None),
+        ("seed-private-key", Some(ProofError::PrivateKey)),
+        ("seed-alg-none", Some(ProofError::Alg)),
+        ("seed-hs256", Some(ProofError::Alg)),
+        ("seed-no-nonce", Some(ProofError::Nonce)),
+        ("seed-stale", Some(ProofError::Stale)),
+    ];
+    for (seed, want) in cases {
+        let text = std::fs::read_to_string(dir.join(seed)).unwrap();
+        let (proof, token) = text.split_once('\n').unwrap_or((&text, "token"));
+        let got = dpop::check(proof, &expect(token), &|alg, key, input, sig| {
+            verify::verify(alg, &key.material, input, sig)
+        });
+        assert_eq!(got.err(), want, "{seed}");
+    }
+}

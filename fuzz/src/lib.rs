@@ -20,6 +20,7 @@ use oauth_filter::config::{self, Config, KeySource, Source};
 use oauth_filter::decision::{
     self, Cached, Decision, KeysNow, Known, LocalKeys, Passed, Request, MAX_VERIFIED_CACHE_MS,
 };
+use oauth_filter::dpop;
 use oauth_filter::extract::{self, Extracted};
 use oauth_filter::headers;
 use oauth_filter::identity;
@@ -250,7 +251,9 @@ fn decide_and_check(config: &Config, known: &dyn Known, request: Request<'_>) ->
             let status = match challenge.reason {
                 DenyReason::MissingToken
                 | DenyReason::InvalidToken
-                | DenyReason::InsufficientUserAuthentication => 401,
+                | DenyReason::InsufficientUserAuthentication
+                | DenyReason::InvalidDpopProof
+                | DenyReason::UseDpopNonce => 401,
                 DenyReason::InvalidRequest => 400,
                 DenyReason::InsufficientScope => 403,
                 DenyReason::Unavailable => 503,
@@ -769,4 +772,55 @@ pub fn host_answers(data: &[u8]) {
             let _ = host::verify_result(rest);
         }
     }
+}
+
+/// The request of every `dpop_proof` input: `GET https://api.example/orders`.
+pub const DPOP_TARGET: dpop::Target<'static> = dpop::Target {
+    method: "GET",
+    scheme: "https",
+    authority: "api.example",
+    path: "/orders?page=2",
+};
+
+/// The secret the `dpop_proof` target's nonces are made with.
+pub const DPOP_SECRET: [u8; 32] = [0x5a; 32];
+
+/// A DPoP proof, then optionally a newline and the access token it is for (`token` if none),
+/// checked against [`DPOP_TARGET`] at [`NOW`] with nonces required. A proof that passes must be
+/// small enough, name a key by a 43-character thumbprint, carry a `jti`, and be remembered no
+/// longer than `max_age` plus the skew; any refusal has a fixed description.
+pub fn dpop_proof(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let (proof, token) = text.split_once('\n').unwrap_or((text, "token"));
+    let expect = dpop::Expect {
+        target: DPOP_TARGET,
+        token,
+        now: NOW,
+        dpop: config::Dpop {
+            required: false,
+            max_age: 60,
+            nonce: true,
+        },
+        skew: 60,
+        nonce_secret: Some(&DPOP_SECRET),
+    };
+    let check =
+        |alg, key: &Jwk, input: &[u8], sig: &[u8]| verify::verify(alg, &key.material, input, sig);
+    match dpop::check(proof, &expect, &check) {
+        Ok(proven) => {
+            assert!(proof.len() <= dpop::MAX_PROOF_BYTES);
+            assert_eq!(proven.thumbprint.len(), 43);
+            assert!(!proven.jti.is_empty() && proven.jti.len() <= dpop::MAX_JTI_BYTES);
+            assert!(proven.until <= NOW + 60 + 120);
+        }
+        Err(e) => {
+            assert!(
+                e.description().starts_with("The DPoP proof") || e == dpop::ProofError::Missing
+            );
+        }
+    }
+    // The same text as a slot of the replay store never panics either.
+    let _ = dpop::replay::record(data, dpop::replay::Use { key: 1, until: NOW }, NOW);
 }

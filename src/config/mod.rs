@@ -13,9 +13,9 @@ mod provider;
 
 pub use client::{ClientAuth, UpstreamClient, DEFAULT_REFRESH_MARGIN_MS};
 pub use provider::{
-    ClaimHeader, ClaimState, Introspection, JwtProfile, KeySource, Provider, RemoteJwks, Source,
-    DEFAULT_CACHE_DURATION_MS, DEFAULT_CACHE_ENTRIES, DEFAULT_CLOCK_SKEW,
-    DEFAULT_NEGATIVE_CACHE_MS, MAX_CLOCK_SKEW,
+    ClaimHeader, ClaimState, Dpop, Introspection, JwtProfile, KeySource, Provider, RemoteJwks,
+    Source, DEFAULT_CACHE_DURATION_MS, DEFAULT_CACHE_ENTRIES, DEFAULT_CLOCK_SKEW,
+    DEFAULT_DPOP_MAX_AGE, DEFAULT_NEGATIVE_CACHE_MS, DPOP_PREFIX, MAX_CLOCK_SKEW,
 };
 
 use crate::requirement::{self, ProviderSet, Requirement};
@@ -93,6 +93,18 @@ pub struct Rule {
     /// Every scope the requirement's leaves ask for, space-separated: the `scope` of the rule's
     /// 401 challenges.
     pub scope: String,
+    /// How the rule's providers take DPoP tokens, when one does: its challenges then carry a
+    /// `DPoP` challenge.
+    pub dpop: Option<RuleDpop>,
+}
+
+/// The DPoP side of a rule's providers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleDpop {
+    /// Some provider of the rule still takes unbound tokens with the `Bearer` scheme.
+    pub bearer: bool,
+    /// Some provider of the rule wants DPoP nonces.
+    pub nonce: bool,
 }
 
 /// Envoy's `HttpUri`: a URL, the Envoy cluster that reaches it, and a timeout.
@@ -539,6 +551,7 @@ fn rule(i: usize, value: &Value, named: &Named<'_>) -> Result<Rule, ConfigError>
         requires,
         inject,
         several_places: provider::several_places(providers, consulted),
+        dpop: provider::rule_dpop(providers, consulted),
         providers: consulted,
         resource,
     })

@@ -36,6 +36,11 @@ pub enum Source {
 impl Source {
     /// Where in the request the token sits: two sources with the same place read the same
     /// credential (a header's prefix does not make it another place).
+    /// Whether tokens found here come with the DPoP scheme (RFC 9449 §7.1).
+    pub fn is_dpop(&self) -> bool {
+        matches!(self, Source::Header { name, prefix } if name == "authorization" && prefix == DPOP_PREFIX)
+    }
+
     pub fn same_place(&self, other: &Source) -> bool {
         match (self, other) {
             (Source::Header { name: a, .. }, Source::Header { name: b, .. }) => a == b,
@@ -77,10 +82,28 @@ pub struct Provider {
     pub claim_to_filter_state: Vec<ClaimState>,
     /// `jwt_profile`: the profile a JWT must follow beyond RFC 7519.
     pub profile: Option<JwtProfile>,
-    /// The top-level claims a decision on a cached token can need (dates, parties, scopes, and
-    /// what the rules' claim conditions and this provider's outputs read).
+    /// The top-level claims a decision on a cached token can need (dates, parties, scopes, the
+    /// binding, and what the rules' claim conditions and this provider's outputs read).
     pub kept_claims: Vec<String>,
+    /// `dpop`: DPoP-bound tokens (RFC 9449) are accepted with `Authorization: DPoP`.
+    pub dpop: Option<Dpop>,
+    /// `require_certificate_bound`: only tokens bound to the client certificate (RFC 8705).
+    pub require_certificate_bound: bool,
 }
+
+/// `dpop`: how DPoP proofs are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dpop {
+    /// `required`: tokens without a DPoP binding (`cnf.jkt`) are refused.
+    pub required: bool,
+    /// `max_age`: how old (by its `iat`) a proof may be, in seconds, besides the clock skew.
+    pub max_age: u64,
+    /// `nonce`: proofs must carry a nonce the filter issued (`DPoP-Nonce`).
+    pub nonce: bool,
+}
+
+/// The default `dpop.max_age`, in seconds.
+pub const DEFAULT_DPOP_MAX_AGE: u64 = 60;
 
 /// `jwt_profile`: a JWT access-token profile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,7 +150,7 @@ pub struct Introspection {
     pub cache_entries: usize,
 }
 
-const FIELDS: [&str; 17] = [
+const FIELDS: [&str; 19] = [
     "issuer",
     "audiences",
     "local_jwks",
@@ -145,6 +168,8 @@ const FIELDS: [&str; 17] = [
     "require_expiration",
     "max_lifetime",
     "jwt_profile",
+    "dpop",
+    "require_certificate_bound",
 ];
 
 pub(super) fn provider(name: &str, value: &Value) -> Result<Provider, ConfigError> {
@@ -159,7 +184,8 @@ pub(super) fn provider(name: &str, value: &Value) -> Result<Provider, ConfigErro
         .map(|i| introspection(&i))
         .transpose()?;
     let keys = key_source(&p, claims.issuer.as_deref(), introspection.is_some())?;
-    let sources = sources(&p)?;
+    let dpop = p.object("dpop")?.map(|d| dpop(&d)).transpose()?;
+    let sources = sources(&p, dpop.is_some())?;
     let claim_to_headers = claim_to_headers(&p, &sources)?;
     let payload_header = match p.string("forward_payload_header")? {
         Some(header) => Some(output_header(
@@ -183,6 +209,22 @@ pub(super) fn provider(name: &str, value: &Value) -> Result<Provider, ConfigErro
         payload_header,
         sources,
         kept_claims: Vec::new(),
+        dpop,
+        require_certificate_bound: p.boolean("require_certificate_bound", false)?,
+    })
+}
+
+/// `dpop`: `required`, `max_age` (whole seconds, 1 s to 1 h), `nonce`.
+fn dpop(d: &Obj<'_>) -> Result<Dpop, ConfigError> {
+    d.only(&["required", "max_age", "nonce"])?;
+    let max_age = d.duration("max_age", DEFAULT_DPOP_MAX_AGE * 1000, 1000, 3_600_000)?;
+    if max_age % 1000 != 0 {
+        return err(d.field("max_age"), "must be whole seconds, such as \"60s\"");
+    }
+    Ok(Dpop {
+        required: d.boolean("required", false)?,
+        max_age: max_age / 1000,
+        nonce: d.boolean("nonce", false)?,
     })
 }
 
@@ -242,7 +284,23 @@ fn claim_rules(p: &Obj<'_>) -> Result<ClaimRules, ConfigError> {
 }
 
 /// `from_headers`, `from_params`, `from_cookies`; `Authorization: Bearer` when none is given.
-fn sources(p: &Obj<'_>) -> Result<Vec<Source>, ConfigError> {
+/// With `dpop` (`dpop`), `Authorization: DPoP` is read wherever `Authorization: Bearer` is.
+fn sources(p: &Obj<'_>, dpop: bool) -> Result<Vec<Source>, ConfigError> {
+    let mut sources = configured_sources(p)?;
+    let bearer = |s: &Source| matches!(s, Source::Header { name, prefix } if name == "authorization" && prefix.eq_ignore_ascii_case("Bearer "));
+    if dpop && sources.iter().any(bearer) {
+        sources.push(Source::Header {
+            name: "authorization".into(),
+            prefix: DPOP_PREFIX.into(),
+        });
+    }
+    Ok(sources)
+}
+
+/// The prefix of the `Authorization` source a provider with `dpop` reads DPoP tokens from.
+pub const DPOP_PREFIX: &str = "DPoP ";
+
+fn configured_sources(p: &Obj<'_>) -> Result<Vec<Source>, ConfigError> {
     let mut sources = Vec::new();
     for h in p.objects("from_headers")? {
         h.only(&["name", "value_prefix"])?;
@@ -521,7 +579,7 @@ fn local_jwks(jwks: &Obj<'_>) -> Result<Vec<Jwk>, ConfigError> {
 }
 
 /// The claims always kept for a cached token: its dates, parties and scopes.
-const ALWAYS_KEPT: [&str; 7] = ["exp", "nbf", "iat", "iss", "aud", "scope", "scp"];
+const ALWAYS_KEPT: [&str; 8] = ["exp", "nbf", "iat", "iss", "aud", "scope", "scp", "cnf"];
 
 /// Fills each provider's `kept_claims`: what a decision on its cached tokens can read.
 pub(super) fn keep_claims(providers: &mut [Provider], rules: &[Rule]) {
@@ -571,4 +629,15 @@ pub(super) fn several_places(providers: &[Provider], set: ProviderSet) -> bool {
         return false;
     };
     sources.any(|s| !s.same_place(first))
+}
+
+/// The DPoP side of the providers in `set`: `None` when none of them has `dpop`.
+pub(super) fn rule_dpop(providers: &[Provider], set: ProviderSet) -> Option<super::RuleDpop> {
+    let consulted = || set.iter().filter_map(|i| providers.get(i));
+    consulted()
+        .any(|p| p.dpop.is_some())
+        .then(|| super::RuleDpop {
+            bearer: consulted().any(|p| !p.dpop.is_some_and(|d| d.required)),
+            nonce: consulted().any(|p| p.dpop.is_some_and(|d| d.nonce)),
+        })
 }

@@ -219,6 +219,55 @@ fn parse_jwk(jwk: &Map<String, Value>) -> Result<Option<Jwk>, String> {
     Ok(Some(key))
 }
 
+/// Why an inline public key (a DPoP proof's `jwk`) is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublicKeyError {
+    /// It carries a private member (`d`, an RSA prime, a symmetric `k`).
+    Private,
+    /// Not a usable RSA (2048 bits or more), EC or OKP signature key.
+    Unusable,
+}
+
+/// The members that make a JWK private (RFC 7518 §6.2.2, §6.3.2, §6.4.1; RFC 8037 §2).
+const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
+
+/// A public signature key given inline, with its RFC 7638 thumbprint (base64url SHA-256 of the
+/// required members in lexicographic order): RSA of at least 2048 bits, EC or OKP; a key with a
+/// private member, or an `oct` key, is refused.
+pub fn public_jwk(jwk: &Map<String, Value>) -> Result<(Jwk, String), PublicKeyError> {
+    if PRIVATE_MEMBERS.iter().any(|m| jwk.contains_key(*m)) {
+        return Err(PublicKeyError::Private);
+    }
+    let required: &[&str] = match jwk.get("kty").and_then(Value::as_str) {
+        Some("RSA") => &["e", "kty", "n"],
+        Some("EC") => &["crv", "kty", "x", "y"],
+        Some("OKP") => &["crv", "kty", "x"],
+        _ => return Err(PublicKeyError::Unusable),
+    };
+    let key = match parse_jwk(jwk) {
+        Ok(Some(key)) => key,
+        _ => return Err(PublicKeyError::Unusable),
+    };
+    let mut canonical = String::from("{");
+    for (i, name) in required.iter().enumerate() {
+        let value = jwk.get(*name).ok_or(PublicKeyError::Unusable)?;
+        if i > 0 {
+            canonical.push(',');
+        }
+        canonical.push_str(&format!("\"{name}\":{value}"));
+    }
+    canonical.push('}');
+    Ok((key, thumbprint_of(canonical.as_bytes())))
+}
+
+/// base64url (no padding) of the SHA-256 of `bytes`.
+pub fn thumbprint_of(bytes: &[u8]) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    URL_SAFE_NO_PAD.encode(Sha256::digest(bytes))
+}
+
 /// Whether a key with this `use` and `key_ops` may verify signatures: `use` must be `sig` when
 /// given, and `key_ops` (RFC 7517 §4.3), when given, must list `verify`.
 fn verifies(usage: Option<&str>, ops: Option<&Value>) -> Result<bool, String> {
