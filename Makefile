@@ -67,13 +67,13 @@ test: build native envoy oidc mcp
 # The Envoy suites the native build passes so far, against liboauth_filter.so (README, Native).
 test-native: native envoy
 	cargo test --lib --features native native::
-	ENVOY_BIN=$(ENVOY_BIN) OAUTH_FILTER_WASM=$(WASM) OAUTH_FILTER_NATIVE=$(CURDIR)/target/release cargo test --test envoy --test remote --test introspection --test credentials --test policy --test mesh --test resource
+	ENVOY_BIN=$(ENVOY_BIN) OAUTH_FILTER_WASM=$(WASM) OAUTH_FILTER_NATIVE=$(CURDIR)/target/release cargo test --test envoy --test remote --test introspection --test credentials --test policy --test mesh --test resource --test sender
 
 unit:
 	cargo test --lib
 
 integration: build envoy oidc mcp
-	ENVOY_BIN=$(ENVOY_BIN) OAUTH_FILTER_WASM=$(WASM) cargo test --test envoy --test remote --test introspection --test credentials --test mesh --test policy --test resource
+	ENVOY_BIN=$(ENVOY_BIN) OAUTH_FILTER_WASM=$(WASM) cargo test --test envoy --test remote --test introspection --test credentials --test mesh --test policy --test resource --test sender
 
 # The bench's reference modules: Wasm filters that validate nothing, to show what the host charges
 # any Wasm filter (examples/floor_filter.rs, examples/floor_callbacks.rs; README, Performance).

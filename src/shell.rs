@@ -4,8 +4,9 @@
 //! ([`crate::decision`]); this is only how its answer reaches the host, in the order that keeps
 //! host calls few.
 
-use crate::challenge::Challenge;
+use crate::challenge::{self, Challenge};
 use crate::decision::Forward;
+use crate::dpop::replay::{self, Recorded, Slots};
 use crate::resource::Reply;
 
 /// The request-side operations of a host, on the request being decided.
@@ -38,6 +39,26 @@ pub fn apply(host: &mut impl RequestHost, forward: &Forward) {
     }
     for (key, value) in &forward.filter_state {
         host.set_filter_state(key, value.as_bytes());
+    }
+}
+
+/// Records an allowed request's DPoP proofs in the replay store every worker shares (`now` in
+/// seconds). The answer to send instead, when a proof was there already (`true`: a replay) or
+/// cannot be recorded (the store is full: no proof is let through unrecorded).
+pub fn replay_refusal(slots: &dyn Slots, forward: &Forward, now: u64) -> Option<(Challenge, bool)> {
+    if forward.proofs.is_empty() {
+        return None;
+    }
+    match replay::first_use(slots, &forward.proofs, now) {
+        Recorded::First => None,
+        Recorded::Replayed => {
+            let answer = forward.replayed.as_deref().cloned();
+            Some((
+                answer.unwrap_or_else(|| challenge::unavailable(replay::FULL)),
+                true,
+            ))
+        }
+        Recorded::Full => Some((challenge::unavailable(replay::FULL), false)),
     }
 }
 

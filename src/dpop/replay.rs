@@ -17,6 +17,9 @@ pub const PER_SLOT: usize = 256;
 /// An entry: the key (8 bytes) and the second it expires (8 bytes), little-endian.
 const ENTRY: usize = 16;
 
+/// The description of the 503 when a proof cannot be recorded.
+pub const FULL: &str = "The DPoP replay store cannot take the proof";
+
 /// A proof to remember: its key and the second after which it may be forgotten.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Use {

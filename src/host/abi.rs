@@ -143,6 +143,12 @@ mod sys {
             data: *mut *mut u8,
             size: *mut usize,
         ) -> u32;
+        pub fn proxy_get_property(
+            path: *const u8,
+            path_size: usize,
+            data: *mut *mut u8,
+            size: *mut usize,
+        ) -> u32;
         pub fn proxy_set_property(
             path: *const u8,
             path_size: usize,
@@ -340,6 +346,14 @@ pub fn call_foreign_function(name: &str, args: &[u8]) -> Result<Option<Vec<u8>>,
         )
     };
     check(code).map(|()| take(data, size))
+}
+
+/// Property `path` of the current stream (its steps joined with NUL bytes, as
+/// `connection\0tls_version`); `None` when the host has no such property.
+pub fn get_property(path: &str) -> Option<Vec<u8>> {
+    let (mut data, mut size) = (null_mut(), 0);
+    let code = unsafe { sys::proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
+    check(code).ok().and_then(|()| take(data, size))
 }
 
 /// Sets property `name` of the current stream; Envoy keeps it as filter state `wasm.NAME`,

@@ -4,6 +4,7 @@
 
 use super::abi::{self, Action, BufferType, MapType};
 use super::credentials;
+use super::dpop::SharedSlots;
 use super::introspect;
 use super::vm::{Awaited, Vm, Waiter};
 use crate::cache;
@@ -153,6 +154,12 @@ fn allow(
     resumed: bool,
     now: u64,
 ) -> Action {
+    if let Some((answer, replay)) = shell::replay_refusal(&SharedSlots, &forward, now / 1000) {
+        if replay {
+            vm.borrow().metrics.dpop_replay();
+        }
+        return deny(&answer, Some(&vm.borrow()));
+    }
     shell::apply(&mut WasmRequest, &forward);
     {
         let state = vm.borrow();

@@ -125,6 +125,11 @@ impl Metrics {
     pub fn denied(&self, reason: DenyReason) {
         bump(self.requests[metrics::denied(reason)]);
     }
+
+    /// A DPoP proof was refused as a replay.
+    pub fn dpop_replay(&self) {
+        bump(self.requests[metrics::DPOP_REPLAYS]);
+    }
 }
 
 /// The counters of one upstream client, `oauth_filter.upstream.<client>.*`.

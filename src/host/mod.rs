@@ -3,6 +3,7 @@
 
 mod abi;
 mod credentials;
+mod dpop;
 mod exports;
 mod http;
 mod introspect;

@@ -70,7 +70,11 @@ pub fn configure(root_id: u32, bytes: &[u8], metrics: Rc<Metrics>) -> Option<Rc<
     let random = RandomState::new();
     let id = random.hash_one(root_id) | 1;
     let secret = (random.hash_one(1u8), random.hash_one(2u8));
-    let vm = Vm::new(Rc::new(config), metrics, id, root_id, secret);
+    let dpop = config.providers.iter().any(|p| p.dpop.is_some());
+    let mut vm = Vm::new(Rc::new(config), metrics, id, root_id, secret);
+    if dpop {
+        vm.shared_secret = super::dpop::shared_secret(&random);
+    }
     for client in vm.clients.iter().filter(|c| !c.used) {
         log::warn!(
             "oauth-filter: upstream client {}: no rule injects it; its token is never fetched",

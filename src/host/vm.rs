@@ -141,6 +141,8 @@ pub struct Vm {
     pub verified: TtlCache<Map<String, Value>, cache::TokenKey>,
     /// The secret of this VM's verified-token cache keys.
     pub secret: cache::Secret,
+    /// The secret every VM shares (DPoP nonces and replay keys); zero without DPoP.
+    pub shared_secret: [u8; 32],
     /// The time of the request being decided (ms), for the refetch rate limit.
     pub now_ms: u64,
     /// The provider whose keys the request being decided waited for too long.
@@ -229,6 +231,7 @@ impl Vm {
             host_crypto: Cell::new(true),
             verified: TtlCache::new(cache::VERIFIED_ENTRIES, cache::VERIFIED_BYTES),
             secret: cache::Secret(secret.0, secret.1),
+            shared_secret: [0; 32],
             now_ms: 0,
             gave_up: None,
         }
@@ -339,6 +342,14 @@ impl Known for Vm {
             }
         }
         verify::verify(alg, &key.material, input, signature)
+    }
+
+    fn client_certificate(&self) -> crate::binding::Peer {
+        super::dpop::client_certificate()
+    }
+
+    fn shared_secret(&self) -> &[u8; 32] {
+        &self.shared_secret
     }
 
     fn token_key(&self, provider: &str, token: &str) -> cache::TokenKey {

@@ -88,6 +88,12 @@ fn module_headers(headers: &[(&str, &str)]) -> Vec<ModuleHeader> {
         .collect()
 }
 
+/// `envoy_dynamic_module_type_attribute_id_ConnectionTlsVersion` (`connection.tls_version`).
+pub const ATTRIBUTE_TLS_VERSION: u32 = 31;
+/// `…_attribute_id_ConnectionSha256PeerCertificateDigest`
+/// (`connection.sha256_peer_certificate_digest`).
+pub const ATTRIBUTE_PEER_DIGEST: u32 = 38;
+
 /// `envoy_dynamic_module_type_http_header_type_RequestHeader`.
 const REQUEST_HEADER: u32 = 0;
 /// `…_http_header_type_ResponseHeader`.
@@ -201,6 +207,11 @@ extern "C" {
         body: ModuleBuffer,
         timeout_ms: u64,
     ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
+        filter: *mut c_void,
+        attribute: u32,
+        result: *mut EnvoyBuffer,
+    ) -> bool;
     fn envoy_dynamic_module_callback_http_filter_increment_counter(
         filter: *mut c_void,
         id: usize,
@@ -600,4 +611,24 @@ pub unsafe fn config_record_histogram(config: Ptr, id: usize, value: u64) {
         0,
         value,
     );
+}
+
+/// String attribute `attribute` of the stream (`None`: absent or empty), copied.
+///
+/// # Safety
+/// `filter` must be the Envoy filter of the current hook.
+pub unsafe fn attribute_string(filter: *mut c_void, attribute: u32) -> Option<Vec<u8>> {
+    let mut result = EnvoyBuffer {
+        ptr: null(),
+        length: 0,
+    };
+    if !envoy_dynamic_module_callback_http_filter_get_attribute_string(
+        filter,
+        attribute,
+        &mut result,
+    ) {
+        return None;
+    }
+    let bytes = result.bytes();
+    (!bytes.is_empty()).then(|| bytes.to_vec())
 }

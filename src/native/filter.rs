@@ -4,6 +4,7 @@
 
 use super::abi::{self, Ptr};
 use super::credentials::Clients;
+use super::dpop::ProcessSlots;
 use super::introspect::{Delivered, Introspector, Mailbox, CALL};
 use super::known::{Answers, VerifiedTokens};
 use super::remote::{Fetcher, FETCH, WAKE};
@@ -212,9 +213,11 @@ impl Filter {
         let states = config.fetcher.read(providers);
         let gave_up = self.waiting_for_too_long();
         let clients = config.clients.read();
-        let known = config
-            .verified
-            .view(&config.config, states, answers, clients, now_ms, gave_up);
+        let mut known =
+            config
+                .verified
+                .view(&config.config, states, answers, clients, now_ms, gave_up);
+        known.filter = envoy;
         let decision = decision::decide(&config.config, &known, request);
         if let (Some(id), hits @ 1..) = (config.jwt_cache_hits, known.hits.get()) {
             abi::increment_counter(envoy, id, hits);
@@ -253,6 +256,13 @@ impl Filter {
         let mut stream = Stream(envoy);
         match decision {
             Decision::Allow(forward) => {
+                let replay = shell::replay_refusal(&ProcessSlots, &forward, now_ms / 1000);
+                if let Some((answer, replayed)) = replay {
+                    if replayed {
+                        config.count(envoy, metrics::DPOP_REPLAYS);
+                    }
+                    return self.act(config, envoy, Decision::Deny(answer), now_ms, generation);
+                }
                 shell::apply(&mut stream, &forward);
                 config.count(envoy, metrics::passed(forward.passed));
                 config.verified.remember(forward.verified, now_ms);

@@ -7,6 +7,7 @@ use super::credentials;
 use super::introspect::{self, Delivered};
 use super::remote::State;
 use super::tokenkey::TokenHasher;
+use crate::binding::Peer;
 use crate::cache::{self, Secret, TokenKey, TtlCache};
 use crate::config::{Config, KeySource};
 use crate::decision::{self, Cached, CredentialNow, KeysNow, Known};
@@ -14,6 +15,7 @@ use crate::jwt::keys::{Alg, Jwk};
 use serde_json::{Map, Value};
 use std::cell::Cell;
 use std::collections::hash_map::RandomState;
+use std::ffi::c_void;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::{RwLock, RwLockReadGuard};
 
@@ -50,6 +52,7 @@ impl VerifiedTokens {
         gave_up: Option<usize>,
     ) -> View<'a> {
         View {
+            filter: std::ptr::null_mut(),
             config,
             answers,
             clients,
@@ -124,9 +127,24 @@ pub struct View<'a> {
     /// The remote providers' states, by provider index.
     pub states: Vec<Option<RwLockReadGuard<'a, State>>>,
     gave_up: Option<usize>,
+    /// The Envoy filter of the request being decided (for its connection's attributes; set by
+    /// the hook that decides).
+    pub filter: *mut c_void,
 }
 
 impl Known for View<'_> {
+    fn client_certificate(&self) -> Peer {
+        if self.filter.is_null() {
+            return Peer::Plain;
+        }
+        // SAFETY: a view lives within the hook that made it, with that hook's filter.
+        unsafe { super::dpop::client_certificate(self.filter) }
+    }
+
+    fn shared_secret(&self) -> &[u8; 32] {
+        super::dpop::shared_secret()
+    }
+
     fn check_signature(&self, alg: Alg, key: &Jwk, input: &[u8], signature: &[u8]) -> bool {
         super::verify::check(alg, key, input, signature)
     }

@@ -8,6 +8,7 @@
 
 mod abi;
 mod credentials;
+mod dpop;
 mod exports;
 mod filter;
 mod introspect;

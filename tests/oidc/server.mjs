@@ -2,6 +2,8 @@
 // the client credentials grant. Resource indicators (RFC 8707) choose the access token format
 // and lifetime: https://orders.example gets JWT access tokens, https://opaque.example opaque
 // ones (both for 600 s), https://short.example JWTs that expire in 6 s (to watch refreshes).
+// Client bound-client gets tokens bound to the certificate in x-client-cert (RFC 8705); any
+// client that sends a DPoP proof gets DPoP-bound ones (RFC 9449).
 // An MCP server on this machine, http://127.0.0.1:PORT/mcp or http://localhost:PORT/mcp, gets
 // JWTs whose audience is that resource itself (RFC 8707, as MCP asks; tests/resource.rs).
 //
@@ -127,6 +129,17 @@ const provider = new Provider(issuer, {
       token_endpoint_auth_method: 'client_secret_basic',
     },
     {
+      // Its tokens are bound to the client certificate it presents (RFC 8705), which this
+      // server reads from the x-client-cert header (PEM, URL-encoded), as behind a TLS proxy.
+      client_id: 'bound-client',
+      client_secret: 'bound-secret',
+      grant_types: ['client_credentials'],
+      redirect_uris: [],
+      response_types: [],
+      token_endpoint_auth_method: 'client_secret_basic',
+      tls_client_certificate_bound_access_tokens: true,
+    },
+    {
       client_id: 'reporting',
       client_secret: 'reporting-secret',
       grant_types: ['client_credentials'],
@@ -142,6 +155,17 @@ const provider = new Provider(issuer, {
     clientCredentials: { enabled: true },
     introspection: { enabled: true },
     revocation: { enabled: true },
+    // DPoP (RFC 9449, on by default in oidc-provider 9): a token request with a DPoP proof
+    // gets a token bound to the proof's key (cnf.jkt).
+    dPoP: { enabled: true },
+    mTLS: {
+      enabled: true,
+      certificateBoundAccessTokens: true,
+      getCertificate: (ctx) => {
+        const pem = ctx.get('x-client-cert');
+        return pem ? decodeURIComponent(pem) : undefined;
+      },
+    },
     resourceIndicators: {
       enabled: true,
       defaultResource: () => 'https://orders.example',

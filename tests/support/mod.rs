@@ -479,7 +479,8 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
-fn parse_response(raw: &[u8]) -> Response {
+/// A response as read from the wire (head and body), chunked bodies decoded.
+pub fn parse_response(raw: &[u8]) -> Response {
     let text = String::from_utf8_lossy(raw);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let chunked = head
