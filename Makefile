@@ -8,7 +8,7 @@ ENVOY_CONFIGS := $(shell find envoy -name '*.yaml' -exec grep -l 'static_resourc
 
 NATIVE := target/release/liboauth_filter.so
 
-.PHONY: all build native floor envoy oidc mcp run test test-native unit integration lint validate bench bench-instructions soak soak-native fuzz oci clean
+.PHONY: all build native floor envoy oidc mcp run test test-native unit integration lint validate bench bench-instructions soak soak-native soak-replay fuzz oci clean
 
 all: build
 
@@ -93,15 +93,23 @@ bench-instructions: build native floor envoy
 
 # Several minutes (SOAK_SECONDS, default 300) of mixed valid and invalid tokens under wrk while
 # the authorization server is stopped, restarted and slowed; fails if a rejected request reached
-# the upstream, on an undesigned status, or if Envoy's memory grows (see examples/soak.rs).
+# the upstream, on an undesigned status, or if Envoy's memory grows (see examples/soak.rs);
+# then the DPoP replay store under load (soak-replay).
 soak: build envoy oidc
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	ENVOY_BIN=$(ENVOY_BIN) cargo run --quiet --profile tools --example soak
+	$(MAKE) --no-print-directory soak-replay
 
 # The same soak against the native build (liboauth_filter.so).
 soak-native: build native envoy oidc
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	OAUTH_FILTER_NATIVE=$(CURDIR)/target/release ENVOY_BIN=$(ENVOY_BIN) cargo run --quiet --profile tools --example soak
+	$(MAKE) --no-print-directory soak-replay OAUTH_FILTER_NATIVE=$(CURDIR)/target/release
+
+# Fresh DPoP proofs, each sent three times at once across two workers, for REPLAY_SECONDS
+# (default 60): fails if one passes twice or never, or if memory grows (examples/replay.rs).
+soak-replay: build envoy
+	ENVOY_BIN=$(ENVOY_BIN) cargo run --quiet --profile tools --example replay
 
 lint:
 	cargo fmt --check

@@ -108,6 +108,53 @@ fn signed_file(path: &Path, signer: &Signer, jtis: std::ops::Range<usize>) {
     std::fs::write(path, chunks.concat().join("\n") + "\n").unwrap();
 }
 
+/// The DPoP setups' files beside `dir`'s others: a DPoP-bound token of `issuer` for the key of
+/// `client`, and lines of that token with a fresh proof (`dpop.txt`, `warm-dpop.txt` for the
+/// warm-up, `dpop-check.txt` for the check). Proofs are for `GET http://api.test/api/orders`.
+fn dpop_files(dir: &Path, issuer: &Signer, client: &Signer) -> PathBuf {
+    use oauth_filter::jwt::keys::{public_jwk, thumbprint_of};
+    let jkt = public_jwk(client.jwk().as_object().unwrap()).unwrap().1;
+    let mut bound = claims(0);
+    bound["cnf"] = json!({ "jkt": jkt });
+    let token = issuer.token(&bound);
+    let ath = thumbprint_of(token.as_bytes());
+    let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": client.jwk()});
+    let lines = |range: std::ops::Range<usize>| -> String {
+        let lines: Vec<String> = range
+            .map(|i| {
+                let claims = json!({"jti": format!("bench-{i}"), "htm": "GET",
+                    "htu": "http://api.test/api/orders", "iat": now(), "ath": ath});
+                format!("{token} {}", client.token_with(&header, &claims))
+            })
+            .collect();
+        lines.join("\n") + "\n"
+    };
+    let path = dir.join("dpop.txt");
+    std::fs::write(&path, lines(0..COLD_TOKENS)).unwrap();
+    let warm = COLD_TOKENS..COLD_TOKENS + WARM_UP_TOKENS;
+    std::fs::write(warm_up_path(&path), lines(warm)).unwrap();
+    let end = COLD_TOKENS + WARM_UP_TOKENS;
+    std::fs::write(dir.join("dpop-check.txt"), lines(end..end + 1)).unwrap();
+    path
+}
+
+/// wrk's script for the DPoP setups: each line is a token and its proof.
+const DPOP_SCRIPT: &str = r#"local requests = {}
+init = function(args)
+  for line in io.lines(os.getenv("BENCH_TOKENS")) do
+    local token, proof = line:match("^(%S+) (%S+)$")
+    requests[#requests + 1] = wrk.format("GET", nil,
+      {["Host"] = "api.test", ["Authorization"] = "DPoP " .. token, ["DPoP"] = proof})
+  end
+end
+local i = 0
+request = function()
+  i = i + 1
+  if i > #requests then i = 1 end
+  return requests[i]
+end
+"#;
+
 /// The Envoy bootstrap: one listener, `filters` before the router, a direct 200 response.
 fn bootstrap(port: u16, admin: u16, filters: Vec<Value>, clusters: Vec<Value>) -> Value {
     let mut http_filters = filters;
@@ -175,7 +222,7 @@ fn jwt_authn(jwks_text: &str, cache: bool) -> Value {
 }
 
 /// The ratios reported: label, setup, baseline setup (names of setups), target.
-const RATIOS: [(&str, &str, &str, f64); 19] = [
+const RATIOS: [(&str, &str, &str, f64); 21] = [
     (
         "RS256 cold / jwt_authn without cache",
         COLD,
@@ -250,6 +297,13 @@ const RATIOS: [(&str, &str, &str, f64); 19] = [
         0.85,
     ),
     ("native RS256 hot / RS256 hot", NATIVE_HOT, HOT, f64::NAN),
+    ("DPoP hot / RS256 hot", DPOP, HOT, f64::NAN),
+    (
+        "native DPoP hot / native RS256 hot",
+        NATIVE_DPOP,
+        NATIVE_HOT,
+        f64::NAN,
+    ),
 ];
 
 const NONE: &str = "no filter";
@@ -269,6 +323,8 @@ const INTRO: &str = "oauth-filter introspection hit";
 const NOOP: &str = "reference: Wasm no-op filter";
 const FLOOR: &str = "reference: Wasm bearer floor (no validation)";
 const CROSSINGS: &str = "reference: bearer floor + the filter's other host calls";
+const DPOP: &str = "oauth-filter DPoP hot (cached token, fresh ES256 proof)";
+const NATIVE_DPOP: &str = "native oauth-filter DPoP hot (cached token, fresh ES256 proof)";
 
 /// Setup `name`'s index in `setups`.
 fn index(setups: &[Setup], name: &str) -> usize {
@@ -294,7 +350,12 @@ fn ratio_rows(
             format!("{target:.2}")
         };
         let value = ratio(values[index(setups, a)], values[index(setups, b)]);
-        rows.push_str(&format!("| {label} | {value:.2} | {target} |\n"));
+        let value = if value.is_finite() && value > 0.0 {
+            format!("{value:.2}")
+        } else {
+            "-".to_string()
+        };
+        rows.push_str(&format!("| {label} | {value} | {target} |\n"));
     }
     rows
 }
@@ -306,6 +367,9 @@ struct Setup {
     tokens: PathBuf,
     /// Whether a bad token must be refused (false only without any filter).
     checks: bool,
+    /// Lines of `tokens` are a DPoP-bound token and a fresh proof (counted only under callgrind:
+    /// a proof passes once, and a timed run would replay them).
+    dpop: bool,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -428,6 +492,24 @@ fn first_token(path: &Path) -> String {
 }
 
 fn check(envoy: &Envoy, setup: &Setup) {
+    if setup.dpop {
+        let line = first_token(&setup.tokens.with_file_name("dpop-check.txt"));
+        let (token, proof) = line.split_once(' ').unwrap();
+        let auth = format!("DPoP {token}");
+        let headers = [
+            ("authorization", auth.as_bytes()),
+            ("dpop", proof.as_bytes()),
+        ];
+        let r = envoy.get("/api/orders", &headers);
+        assert_eq!(
+            r.status, 200,
+            "{}: a good proof did not pass: {}",
+            setup.name, r.body
+        );
+        let r = envoy.get("/api/orders", &headers);
+        assert_eq!(r.status, 401, "{}: a replayed proof passed", setup.name);
+        return;
+    }
     let good = first_token(&setup.tokens);
     let bearer = format!("Bearer {good}");
     let r = envoy.get("/api/orders", &[("authorization", bearer.as_bytes())]);
@@ -499,6 +581,8 @@ fn instructions(setup: &Setup, clusters: &[Value], script: &Path) -> f64 {
     });
     let port = envoy.port;
     check(&envoy, setup);
+    let dpop_script = script.with_file_name("dpop.lua");
+    let script = if setup.dpop { &dpop_script } else { script };
     let control = |what: &[&str]| {
         Command::new("callgrind_control")
             .args(what)
@@ -619,6 +703,8 @@ end
     for (path, signer) in [(&rs_cold, &rs), (&es_cold, &es), (&ed_cold, &ed)] {
         warm_up_file(path, signer);
     }
+    std::fs::write(dir.join("dpop.lua"), DPOP_SCRIPT).unwrap();
+    let dpop_tokens = dpop_files(&dir, &rs, &Signer::es256(""));
     let opaque = dir.join("opaque.txt");
     std::fs::write(&opaque, "opaque-bench-token-0123456789\n").unwrap();
 
@@ -649,6 +735,13 @@ end
     let ours_policy = wasm_filter(&wasm, &policy_config(&filter, &es).to_string());
     let ours_resource = wasm_filter(&wasm, &resource_config(&filter).to_string());
     let native = native_filter(&filter.to_string());
+    // The same provider taking DPoP-bound tokens (proofs signed at start stay good an hour).
+    let mut dpop = filter.clone();
+    dpop["providers"]["idp"]["dpop"] = json!({"max_age": "3600s"});
+    let (ours_dpop, native_dpop) = (
+        wasm_filter(&wasm, &dpop.to_string()),
+        native_filter(&dpop.to_string()),
+    );
     let mut public = filter.clone();
     public["rules"] = json!([{"match": {"prefix": "/"}}]);
     let ours_public = wasm_filter(&wasm, &public.to_string());
@@ -658,6 +751,7 @@ end
             filters: vec![],
             tokens: hot.clone(),
             checks: false,
+            dpop: false,
         },
         Setup {
             name: AUTHN_NOCACHE,
@@ -665,78 +759,105 @@ end
             // The same distinct tokens as the filter's cold setup.
             tokens: rs_cold.clone(),
             checks: true,
+            dpop: false,
         },
         Setup {
             name: AUTHN_CACHE,
             filters: vec![jwt_authn(&keys, true)],
             tokens: hot.clone(),
             checks: true,
+            dpop: false,
         },
         Setup {
             name: COLD,
             filters: vec![ours.clone()],
             tokens: rs_cold,
             checks: true,
+            dpop: false,
         },
         Setup {
             name: HOT,
             filters: vec![ours.clone()],
             tokens: hot.clone(),
             checks: true,
+            dpop: false,
         },
         Setup {
             name: POLICY,
             filters: vec![ours_policy],
             tokens: hot.clone(),
             checks: true,
+            dpop: false,
         },
         Setup {
             name: RESOURCE,
             filters: vec![ours_resource],
             tokens: hot.clone(),
             checks: true,
+            dpop: false,
         },
         Setup {
             name: NATIVE_COLD,
             filters: vec![native.clone()],
             tokens: dir.join("rs.txt"),
             checks: true,
+            dpop: false,
         },
         Setup {
             name: NATIVE_HOT,
             filters: vec![native.clone()],
             tokens: hot.clone(),
             checks: true,
+            dpop: false,
         },
         Setup {
             name: NATIVE_INTRO,
             filters: vec![native],
             tokens: dir.join("opaque.txt"),
             checks: true,
+            dpop: false,
         },
         Setup {
             name: ES,
             filters: vec![ours.clone()],
             tokens: es_cold,
             checks: true,
+            dpop: false,
         },
         Setup {
             name: ED,
             filters: vec![ours.clone()],
             tokens: ed_cold,
             checks: true,
+            dpop: false,
         },
         Setup {
             name: PUBLIC,
             filters: vec![ours_public],
             tokens: hot.clone(),
             checks: false,
+            dpop: false,
         },
         Setup {
             name: INTRO,
             filters: vec![ours.clone()],
             tokens: opaque,
             checks: true,
+            dpop: false,
+        },
+        Setup {
+            name: DPOP,
+            filters: vec![ours_dpop],
+            tokens: dpop_tokens.clone(),
+            checks: true,
+            dpop: true,
+        },
+        Setup {
+            name: NATIVE_DPOP,
+            filters: vec![native_dpop],
+            tokens: dpop_tokens,
+            checks: true,
+            dpop: true,
         },
         // What Envoy costs with a Wasm filter that does nothing; with one that does only the
         // header work every bearer filter must do; and with that plus the host calls this filter
@@ -747,12 +868,14 @@ end
             filters: vec![wasm_filter(&floor, "noop")],
             tokens: hot.clone(),
             checks: false,
+            dpop: false,
         },
         Setup {
             name: FLOOR,
             filters: vec![wasm_filter(&floor, "bearer")],
             tokens: hot.clone(),
             checks: false,
+            dpop: false,
         },
         Setup {
             name: CROSSINGS,
@@ -762,6 +885,7 @@ end
             )],
             tokens: hot.clone(),
             checks: false,
+            dpop: false,
         },
     ];
 
@@ -800,7 +924,7 @@ end
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); setups.len()];
     for round in 0..rounds {
         for (i, setup) in setups.iter().enumerate() {
-            if !chosen(setup) {
+            if !chosen(setup) || setup.dpop {
                 samples[i].push(Sample::default());
                 continue;
             }
@@ -888,6 +1012,7 @@ fn memory_rows(
             filters: vec![module],
             tokens: many.clone(),
             checks: true,
+            dpop: false,
         };
         let envoy = start(&setup, clusters);
         check(&envoy, &setup);

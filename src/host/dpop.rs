@@ -4,7 +4,7 @@
 
 use super::abi::{self, Status};
 use crate::binding::Peer;
-use crate::dpop::replay::Slots;
+use crate::dpop::replay::{Slots, SLOTS};
 use std::hash::BuildHasher;
 
 /// The shared-data key of the secret.
@@ -13,29 +13,40 @@ const SECRET_KEY: &str = "oauth_filter.dpop.secret";
 /// How often a slot update is tried again when another VM changed the slot in between.
 const CAS_TRIES: usize = 16;
 
-/// The secret every VM of this Envoy uses: the first VM to configure draws it (WASI's
-/// `random_get`, through `RandomState`) and stores it; the others read it. VMs that start at the
-/// same instant can both find none and both store one: each then reads back what stayed.
-pub fn shared_secret(random: &impl BuildHasher) -> [u8; 32] {
-    if let Some(secret) = stored_secret() {
-        return secret;
-    }
+/// Makes the shared DPoP state of this Envoy exist before any request needs it: the secret (the
+/// first VM to configure draws it, from WASI's `random_get` through `RandomState`) and every
+/// slot of the replay store. Proxy-wasm shared data cannot create a key only if it is absent
+/// (a write to a missing key ignores its compare-and-swap token), so keys are made here, when a
+/// VM starts, and requests only ever change keys that exist. Returns the drawn secret, for a VM
+/// whose host keeps no shared data.
+pub fn prepare(random: &impl BuildHasher) -> [u8; 32] {
     let mut drawn = [0u8; 32];
     for (i, chunk) in drawn.chunks_mut(8).enumerate() {
         chunk.copy_from_slice(&random.hash_one(0x5ec2e7u64 + i as u64).to_le_bytes());
     }
-    let _ = abi::set_shared_data(SECRET_KEY, &drawn, None);
-    stored_secret().unwrap_or_else(|| {
-        log::warn!("oauth-filter: shared data refused the DPoP secret; this VM uses its own");
-        drawn
-    })
+    if stored_secret().is_none() {
+        let _ = abi::set_shared_data(SECRET_KEY, &drawn, None);
+    }
+    for slot in 0..SLOTS {
+        let key = slot_key(slot);
+        if matches!(abi::get_shared_data(&key), Ok((None, None))) {
+            let _ = abi::set_shared_data(&key, &[], None);
+        }
+    }
+    drawn
 }
 
-fn stored_secret() -> Option<[u8; 32]> {
+/// The secret as shared data holds it, read when a VM first needs it (by then every VM that
+/// started with this one has written what it would write); `None` if there is none.
+pub fn stored_secret() -> Option<[u8; 32]> {
     match abi::get_shared_data(SECRET_KEY) {
         Ok((Some(bytes), _)) => bytes.try_into().ok(),
         _ => None,
     }
+}
+
+fn slot_key(slot: usize) -> String {
+    format!("oauth_filter.dpop.replay.{slot}")
 }
 
 /// The replay store's slots in shared data, one key each, changed by compare-and-swap.
@@ -43,15 +54,16 @@ pub struct SharedSlots;
 
 impl Slots for SharedSlots {
     fn update(&self, slot: usize, change: &mut dyn FnMut(&[u8]) -> Option<Vec<u8>>) -> bool {
-        let key = format!("oauth_filter.dpop.replay.{slot}");
+        let key = slot_key(slot);
         for _ in 0..CAS_TRIES {
-            let Ok((bytes, cas)) = abi::get_shared_data(&key) else {
+            let Ok((bytes, Some(cas))) = abi::get_shared_data(&key) else {
+                // A slot that does not exist cannot be changed safely (see `prepare`).
                 return false;
             };
             let Some(new) = change(bytes.as_deref().unwrap_or_default()) else {
                 return true;
             };
-            match abi::set_shared_data(&key, &new, cas) {
+            match abi::set_shared_data(&key, &new, Some(cas)) {
                 Ok(()) => return true,
                 Err(Status::CasMismatch) => continue,
                 Err(_) => return false,

@@ -73,7 +73,7 @@ pub fn configure(root_id: u32, bytes: &[u8], metrics: Rc<Metrics>) -> Option<Rc<
     let dpop = config.providers.iter().any(|p| p.dpop.is_some());
     let mut vm = Vm::new(Rc::new(config), metrics, id, root_id, secret);
     if dpop {
-        vm.shared_secret = super::dpop::shared_secret(&random);
+        vm.local_secret = super::dpop::prepare(&random);
     }
     for client in vm.clients.iter().filter(|c| !c.used) {
         log::warn!(

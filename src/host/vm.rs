@@ -141,8 +141,10 @@ pub struct Vm {
     pub verified: TtlCache<Map<String, Value>, cache::TokenKey>,
     /// The secret of this VM's verified-token cache keys.
     pub secret: cache::Secret,
-    /// The secret every VM shares (DPoP nonces and replay keys); zero without DPoP.
-    pub shared_secret: [u8; 32],
+    /// The secret every VM shares (DPoP nonces and replay keys), read from shared data when
+    /// first needed; `local_secret` where the host keeps none.
+    pub shared_secret: std::cell::OnceCell<[u8; 32]>,
+    pub local_secret: [u8; 32],
     /// The time of the request being decided (ms), for the refetch rate limit.
     pub now_ms: u64,
     /// The provider whose keys the request being decided waited for too long.
@@ -231,7 +233,8 @@ impl Vm {
             host_crypto: Cell::new(true),
             verified: TtlCache::new(cache::VERIFIED_ENTRIES, cache::VERIFIED_BYTES),
             secret: cache::Secret(secret.0, secret.1),
-            shared_secret: [0; 32],
+            shared_secret: std::cell::OnceCell::new(),
+            local_secret: [0; 32],
             now_ms: 0,
             gave_up: None,
         }
@@ -349,7 +352,12 @@ impl Known for Vm {
     }
 
     fn shared_secret(&self) -> &[u8; 32] {
-        &self.shared_secret
+        self.shared_secret.get_or_init(|| {
+            super::dpop::stored_secret().unwrap_or_else(|| {
+                log::warn!("oauth-filter: no DPoP secret in shared data; this VM uses its own");
+                self.local_secret
+            })
+        })
     }
 
     fn token_key(&self, provider: &str, token: &str) -> cache::TokenKey {
