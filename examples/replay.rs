@@ -94,33 +94,11 @@ fn main() {
     let receive = Arc::new(Mutex::new(receive));
     let clients: Vec<_> = (0..threads)
         .map(|_| {
-            let (receive, seen, token) = (receive.clone(), seen.clone(), token.clone());
+            let (receive, seen, auth) = (receive.clone(), seen.clone(), format!("DPoP {token}"));
             std::thread::spawn(move || loop {
                 let next = receive.lock().unwrap().recv();
                 let Ok((id, proof)) = next else { return };
-                let auth = format!("DPoP {token}");
-                let r = support::get(
-                    port,
-                    "/orders",
-                    &[
-                        ("authorization", auth.as_bytes()),
-                        ("dpop", proof.as_bytes()),
-                    ],
-                );
-                let replayed = r.status == 401 && r.body.contains("used before");
-                if r.status != 200 && !replayed {
-                    seen.other
-                        .lock()
-                        .unwrap()
-                        .push(format!("{} {}", r.status, r.body));
-                }
-                let mut by_proof = seen.by_proof.lock().unwrap();
-                let entry = by_proof.entry(id).or_default();
-                if r.status == 200 {
-                    entry.0 += 1;
-                } else if replayed {
-                    entry.1 += 1;
-                }
+                send_proof(port, &auth, id, &proof, &seen);
             })
         })
         .collect();
@@ -128,23 +106,7 @@ fn main() {
     let producer = {
         let (stop, client, token, sent) =
             (stop.clone(), client.clone(), token.clone(), sent.clone());
-        std::thread::spawn(move || {
-            let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": client.jwk()});
-            let ath = thumbprint_of(token.as_bytes());
-            let mut id = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let claims = json!({"jti": format!("replay-{id}"), "htm": "GET",
-                    "htu": "http://api.test/orders", "iat": now(), "ath": ath});
-                let proof = Arc::new(client.token_with(&header, &claims));
-                for _ in 0..COPIES {
-                    if send.send((id, proof.clone())).is_err() {
-                        return;
-                    }
-                }
-                sent.fetch_add(1, Ordering::Relaxed);
-                id += 1;
-            }
-        })
+        std::thread::spawn(move || produce(&client, &token, &send, &stop, &sent))
     };
     let started = Instant::now();
     let mut rss = Vec::new();
@@ -160,6 +122,52 @@ fn main() {
     let ok = report(&envoy, &seen, sent.load(Ordering::Relaxed), &rss, seconds);
     drop(envoy);
     std::process::exit(i32::from(!ok));
+}
+
+/// Sends one copy of proof `id` and notes what came back.
+fn send_proof(port: u16, auth: &str, id: u64, proof: &str, seen: &Seen) {
+    let headers = [
+        ("authorization", auth.as_bytes()),
+        ("dpop", proof.as_bytes()),
+    ];
+    let r = support::get(port, "/orders", &headers);
+    let replayed = r.status == 401 && r.body.contains("used before");
+    if r.status != 200 && !replayed {
+        let line = format!("{} {}", r.status, r.body);
+        seen.other.lock().unwrap().push(line);
+    }
+    let mut by_proof = seen.by_proof.lock().unwrap();
+    let entry = by_proof.entry(id).or_default();
+    if r.status == 200 {
+        entry.0 += 1;
+    } else if replayed {
+        entry.1 += 1;
+    }
+}
+
+/// Signs fresh proofs of `client` for `token`, each queued `COPIES` times, until `stop`.
+fn produce(
+    client: &Signer,
+    token: &str,
+    send: &mpsc::SyncSender<(u64, Arc<String>)>,
+    stop: &AtomicBool,
+    sent: &AtomicU64,
+) {
+    let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": client.jwk()});
+    let ath = thumbprint_of(token.as_bytes());
+    let mut id = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let claims = json!({"jti": format!("replay-{id}"), "htm": "GET",
+            "htu": "http://api.test/orders", "iat": now(), "ath": ath});
+        let proof = Arc::new(client.token_with(&header, &claims));
+        for _ in 0..COPIES {
+            if send.send((id, proof.clone())).is_err() {
+                return;
+            }
+        }
+        sent.fetch_add(1, Ordering::Relaxed);
+        id += 1;
+    }
 }
 
 fn report(envoy: &Envoy, seen: &Seen, proofs: u64, rss: &[u64], seconds: u64) -> bool {

@@ -65,10 +65,10 @@ pub struct Forward {
     /// The upstream client (index into `Config::clients`) whose token `set` carries.
     pub injected: Option<usize>,
     /// The DPoP proofs the request passed with: the shell records them in the replay store
-    /// before the request goes, and answers `replayed` if one was there already.
+    /// before the request goes, and answers [`replayed`] if one was there already.
     pub proofs: Vec<replay::Use>,
-    /// The answer to a replayed proof (made only when there are `proofs`).
-    pub replayed: Option<Box<Challenge>>,
+    /// The index of the rule the request passed (with `proofs` only), for [`replayed`].
+    pub rule: Option<usize>,
 }
 
 /// A verified token's claims, to cache under `key` until `until` (ms since the epoch).
@@ -234,19 +234,7 @@ pub fn decide(config: &Config, known: &dyn Known, request: Request<'_>) -> Decis
     let presented = found
         .iter()
         .any(|f| matches!(f, Extracted::Token { source, .. } if source.is_dpop()));
-    let hints = Hints {
-        realm: &config.realm,
-        scope: &rule.scope,
-        resource_metadata: resource.map(|r| r.metadata_url.as_str()),
-        dpop: rule.dpop.map(|d| challenge::DpopHints {
-            bearer: d.bearer,
-            presented,
-        }),
-    };
-    let nonce = || {
-        let wants = rule.dpop.is_some_and(|d| d.nonce);
-        wants.then(|| nonce::issue(known.shared_secret(), request.now))
-    };
+    let hints = rule_hints(config, rule, presented);
     match requirement::evaluate(requires, &mut auth) {
         Outcome::Pass(accepted) => {
             forward.passed = if accepted.providers.is_empty() {
@@ -257,9 +245,7 @@ pub fn decide(config: &Config, known: &dyn Known, request: Request<'_>) -> Decis
             match auth.pass(rule, accepted, &mut forward) {
                 Ok(()) => {
                     if !forward.proofs.is_empty() {
-                        let replayed =
-                            challenge::invalid_dpop_proof(&hints, ProofError::Replayed, nonce());
-                        forward.replayed = Some(Box::new(replayed));
+                        forward.rule = config.rules.iter().position(|r| std::ptr::eq(r, rule));
                     }
                     inject(rule, forward, known)
                 }
@@ -269,7 +255,7 @@ pub fn decide(config: &Config, known: &dyn Known, request: Request<'_>) -> Decis
         Outcome::Fail(failure) => {
             let mut answer = answer(&hints, failure);
             if answer.status == 401 {
-                answer.dpop_nonce = nonce();
+                answer.dpop_nonce = dpop_nonce(rule, known.shared_secret(), request.now);
             }
             Decision::Deny(answer)
         }
@@ -282,6 +268,40 @@ pub fn decide(config: &Config, known: &dyn Known, request: Request<'_>) -> Decis
             None => Decision::Deny(challenge::unavailable("The filter is misconfigured")),
         },
     }
+}
+
+/// What every challenge of `rule` carries (`presented`: the request used the DPoP scheme).
+fn rule_hints<'a>(config: &'a Config, rule: &'a Rule, presented: bool) -> Hints<'a> {
+    let resource = rule.resource.and_then(|r| config.resources.get(r));
+    Hints {
+        realm: &config.realm,
+        scope: &rule.scope,
+        resource_metadata: resource.map(|r| r.metadata_url.as_str()),
+        dpop: rule.dpop.map(|d| challenge::DpopHints {
+            bearer: d.bearer,
+            presented,
+        }),
+    }
+}
+
+/// A fresh `DPoP-Nonce` for a 401 of `rule`, when one of its providers wants nonces.
+fn dpop_nonce(rule: &Rule, secret: &[u8; 32], now: u64) -> Option<String> {
+    let wants = rule.dpop.is_some_and(|d| d.nonce);
+    wants.then(|| nonce::issue(secret, now))
+}
+
+/// The answer to an allowed request whose DPoP proof the replay store had seen (`forward.rule`
+/// is the rule it passed); made only then, by the shell. `secret`: [`Known::shared_secret`].
+pub fn replayed(config: &Config, forward: &Forward, secret: &[u8; 32], now: u64) -> Challenge {
+    let Some(rule) = forward.rule.and_then(|r| config.rules.get(r)) else {
+        return challenge::invalid_dpop_proof(
+            &Hints::realm(&config.realm),
+            ProofError::Replayed,
+            None,
+        );
+    };
+    let hints = rule_hints(config, rule, true);
+    challenge::invalid_dpop_proof(&hints, ProofError::Replayed, dpop_nonce(rule, secret, now))
 }
 
 /// The owned headers this request carries (only those need a removal).

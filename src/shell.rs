@@ -5,7 +5,8 @@
 //! host calls few.
 
 use crate::challenge::{self, Challenge};
-use crate::decision::Forward;
+use crate::config::Config;
+use crate::decision::{self, Forward};
 use crate::dpop::replay::{self, Recorded, Slots};
 use crate::resource::Reply;
 
@@ -43,21 +44,22 @@ pub fn apply(host: &mut impl RequestHost, forward: &Forward) {
 }
 
 /// Records an allowed request's DPoP proofs in the replay store every worker shares (`now` in
-/// seconds). The answer to send instead, when a proof was there already (`true`: a replay) or
-/// cannot be recorded (the store is full: no proof is let through unrecorded).
-pub fn replay_refusal(slots: &dyn Slots, forward: &Forward, now: u64) -> Option<(Challenge, bool)> {
+/// seconds). The answer to send instead, when a proof was there already (`true`: a replay,
+/// answered with [`decision::replayed`] under `secret`) or cannot be recorded (the store is
+/// full: no proof is let through unrecorded).
+pub fn replay_refusal(
+    slots: &dyn Slots,
+    config: &Config,
+    forward: &Forward,
+    secret: &[u8; 32],
+    now: u64,
+) -> Option<(Challenge, bool)> {
     if forward.proofs.is_empty() {
         return None;
     }
     match replay::first_use(slots, &forward.proofs, now) {
         Recorded::First => None,
-        Recorded::Replayed => {
-            let answer = forward.replayed.as_deref().cloned();
-            Some((
-                answer.unwrap_or_else(|| challenge::unavailable(replay::FULL)),
-                true,
-            ))
-        }
+        Recorded::Replayed => Some((decision::replayed(config, forward, secret, now), true)),
         Recorded::Full => Some((challenge::unavailable(replay::FULL), false)),
     }
 }

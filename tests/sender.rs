@@ -118,91 +118,33 @@ fn filter_config(oidc: &Oidc) -> String {
     .to_string()
 }
 
+const CERTS_SCRIPT: &str = r#"
+ec="-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes"
+openssl req -x509 $ec -keyout ca.key -out ca.pem -days 2 -subj /CN=test-ca
+printf 'subjectAltName=IP:127.0.0.1\n' > server.ext
+for name in server alice mallory; do
+  openssl req $ec -keyout $name.key -out $name.csr -subj /CN=$name
+  ext=""; [ $name = server ] && ext="-extfile server.ext"
+  openssl x509 -req -in $name.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out $name.pem $ext
+done
+"#;
+
 /// The certificates of the TLS listeners: a CA, the server's (for 127.0.0.1) and two clients'.
 struct Certs {
     dir: PathBuf,
 }
 
 impl Certs {
+    /// Made with the openssl commands of the README's walk-through.
     fn make(dir: &Path) -> Certs {
         std::fs::create_dir_all(dir).unwrap();
-        let openssl = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let key = |name: &str| {
-            openssl(&[
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-                &format!("{name}.key"),
-            ]);
-        };
-        key("ca");
-        openssl(&[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=oauth-filter test CA",
-        ]);
-        std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-        for (name, ext) in [
-            ("server", Some("server.ext")),
-            ("alice", None),
-            ("mallory", None),
-        ] {
-            key(name);
-            openssl(&[
-                "req",
-                "-new",
-                "-key",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.csr"),
-                "-subj",
-                &format!("/CN={name}"),
-            ]);
-            let mut args = vec!["x509", "-req", "-in", &*format!("{name}.csr")]
-                .into_iter()
-                .map(String::from)
-                .collect::<Vec<_>>();
-            args.extend(
-                [
-                    "-CA",
-                    "ca.pem",
-                    "-CAkey",
-                    "ca.key",
-                    "-CAcreateserial",
-                    "-days",
-                    "2",
-                    "-out",
-                ]
-                .map(String::from),
-            );
-            args.push(format!("{name}.pem"));
-            if let Some(ext) = ext {
-                args.extend(["-extfile".to_string(), ext.to_string()]);
-            }
-            openssl(&args.iter().map(String::as_str).collect::<Vec<_>>());
-        }
+        let out = Command::new("bash")
+            .args(["-ec", CERTS_SCRIPT])
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "making certificates: {log}");
         Certs {
             dir: dir.to_path_buf(),
         }

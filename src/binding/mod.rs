@@ -4,7 +4,7 @@
 //! `Bearer` scheme, whatever the provider: a stolen bound token must not work as a bearer token
 //! anywhere behind the filter.
 
-use crate::config::Provider;
+use crate::config::{Dpop, Provider};
 use crate::decision::{Known, Request};
 use crate::dpop::{self, replay, Expect, ProofError, Target};
 use crate::requirement::Failure;
@@ -65,31 +65,44 @@ pub fn check(
         (None, false, _) => Ok(None),
         (Some(_), true, None) => Err(invalid("The access token is not bound to a DPoP key")),
         (Some(jkt), true, Some(d)) => {
-            let secret = known.shared_secret();
-            let expect = Expect {
-                target: Target::of(request.headers),
-                token,
-                now: request.now,
-                dpop: d,
-                skew: provider.claims.clock_skew_seconds,
-                nonce_secret: d.nonce.then_some(secret),
-            };
-            let proof = one_proof(request.headers)?;
-            let check = |alg, key: &_, input: &[u8], sig: &[u8]| {
-                known.check_signature(alg, key, input, sig)
-            };
-            let proven = dpop::check(proof, &expect, &check).map_err(Failure::Proof)?;
-            if proven.thumbprint != jkt {
-                return Err(invalid(
-                    "The DPoP proof's key is not the key the access token is bound to",
-                ));
-            }
-            Ok(Some(replay::Use {
-                key: replay::key(secret, &proven.thumbprint, &proven.jti),
-                until: proven.until,
-            }))
+            let skew = provider.claims.clock_skew_seconds;
+            proof_binding(jkt, d, skew, token, request, known).map(Some)
         }
     }
+}
+
+/// The request's DPoP proof, checked for `token` bound to the key with thumbprint `jkt`: what
+/// the replay store must remember of it.
+fn proof_binding(
+    jkt: &str,
+    dpop: Dpop,
+    skew: u64,
+    token: &str,
+    request: &Request<'_>,
+    known: &dyn Known,
+) -> Result<replay::Use, Failure<'static>> {
+    let secret = known.shared_secret();
+    let expect = Expect {
+        target: Target::of(request.headers),
+        token,
+        now: request.now,
+        dpop,
+        skew,
+        nonce_secret: dpop.nonce.then_some(secret),
+    };
+    let proof = one_proof(request.headers)?;
+    let check =
+        |alg, key: &_, input: &[u8], sig: &[u8]| known.check_signature(alg, key, input, sig);
+    let proven = dpop::check(proof, &expect, &check).map_err(Failure::Proof)?;
+    if proven.thumbprint != jkt {
+        return Err(invalid(
+            "The DPoP proof's key is not the key the access token is bound to",
+        ));
+    }
+    Ok(replay::Use {
+        key: replay::key(secret, &proven.thumbprint, &proven.jti),
+        until: proven.until,
+    })
 }
 
 /// The request's one `DPoP` header value.

@@ -141,7 +141,7 @@ fn a_dpop_bound_token_passes_only_with_its_proof() {
     assert!(
         f.remove.contains(&"authorization".to_string()) && f.remove.contains(&"dpop".to_string())
     );
-    let replayed = f.replayed.unwrap();
+    let replayed = crate::decision::replayed(&config, &f, &SECRET, now());
     assert_eq!(
         (replayed.status, replayed.reason),
         (401, DenyReason::InvalidDpopProof)

@@ -154,11 +154,17 @@ fn allow(
     resumed: bool,
     now: u64,
 ) -> Action {
-    if let Some((answer, replay)) = shell::replay_refusal(&SharedSlots, &forward, now / 1000) {
-        if replay {
-            vm.borrow().metrics.dpop_replay();
+    if !forward.proofs.is_empty() {
+        let state = vm.borrow();
+        let secret = decision::Known::shared_secret(&*state);
+        let refusal =
+            shell::replay_refusal(&SharedSlots, &state.config, &forward, secret, now / 1000);
+        if let Some((answer, replay)) = refusal {
+            if replay {
+                state.metrics.dpop_replay();
+            }
+            return deny(&answer, Some(&state));
         }
-        return deny(&answer, Some(&vm.borrow()));
     }
     shell::apply(&mut WasmRequest, &forward);
     {

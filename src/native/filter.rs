@@ -256,7 +256,14 @@ impl Filter {
         let mut stream = Stream(envoy);
         match decision {
             Decision::Allow(forward) => {
-                let replay = shell::replay_refusal(&ProcessSlots, &forward, now_ms / 1000);
+                let secret = super::dpop::shared_secret();
+                let replay = shell::replay_refusal(
+                    &ProcessSlots,
+                    &config.config,
+                    &forward,
+                    secret,
+                    now_ms / 1000,
+                );
                 if let Some((answer, replayed)) = replay {
                     if replayed {
                         config.count(envoy, metrics::DPOP_REPLAYS);
