@@ -701,6 +701,26 @@ mod tests {
                 "providers.corp.max_lifetime",
             ),
             (
+                Box::new(|v| v["providers"]["corp"]["dpop"] = json!({"max_age": "0.5s"})),
+                "providers.corp.dpop.max_age: must be from 1000ms to 3600s",
+            ),
+            (
+                Box::new(|v| v["providers"]["corp"]["dpop"] = json!({"max_age": "1.5s"})),
+                "providers.corp.dpop.max_age: must be whole seconds",
+            ),
+            (
+                Box::new(|v| v["providers"]["corp"]["dpop"] = json!({"nonces": true})),
+                "providers.corp.dpop.nonces: unknown field (known here: required, max_age, nonce)",
+            ),
+            (
+                Box::new(|v| v["providers"]["corp"]["dpop"] = json!(true)),
+                "providers.corp.dpop",
+            ),
+            (
+                Box::new(|v| v["providers"]["corp"]["require_certificate_bound"] = json!("yes")),
+                "providers.corp.require_certificate_bound: must be true or false",
+            ),
+            (
                 Box::new(|v| v["providers"]["corp"]["local_jwks"]["inline_string"] = json!("{}")),
                 "providers.corp.local_jwks.inline_string: the JWKS is without a \"keys\" array",
             ),

@@ -34,13 +34,13 @@ pub enum Source {
 }
 
 impl Source {
-    /// Where in the request the token sits: two sources with the same place read the same
-    /// credential (a header's prefix does not make it another place).
     /// Whether tokens found here come with the DPoP scheme (RFC 9449 §7.1).
     pub fn is_dpop(&self) -> bool {
         matches!(self, Source::Header { name, prefix } if name == "authorization" && prefix == DPOP_PREFIX)
     }
 
+    /// Where in the request the token sits: two sources with the same place read the same
+    /// credential (a header's prefix does not make it another place).
     pub fn same_place(&self, other: &Source) -> bool {
         match (self, other) {
             (Source::Header { name: a, .. }, Source::Header { name: b, .. }) => a == b,
@@ -284,7 +284,7 @@ fn claim_rules(p: &Obj<'_>) -> Result<ClaimRules, ConfigError> {
 }
 
 /// `from_headers`, `from_params`, `from_cookies`; `Authorization: Bearer` when none is given.
-/// With `dpop` (`dpop`), `Authorization: DPoP` is read wherever `Authorization: Bearer` is.
+/// With a `dpop` block, `Authorization: DPoP` is read wherever `Authorization: Bearer` is.
 fn sources(p: &Obj<'_>, dpop: bool) -> Result<Vec<Source>, ConfigError> {
     let mut sources = configured_sources(p)?;
     let bearer = |s: &Source| matches!(s, Source::Header { name, prefix } if name == "authorization" && prefix.eq_ignore_ascii_case("Bearer "));
