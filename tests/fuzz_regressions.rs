@@ -104,6 +104,7 @@ fn dpop_seeds_signed_elsewhere() {
                 nonce: true,
             },
             skew: 60,
+            jkt: None,
             nonce_secret: Some(&harness::DPOP_SECRET),
         }
     }

@@ -804,6 +804,7 @@ pub fn dpop_proof(data: &[u8]) {
             nonce: true,
         },
         skew: 60,
+        jkt: None,
         nonce_secret: Some(&DPOP_SECRET),
     };
     let check =

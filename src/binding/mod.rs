@@ -89,16 +89,15 @@ fn proof_binding(
         dpop,
         skew,
         nonce_secret: dpop.nonce.then_some(secret),
+        jkt: Some(jkt),
     };
     let proof = one_proof(request.headers)?;
     let check =
         |alg, key: &_, input: &[u8], sig: &[u8]| known.check_signature(alg, key, input, sig);
-    let proven = dpop::check(proof, &expect, &check).map_err(Failure::Proof)?;
-    if proven.thumbprint != jkt {
-        return Err(invalid(
-            "The DPoP proof's key is not the key the access token is bound to",
-        ));
-    }
+    let proven = dpop::check(proof, &expect, &check).map_err(|e| match e {
+        ProofError::WrongKey => invalid(e.description()),
+        other => Failure::Proof(other),
+    })?;
     Ok(replay::Use {
         key: replay::key(secret, &proven.thumbprint, &proven.jti),
         until: proven.until,

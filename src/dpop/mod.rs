@@ -43,6 +43,9 @@ pub enum ProofError {
     Ath,
     Replayed,
     Nonce,
+    /// Signed (or claiming to be signed) by a key other than [`Expect::jkt`]: a failed binding,
+    /// `invalid_token` (RFC 9449 Figure 16), not a defect of the proof.
+    WrongKey,
 }
 
 impl ProofError {
@@ -65,6 +68,9 @@ impl ProofError {
             ProofError::Ath => "The DPoP proof's ath is not the hash of the access token",
             ProofError::Replayed => "The DPoP proof was used before",
             ProofError::Nonce => "The DPoP proof must carry a current nonce",
+            ProofError::WrongKey => {
+                "The DPoP proof's key is not the key the access token is bound to"
+            }
         }
     }
 
@@ -72,6 +78,7 @@ impl ProofError {
     pub fn code(self) -> &'static str {
         match self {
             ProofError::Nonce => "use_dpop_nonce",
+            ProofError::WrongKey => "invalid_token",
             _ => "invalid_dpop_proof",
         }
     }
@@ -118,6 +125,9 @@ pub struct Expect<'a> {
     pub skew: u64,
     /// The secret nonces are made with, when the provider wants them.
     pub nonce_secret: Option<&'a [u8; 32]>,
+    /// The thumbprint of the key the token is bound to (`cnf.jkt`): a proof by another key is
+    /// refused before its signature is checked.
+    pub jkt: Option<&'a str>,
 }
 
 /// A good proof: the thumbprint of its key, its `jti`, and until when (seconds since the epoch)
@@ -146,6 +156,9 @@ pub fn check(proof: &str, expect: &Expect<'_>, verify: Check<'_>) -> Result<Prov
     let claims = object(p64).ok_or(ProofError::Malformed)?;
     let signature = jwt::b64url(s64).ok_or(ProofError::Malformed)?;
     let claimed = claims_for(&claims, expect)?;
+    if expect.jkt.is_some_and(|jkt| jkt != thumbprint) {
+        return Err(ProofError::WrongKey);
+    }
     let input = &proof.as_bytes()[..h64.len() + 1 + p64.len()];
     if !verify(alg, &key, input, &signature) {
         return Err(ProofError::Signature);

@@ -45,6 +45,7 @@ fn expect(nonce_secret: Option<&'static [u8; 32]>) -> Expect<'static> {
         },
         skew: 10,
         nonce_secret,
+        jkt: None,
     }
 }
 
@@ -307,6 +308,17 @@ fn hostile_proofs_are_refused_for_what_is_wrong() {
     let c = claims().to_string().replacen('{', r#"{"jti":"first","#, 1);
     let p = es256().token_raw(&header(es256()).to_string(), &c);
     assert_eq!(run(&p, &expect(None)), Err(Malformed));
+    // A proof by another key than the token's is refused before its signature is checked.
+    let mut bound = expect(None);
+    let jkt = keys::public_jwk(es256().jwk().as_object().unwrap())
+        .unwrap()
+        .1;
+    bound.jkt = Some(&jkt);
+    let never_verified =
+        |_: crate::jwt::keys::Alg, _: &Jwk, _: &[u8], _: &[u8]| -> bool { panic!("verified") };
+    let by_other = proof(other(), |_, _| {});
+    assert_eq!(check(&by_other, &bound, &never_verified), Err(WrongKey));
+    assert!(run(&proof(es256(), |_, _| {}), &bound).is_ok());
     // A tampered payload breaks the signature.
     let good = proof(es256(), |_, _| {});
     let parts: Vec<&str> = good.split('.').collect();
