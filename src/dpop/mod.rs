@@ -8,7 +8,6 @@ pub mod nonce;
 pub mod replay;
 
 use crate::config::Dpop;
-use crate::json;
 use crate::jwt::keys::{self, Alg, Jwk, PublicKeyError};
 use crate::jwt::{self, Check};
 use serde_json::{Map, Value};
@@ -144,16 +143,10 @@ pub fn check(proof: &str, expect: &Expect<'_>, verify: Check<'_>) -> Result<Prov
     if proof.len() > MAX_PROOF_BYTES {
         return Err(ProofError::TooLarge);
     }
-    let mut parts = proof.split('.');
-    let (Some(h64), Some(p64), Some(s64), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(ProofError::Malformed);
-    };
-    let object = |segment: &str| jwt::b64url(segment).and_then(|b| json::parse_object(&b).ok());
-    let header = object(h64).ok_or(ProofError::Malformed)?;
+    let (h64, p64, s64) = jwt::segments(proof).ok_or(ProofError::Malformed)?;
+    let header = jwt::json_segment(h64).ok_or(ProofError::Malformed)?;
     let (alg, key, thumbprint) = header_key(&header)?;
-    let claims = object(p64).ok_or(ProofError::Malformed)?;
+    let claims = jwt::json_segment(p64).ok_or(ProofError::Malformed)?;
     let signature = jwt::b64url(s64).ok_or(ProofError::Malformed)?;
     let claimed = claims_for(&claims, expect)?;
     if expect.jkt.is_some_and(|jkt| jkt != thumbprint) {

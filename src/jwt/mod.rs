@@ -64,7 +64,7 @@ pub struct Jws<'a> {
 }
 
 /// The three segments of a compact serialization, if it has exactly three.
-fn segments(token: &str) -> Option<(&str, &str, &str)> {
+pub(crate) fn segments(token: &str) -> Option<(&str, &str, &str)> {
     let mut parts = token.split('.');
     match (parts.next(), parts.next(), parts.next(), parts.next()) {
         (Some(h), Some(p), Some(s), None) => Some((h, p, s)),
@@ -72,8 +72,8 @@ fn segments(token: &str) -> Option<(&str, &str, &str)> {
     }
 }
 
-/// A header segment decoded and parsed as a JSON object.
-fn header_object(h64: &str) -> Option<Map<String, Value>> {
+/// A header (or payload) segment decoded and parsed as a JSON object.
+pub(crate) fn json_segment(h64: &str) -> Option<Map<String, Value>> {
     b64url(h64).and_then(|bytes| json::parse_object(&bytes).ok())
 }
 
@@ -88,13 +88,13 @@ pub fn parse(token: &str) -> Result<Jws<'_>, TokenError> {
     if h64.is_empty() || p64.is_empty() || s64.is_empty() {
         return Err(TokenError::Malformed);
     }
-    let header = header_object(h64).ok_or(TokenError::Malformed)?;
+    let header = json_segment(h64).ok_or(TokenError::Malformed)?;
     finish(token, header, p64, s64)
 }
 
 /// Whether a token looks like a JWT: three segments, the first a JSON object.
 pub fn is_jwt_shaped(token: &str) -> bool {
-    segments(token).is_some_and(|(h64, _, _)| header_object(h64).is_some())
+    segments(token).is_some_and(|(h64, _, _)| json_segment(h64).is_some())
 }
 
 /// For a provider that both verifies JWTs and introspects: `None` if `token` is not
@@ -102,7 +102,7 @@ pub fn is_jwt_shaped(token: &str) -> bool {
 /// header is decoded and parsed once for both questions.
 pub fn parse_if_jwt(token: &str) -> Option<Result<Jws<'_>, TokenError>> {
     let (h64, p64, s64) = segments(token)?;
-    let header = header_object(h64)?;
+    let header = json_segment(h64)?;
     Some(if token.len() > MAX_TOKEN_BYTES {
         Err(TokenError::TooLarge)
     } else if p64.is_empty() || s64.is_empty() {
