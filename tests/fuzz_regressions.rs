@@ -89,7 +89,6 @@ fn dpop_proof() {
 /// pass, each hostile one fails for its own reason.
 #[test]
 fn dpop_seeds_signed_elsewhere() {
-    use oauth_filter::config::Dpop;
     use oauth_filter::dpop::{self, ProofError};
     use oauth_filter::jwt::verify;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/dpop_proof");
@@ -98,11 +97,7 @@ fn dpop_seeds_signed_elsewhere() {
             target: harness::DPOP_TARGET,
             token,
             now: harness::NOW,
-            dpop: Dpop {
-                required: false,
-                max_age: 60,
-                nonce: true,
-            },
+            max_age: 60,
             skew: 60,
             jkt: None,
             nonce_secret: Some(&harness::DPOP_SECRET),

@@ -798,11 +798,7 @@ pub fn dpop_proof(data: &[u8]) {
         target: DPOP_TARGET,
         token,
         now: NOW,
-        dpop: config::Dpop {
-            required: false,
-            max_age: 60,
-            nonce: true,
-        },
+        max_age: 60,
         skew: 60,
         jkt: None,
         nonce_secret: Some(&DPOP_SECRET),

@@ -86,7 +86,7 @@ fn proof_binding(
         target: Target::of(request.headers),
         token,
         now: request.now,
-        dpop,
+        max_age: dpop.max_age,
         skew,
         nonce_secret: dpop.nonce.then_some(secret),
         jkt: Some(jkt),

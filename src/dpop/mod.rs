@@ -7,7 +7,6 @@
 pub mod nonce;
 pub mod replay;
 
-use crate::config::Dpop;
 use crate::jwt::keys::{self, Alg, Jwk, PublicKeyError};
 use crate::jwt::{self, Check};
 use serde_json::{Map, Value};
@@ -120,7 +119,8 @@ pub struct Expect<'a> {
     pub token: &'a str,
     /// Seconds since the epoch.
     pub now: u64,
-    pub dpop: Dpop,
+    /// The provider's `dpop.max_age`, in seconds.
+    pub max_age: u64,
     pub skew: u64,
     /// The secret nonces are made with, when the provider wants them.
     pub nonce_secret: Option<&'a [u8; 32]>,
@@ -226,7 +226,7 @@ fn claims_for<'a>(
     if iat > now + e.skew as f64 {
         return Err(ProofError::Future);
     }
-    let window = (e.dpop.max_age + e.skew) as f64;
+    let window = (e.max_age + e.skew) as f64;
     if iat < now - window {
         return Err(ProofError::Stale);
     }
@@ -236,7 +236,7 @@ fn claims_for<'a>(
     }
     Ok(Claimed {
         jti,
-        until: (iat.max(0.0) as u64).saturating_add(e.dpop.max_age + e.skew),
+        until: (iat.max(0.0) as u64).saturating_add(e.max_age + e.skew),
     })
 }
 

@@ -38,11 +38,7 @@ fn expect(nonce_secret: Option<&'static [u8; 32]>) -> Expect<'static> {
         target: target(),
         token: TOKEN,
         now: NOW,
-        dpop: Dpop {
-            required: false,
-            max_age: 60,
-            nonce: nonce_secret.is_some(),
-        },
+        max_age: 60,
         skew: 10,
         nonce_secret,
         jkt: None,
