@@ -197,14 +197,11 @@ pub fn invalid_dpop_proof(
         crate::dpop::ProofError::Nonce => DenyReason::UseDpopNonce,
         _ => DenyReason::InvalidDpopProof,
     };
-    let mut hints = *hints;
-    if let Some(d) = &mut hints.dpop {
-        d.presented = true;
-    }
+    // Only a request with the DPoP scheme has a proof: its hints say so (`presented`).
     let mut challenge = refusal(
         reason,
         401,
-        &hints,
+        hints,
         Some((error.code(), error.description())),
         "",
     );
