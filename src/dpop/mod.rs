@@ -82,6 +82,17 @@ impl ProofError {
     }
 }
 
+/// A new secret for nonces and replay-store keys, drawn from `random` (a `RandomState`: the
+/// operating system's randomness, WASI's `random_get` in Wasm). Each shell draws it once and
+/// shares it with all its workers.
+pub fn new_secret(random: &impl std::hash::BuildHasher) -> [u8; 32] {
+    let mut secret = [0u8; 32];
+    for (i, chunk) in secret.chunks_mut(8).enumerate() {
+        chunk.copy_from_slice(&random.hash_one(0x5ec2e7u64 + i as u64).to_le_bytes());
+    }
+    secret
+}
+
 /// The request a proof must be for: its method and its URI as Envoy sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Target<'a> {

@@ -20,10 +20,7 @@ const CAS_TRIES: usize = 16;
 /// VM starts, and requests only ever change keys that exist. Returns the drawn secret, for a VM
 /// whose host keeps no shared data.
 pub fn prepare(random: &impl BuildHasher) -> [u8; 32] {
-    let mut drawn = [0u8; 32];
-    for (i, chunk) in drawn.chunks_mut(8).enumerate() {
-        chunk.copy_from_slice(&random.hash_one(0x5ec2e7u64 + i as u64).to_le_bytes());
-    }
+    let drawn = crate::dpop::new_secret(random);
     if stored_secret().is_none() {
         let _ = abi::set_shared_data(SECRET_KEY, &drawn, None);
     }

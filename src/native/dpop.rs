@@ -7,20 +7,12 @@ use crate::binding::Peer;
 use crate::dpop::replay::{Slots, SLOTS};
 use std::collections::hash_map::RandomState;
 use std::ffi::c_void;
-use std::hash::BuildHasher;
 use std::sync::{Mutex, OnceLock};
 
 /// The secret of DPoP nonces and replay keys, drawn once per process.
 pub fn shared_secret() -> &'static [u8; 32] {
     static SECRET: OnceLock<[u8; 32]> = OnceLock::new();
-    SECRET.get_or_init(|| {
-        let random = RandomState::new();
-        let mut secret = [0u8; 32];
-        for (i, chunk) in secret.chunks_mut(8).enumerate() {
-            chunk.copy_from_slice(&random.hash_one(i as u64).to_le_bytes());
-        }
-        secret
-    })
+    SECRET.get_or_init(|| crate::dpop::new_secret(&RandomState::new()))
 }
 
 /// The replay store's slots, each behind its own lock.
