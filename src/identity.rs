@@ -59,9 +59,8 @@ impl<'a> Out<'a> {
         }
         let proof = |(n, _): &(&str, &[u8])| *n == "dpop";
         if source.is_dpop() && self.request.headers.iter().any(proof) {
-            let dpop = "dpop".to_string();
-            if !forward.remove.contains(&dpop) {
-                forward.remove.push(dpop);
+            if !forward.remove.iter().any(|n| n == "dpop") {
+                forward.remove.push("dpop".into());
             }
         }
         match source {
