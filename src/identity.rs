@@ -58,10 +58,9 @@ impl<'a> Out<'a> {
             return;
         }
         let proof = |(n, _): &(&str, &[u8])| *n == "dpop";
-        if source.is_dpop() && self.request.headers.iter().any(proof) {
-            if !forward.remove.iter().any(|n| n == "dpop") {
-                forward.remove.push("dpop".into());
-            }
+        let removed = forward.remove.iter().any(|n| n == "dpop");
+        if source.is_dpop() && !removed && self.request.headers.iter().any(proof) {
+            forward.remove.push("dpop".into());
         }
         match source {
             Source::Header { name, .. } => {
