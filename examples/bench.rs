@@ -138,16 +138,8 @@ fn dpop_files(dir: &Path, issuer: &Signer, client: &Signer) -> PathBuf {
     path
 }
 
-/// wrk's script for the DPoP setups: each line is a token and its proof.
-const DPOP_SCRIPT: &str = r#"local requests = {}
-init = function(args)
-  for line in io.lines(os.getenv("BENCH_TOKENS")) do
-    local token, proof = line:match("^(%S+) (%S+)$")
-    requests[#requests + 1] = wrk.format("GET", nil,
-      {["Host"] = "api.test", ["Authorization"] = "DPoP " .. token, ["DPoP"] = proof})
-  end
-end
-local i = 0
+/// How wrk's scripts send the requests they formatted up front: in turn, round and round.
+const LUA_CYCLE: &str = r#"local i = 0
 request = function()
   i = i + 1
   if i > #requests then i = 1 end
@@ -155,35 +147,26 @@ request = function()
 end
 "#;
 
-/// The Envoy bootstrap: one listener, `filters` before the router, a direct 200 response.
-fn bootstrap(port: u16, admin: u16, filters: Vec<Value>, clusters: Vec<Value>) -> Value {
-    let mut http_filters = filters;
-    http_filters.push(json!({"name": "envoy.filters.http.router",
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
-    json!({
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-        "static_resources": {
-            "listeners": [{
-                "name": "bench",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "bench",
-                        "normalize_path": true,
-                        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{
-                            "match": {"prefix": "/"},
-                            "direct_response": {"status": 200, "body": {"inline_string": "ok"}}
-                        }]}]},
-                        "http_filters": http_filters
-                    }
-                }]}]
-            }],
-            "clusters": clusters
-        }
-    })
-}
+/// wrk's script for the bearer setups (before [`LUA_CYCLE`]): each line is a token.
+const BEARER_REQUESTS: &str = r#"-- Every request is formatted once, up front: the generator must cost the same for all setups.
+local requests = {}
+init = function(args)
+  for line in io.lines(os.getenv("BENCH_TOKENS")) do
+    requests[#requests + 1] = wrk.format("GET", nil, {["Authorization"] = "Bearer " .. line})
+  end
+end
+"#;
+
+/// wrk's script for the DPoP setups (before [`LUA_CYCLE`]): each line is a token and its proof.
+const DPOP_REQUESTS: &str = r#"local requests = {}
+init = function(args)
+  for line in io.lines(os.getenv("BENCH_TOKENS")) do
+    local token, proof = line:match("^(%S+) (%S+)$")
+    requests[#requests + 1] = wrk.format("GET", nil,
+      {["Host"] = "api.test", ["Authorization"] = "DPoP " .. token, ["DPoP"] = proof})
+  end
+end
+"#;
 
 /// The Wasm filter of module `wasm`, with `config` as its plugin configuration.
 fn wasm_filter(wasm: &Path, config: &str) -> Value {
@@ -473,7 +456,7 @@ fn on_free_ports<T>(setup: &Setup, mut attempt: impl FnMut(u16, u16) -> Result<T
 
 fn start(setup: &Setup, clusters: &[Value]) -> Envoy {
     let envoy = on_free_ports(setup, |port, admin| {
-        let boot = bootstrap(port, admin, setup.filters.clone(), clusters.to_vec());
+        let boot = support::direct_bootstrap(port, admin, setup.filters.clone(), clusters.to_vec());
         Envoy::start(&boot, port, admin)
     });
     let _ = Command::new("taskset")
@@ -550,7 +533,7 @@ fn check(envoy: &Envoy, setup: &Setup) {
 /// is warmed up, then counted over a fixed run of wrk (4 connections).
 fn instructions(setup: &Setup, clusters: &[Value], script: &Path) -> f64 {
     let (envoy, out) = on_free_ports(setup, |port, admin| {
-        let boot = bootstrap(port, admin, setup.filters.clone(), clusters.to_vec());
+        let boot = support::direct_bootstrap(port, admin, setup.filters.clone(), clusters.to_vec());
         let out = std::env::temp_dir().join(format!("oauth-filter-callgrind-{port}"));
         std::fs::create_dir_all(&out).unwrap();
         let wrapper: Vec<String> = [
@@ -669,24 +652,7 @@ fn main() {
     let dir = support::root().join("target/bench");
     std::fs::create_dir_all(&dir).unwrap();
     let script = dir.join("tokens.lua");
-    std::fs::write(
-        &script,
-        r#"-- Every request is formatted once, up front: the generator must cost the same for all setups.
-local requests = {}
-init = function(args)
-  for line in io.lines(os.getenv("BENCH_TOKENS")) do
-    requests[#requests + 1] = wrk.format("GET", nil, {["Authorization"] = "Bearer " .. line})
-  end
-end
-local i = 0
-request = function()
-  i = i + 1
-  if i > #requests then i = 1 end
-  return requests[i]
-end
-"#,
-    )
-    .unwrap();
+    std::fs::write(&script, format!("{BEARER_REQUESTS}{LUA_CYCLE}")).unwrap();
 
     eprintln!("signing tokens...");
     let rs = Signer::rsa("RS256", "rs", 2048);
@@ -703,7 +669,7 @@ end
     for (path, signer) in [(&rs_cold, &rs), (&es_cold, &es), (&ed_cold, &ed)] {
         warm_up_file(path, signer);
     }
-    std::fs::write(dir.join("dpop.lua"), DPOP_SCRIPT).unwrap();
+    std::fs::write(dir.join("dpop.lua"), format!("{DPOP_REQUESTS}{LUA_CYCLE}")).unwrap();
     let dpop_tokens = dpop_files(&dir, &rs, &Signer::es256(""));
     let opaque = dir.join("opaque.txt");
     std::fs::write(&opaque, "opaque-bench-token-0123456789\n").unwrap();

@@ -29,29 +29,6 @@ const COPIES: usize = 3;
 /// Memory may grow this much (KiB) from the first third of the run to the last.
 const RSS_SLACK_KIB: u64 = 8 * 1024;
 
-fn bootstrap(port: u16, admin: u16, filter: serde_json::Value) -> serde_json::Value {
-    json!({
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-        "static_resources": {"listeners": [{
-            "name": "replay",
-            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-            "filter_chains": [{"filters": [{
-                "name": "envoy.filters.network.http_connection_manager",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                    "stat_prefix": "replay",
-                    "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{
-                        "match": {"prefix": "/"},
-                        "direct_response": {"status": 200, "body": {"inline_string": "ok"}}
-                    }]}]},
-                    "http_filters": [filter, {"name": "envoy.filters.http.router",
-                        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
-                }
-            }]}]
-        }]}
-    })
-}
-
 /// What the clients saw of each proof: passes and replay refusals, and anything else.
 #[derive(Default)]
 struct Seen {
@@ -77,8 +54,13 @@ fn main() {
     let wasm = support::wasm_module();
     let (port, admin) = (free_port(), free_port());
     let filter = support::oauth_filter(&wasm, &config.to_string());
-    let envoy = Envoy::start_workers(&bootstrap(port, admin, filter), port, admin, 2)
-        .unwrap_or_else(|log| panic!("{log}"));
+    let envoy = Envoy::start_workers(
+        &support::direct_bootstrap(port, admin, vec![filter], vec![]),
+        port,
+        admin,
+        2,
+    )
+    .unwrap_or_else(|log| panic!("{log}"));
     let build = if support::native_dir().is_some() {
         "native"
     } else {

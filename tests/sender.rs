@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use support::tokens::{b64, now, Signer};
-use support::{request, request_id, Envoy, Oidc, Response, Upstream};
+use support::{request_id, Envoy, Oidc, Response, Upstream};
 
 /// The client's DPoP key.
 struct Client {
@@ -47,25 +47,10 @@ impl Client {
     }
 }
 
-/// A client-credentials token from the test server, with extra request headers (a DPoP proof,
-/// a client certificate).
+/// A client-credentials token from the test server (scope `orders:read`), with extra request
+/// headers (a DPoP proof, a client certificate).
 fn token(oidc: &Oidc, client: (&str, &str), resource: &str, extra: &[(&str, &[u8])]) -> Value {
-    use base64::Engine;
-    let basic =
-        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", client.0, client.1));
-    let auth = format!("Basic {basic}");
-    let body = format!(
-        "grant_type=client_credentials&resource={}&scope=orders%3Aread",
-        resource.replace(':', "%3A").replace('/', "%2F")
-    );
-    let mut headers: Vec<(&str, &[u8])> = vec![
-        ("authorization", auth.as_bytes()),
-        ("content-type", b"application/x-www-form-urlencoded"),
-    ];
-    headers.extend_from_slice(extra);
-    let r = request(oidc.port, "POST", "/token", &headers, Some(body.as_bytes()));
-    assert_eq!(r.status, 200, "token endpoint: {}", r.body);
-    r.json()
+    support::token_answer(oidc.port, client, resource, "orders:read", extra)
 }
 
 /// A DPoP-bound token for `client`'s key.

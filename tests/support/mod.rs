@@ -620,6 +620,47 @@ pub fn bootstrap_with(
 ) -> Value {
     let mut clusters = vec![cluster("upstream", upstream_port)];
     clusters.extend(extra.iter().map(|(name, port)| cluster(name, *port)));
+    let hcm = json!({
+        "stat_prefix": "ingress",
+        "normalize_path": true,
+        "merge_slashes": true,
+        "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
+        "route_config": {"virtual_hosts": [{
+            "name": "all", "domains": ["*"],
+            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]
+        }]},
+        "http_filters": [oauth_filter(wasm, filter_config), router()]
+    });
+    one_listener(listen, admin, hcm, clusters)
+}
+
+/// An Envoy bootstrap with one listener, `filters` before the router and a direct 200 response
+/// (no upstream: what the filter costs, `make bench`; the replay store under load).
+pub fn direct_bootstrap(port: u16, admin: u16, filters: Vec<Value>, clusters: Vec<Value>) -> Value {
+    let mut http_filters = filters;
+    http_filters.push(router());
+    let hcm = json!({
+        "stat_prefix": "direct",
+        "normalize_path": true,
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{
+            "match": {"prefix": "/"},
+            "direct_response": {"status": 200, "body": {"inline_string": "ok"}}
+        }]}]},
+        "http_filters": http_filters
+    });
+    one_listener(port, admin, hcm, clusters)
+}
+
+/// Envoy's router filter, last of every chain.
+fn router() -> Value {
+    json!({"name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
+}
+
+/// A bootstrap of one listener on `listen` whose HTTP connection manager is `hcm` (its `@type`
+/// added), the admin interface on `admin`, and `clusters`.
+fn one_listener(listen: u16, admin: u16, mut hcm: Value, clusters: Vec<Value>) -> Value {
+    hcm["@type"] = json!("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager");
     json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "static_resources": {
@@ -628,22 +669,7 @@ pub fn bootstrap_with(
                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
                 "filter_chains": [{"filters": [{
                     "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "ingress",
-                        "normalize_path": true,
-                        "merge_slashes": true,
-                        "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
-                        "route_config": {"virtual_hosts": [{
-                            "name": "all", "domains": ["*"],
-                            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]
-                        }]},
-                        "http_filters": [
-                            oauth_filter(wasm, filter_config),
-                            {"name": "envoy.filters.http.router",
-                             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
-                        ]
-                    }
+                    "typed_config": hcm
                 }]}]
             }],
             "clusters": clusters
@@ -1006,6 +1032,19 @@ pub fn client_credentials_token(port: u16, resource: &str, scope: &str) -> Strin
 /// A client-credentials access token for `resource` with `scope`, as `client` (id, secret;
 /// a client of tests/oidc/server.mjs that authenticates with `client_secret_basic`).
 pub fn client_token(port: u16, client: (&str, &str), resource: &str, scope: &str) -> String {
+    let answer = token_answer(port, client, resource, scope, &[]);
+    answer["access_token"].as_str().unwrap().to_string()
+}
+
+/// The token endpoint's whole answer to [`client_token`]'s request, sent with `extra` headers
+/// too (a DPoP proof, a client certificate).
+pub fn token_answer(
+    port: u16,
+    client: (&str, &str),
+    resource: &str,
+    scope: &str,
+    extra: &[(&str, &[u8])],
+) -> Value {
     use base64::Engine;
     let basic =
         base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", client.0, client.1));
@@ -1016,18 +1055,14 @@ pub fn client_token(port: u16, client: (&str, &str), resource: &str, scope: &str
         form(resource),
         form(scope)
     );
-    let r = request(
-        port,
-        "POST",
-        "/token",
-        &[
-            ("authorization", auth.as_bytes()),
-            ("content-type", b"application/x-www-form-urlencoded"),
-        ],
-        Some(body.as_bytes()),
-    );
+    let mut headers: Vec<(&str, &[u8])> = vec![
+        ("authorization", auth.as_bytes()),
+        ("content-type", b"application/x-www-form-urlencoded"),
+    ];
+    headers.extend_from_slice(extra);
+    let r = request(port, "POST", "/token", &headers, Some(body.as_bytes()));
     assert_eq!(r.status, 200, "token endpoint: {}", r.body);
-    r.json()["access_token"].as_str().unwrap().to_string()
+    r.json()
 }
 
 /// The resident memory of process `pid` (VmRSS, KiB); 0 if it cannot be read.
