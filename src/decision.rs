@@ -231,9 +231,10 @@ pub fn decide(config: &Config, known: &dyn Known, request: Request<'_>) -> Decis
     let resource = rule.resource.and_then(|r| config.resources.get(r));
     let audiences = resource.map(|r| r.audiences.as_slice());
     let mut auth = Authenticator::new(config, known, request, &found, audiences);
-    let presented = found
-        .iter()
-        .any(|f| matches!(f, Extracted::Token { source, .. } if source.is_dpop()));
+    let presented = rule.dpop.is_some()
+        && found
+            .iter()
+            .any(|f| matches!(f, Extracted::Token { source, .. } if source.is_dpop()));
     let hints = rule_hints(config, rule, presented);
     match requirement::evaluate(requires, &mut auth) {
         Outcome::Pass(accepted) => {
