@@ -112,12 +112,12 @@ fn signed_file(path: &Path, signer: &Signer, jtis: std::ops::Range<usize>) {
 /// `client`, and lines of that token with a fresh proof (`dpop.txt`, `warm-dpop.txt` for the
 /// warm-up, `dpop-check.txt` for the check). Proofs are for `GET http://api.test/api/orders`.
 fn dpop_files(dir: &Path, issuer: &Signer, client: &Signer) -> PathBuf {
-    use oauth_filter::jwt::keys::{public_jwk, thumbprint_of};
+    use oauth_filter::jwt::keys::{public_jwk, sha256_b64url};
     let jkt = public_jwk(client.jwk().as_object().unwrap()).unwrap().1;
     let mut bound = claims(0);
     bound["cnf"] = json!({ "jkt": jkt });
     let token = issuer.token(&bound);
-    let ath = thumbprint_of(token.as_bytes());
+    let ath = sha256_b64url(token.as_bytes());
     let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": client.jwk()});
     let lines = |range: std::ops::Range<usize>| -> String {
         let lines: Vec<String> = range

@@ -15,7 +15,7 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use oauth_filter::jwt::keys::{public_jwk, thumbprint_of};
+use oauth_filter::jwt::keys::{public_jwk, sha256_b64url};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -136,7 +136,7 @@ fn produce(
     sent: &AtomicU64,
 ) {
     let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": client.jwk()});
-    let ath = thumbprint_of(token.as_bytes());
+    let ath = sha256_b64url(token.as_bytes());
     let mut id = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let claims = json!({"jti": format!("replay-{id}"), "htm": "GET",

@@ -6,7 +6,7 @@
 
 mod support;
 
-use oauth_filter::jwt::keys::{public_jwk, thumbprint_of};
+use oauth_filter::jwt::keys::{public_jwk, sha256_b64url};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,7 +37,7 @@ impl Client {
             "iat": now(),
         });
         if let Some(t) = token {
-            claims["ath"] = json!(thumbprint_of(t.as_bytes()));
+            claims["ath"] = json!(sha256_b64url(t.as_bytes()));
         }
         if let (Value::Object(c), Value::Object(e)) = (&mut claims, extra) {
             c.extend(e);

@@ -85,7 +85,7 @@ fn proof(by: &Signer, token: &str, nonce: Option<&str>) -> String {
     let mut claims = json!({
         "jti": format!("{:x}", rand::random::<u64>()), "htm": "GET",
         "htu": "https://api.example/orders", "iat": now(),
-        "ath": keys::thumbprint_of(token.as_bytes()),
+        "ath": keys::sha256_b64url(token.as_bytes()),
     });
     if let Some(n) = nonce {
         claims["nonce"] = json!(n);

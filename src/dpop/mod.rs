@@ -241,7 +241,7 @@ fn claims_for<'a>(
     if iat < now - window {
         return Err(ProofError::Stale);
     }
-    let expected = keys::thumbprint_of(e.token.as_bytes());
+    let expected = keys::sha256_b64url(e.token.as_bytes());
     if text("ath") != Some(expected.as_str()) {
         return Err(ProofError::Ath);
     }

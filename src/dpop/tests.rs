@@ -48,7 +48,7 @@ fn expect(nonce_secret: Option<&'static [u8; 32]>) -> Expect<'static> {
 fn claims() -> Value {
     json!({
         "jti": "e1j3V_bKic8-LAEB", "htm": "GET", "htu": "https://api.example/orders/7",
-        "iat": NOW, "ath": keys::thumbprint_of(TOKEN.as_bytes()),
+        "iat": NOW, "ath": keys::sha256_b64url(TOKEN.as_bytes()),
     })
 }
 
@@ -223,7 +223,7 @@ fn hostile_proofs_are_refused_for_what_is_wrong() {
         (
             "ath of another token",
             proof(es256(), |_, c| {
-                c["ath"] = json!(keys::thumbprint_of(b"other"))
+                c["ath"] = json!(keys::sha256_b64url(b"other"))
             }),
             Ath,
         ),

@@ -257,11 +257,11 @@ pub fn public_jwk(jwk: &Map<String, Value>) -> Result<(Jwk, String), PublicKeyEr
         canonical.push_str(&format!("\"{name}\":{value}"));
     }
     canonical.push('}');
-    Ok((key, thumbprint_of(canonical.as_bytes())))
+    Ok((key, sha256_b64url(canonical.as_bytes())))
 }
 
 /// base64url (no padding) of the SHA-256 of `bytes`.
-pub fn thumbprint_of(bytes: &[u8]) -> String {
+pub fn sha256_b64url(bytes: &[u8]) -> String {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine;
     use sha2::{Digest, Sha256};
