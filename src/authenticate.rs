@@ -19,6 +19,7 @@ use crate::identity;
 use crate::jwt::{self, keys::Jwk, Jws, TokenError};
 use crate::requirement::{Accepted, Failure, Leaf, Leaves, Outcome, Pending, ProviderSet};
 use serde_json::{Map, Value};
+use smallvec::SmallVec;
 
 /// The description of the 503 answered when a provider's keys cannot be had.
 pub const NO_KEYS: &str = "The keys to check the token cannot be fetched";
@@ -28,12 +29,8 @@ pub const INTROSPECTION_FAILED: &str = "The token cannot be introspected";
 /// Each provider's credential in the request, indexed like the configuration's providers
 /// (providers the rule does not consult have none). Found before anything is verified, and
 /// kept apart from the [`Authenticator`] so that parsed tokens can borrow from it.
-pub fn find<'a>(
-    config: &'a Config,
-    consulted: ProviderSet,
-    request: &Request<'a>,
-) -> Vec<Extracted<'a>> {
-    let mut found: Vec<Extracted<'a>> = Vec::with_capacity(config.providers.len());
+pub fn find<'a>(config: &'a Config, consulted: ProviderSet, request: &Request<'a>) -> Found<'a> {
+    let mut found = Found::with_capacity(config.providers.len());
     for (i, p) in config.providers.iter().enumerate() {
         let same =
             (0..i).find(|&j| consulted.contains(j) && config.providers[j].sources == p.sources);
@@ -45,6 +42,9 @@ pub fn find<'a>(
     }
     found
 }
+
+/// Each provider's credential ([`find`]); on the stack for up to four providers.
+pub type Found<'a> = SmallVec<[Extracted<'a>; 4]>;
 
 /// Where a genuine token's claims are.
 #[derive(Clone, Copy)]
@@ -76,7 +76,7 @@ pub struct Authenticator<'a> {
     found: &'a [Extracted<'a>],
     /// The audiences of the rule's protected resource: they replace the providers'.
     audiences: Option<&'a [String]>,
-    verdicts: Vec<Option<Verdict<'a>>>,
+    verdicts: SmallVec<[Option<Verdict<'a>>; 4]>,
     /// Tokens parsed so far, with the provider whose token each is.
     parsed: Vec<(usize, Result<Jws<'a>, TokenError>)>,
     /// The good DPoP proofs of providers whose tokens are bound to their key.
@@ -324,21 +324,29 @@ impl<'a> Authenticator<'a> {
 
     /// Lets a passing request go: refuses it if it carries a credential nothing on the passing
     /// path accepted (unless it passed leniently), then adds the identity of every accepted
-    /// provider to `forward`, and the tokens verified just now to its cache list.
-    pub fn pass(
+    /// provider to `forward`, and the tokens verified just now to its cache list. `config` and
+    /// `request` are those of [`Authenticator::new`], with their own lifetimes: `forward`
+    /// borrows header names from the configuration only.
+    pub fn pass<'c>(
         mut self,
+        (config, request): (&'c Config, Request<'_>),
         rule: &Rule,
         accepted: Accepted,
-        forward: &mut Forward,
+        forward: &mut Forward<'c>,
     ) -> Result<(), &'static str> {
         if rule.several_places && !accepted.lenient && !self.all_checked(rule, accepted) {
             return Err(extract::ONE_CREDENTIAL);
         }
-        let mut out = identity::Out::new(self.request);
+        let mut out = identity::Out::new(request);
         for p in accepted.providers.iter() {
             let (Some(provider), Some(Extracted::Token { token, source, .. })) =
-                (self.config.providers.get(p), self.found.get(p))
+                (config.providers.get(p), self.found.get(p))
             else {
+                continue;
+            };
+            // The token was found at one of the provider's own sources (or an equal one of a
+            // provider reading the same places): the same source, borrowed for `'c`.
+            let Some(source) = provider.sources.iter().find(|s| *s == *source) else {
                 continue;
             };
             if let Some(Some(Verdict::Genuine {
@@ -646,7 +654,7 @@ mod tests {
         }
     }
 
-    fn go(view: &View<'_>, method: &str, path: &str, headers: &[(&str, &str)]) -> Decision {
+    fn go<'c>(view: &View<'c>, method: &str, path: &str, headers: &[(&str, &str)]) -> Decision<'c> {
         let mut all: Vec<(&str, &[u8])> = vec![(":method", method.as_bytes())];
         all.extend(headers.iter().map(|(n, v)| (*n, v.as_bytes())));
         let request = Request {
@@ -686,8 +694,8 @@ mod tests {
         let partner = keys().partner.token(&good_claims("https://partner", "api"));
         let f = allowed(go(&view, "GET", "/any", &[("x-partner-token", &partner)]));
         assert_eq!(f.passed, Passed::Authenticated);
-        assert_eq!(f.set, vec![("x-partner".to_string(), "alice".to_string())]);
-        assert_eq!(f.remove, vec!["x-partner-token".to_string()]);
+        assert_eq!(f.set[..], [("x-partner", "alice".to_string())]);
+        assert_eq!(f.remove[..], ["x-partner-token"]);
         // corp never saw a token; partner checked one signature with its own key.
         assert_eq!(*view.checks.borrow(), vec![Some("partner-1".to_string())]);
         // A partner-issued token in corp's header: corp refuses it without cryptography.
@@ -745,14 +753,9 @@ mod tests {
             "/all",
             &[("authorization", &corp), ("x-partner-token", &partner)],
         ));
-        assert!(f.set.contains(&("x-user".to_string(), "alice".to_string())));
-        assert!(f
-            .set
-            .contains(&("x-partner".to_string(), "svc".to_string())));
-        assert_eq!(
-            f.remove,
-            vec!["authorization".to_string(), "x-partner-token".to_string()]
-        );
+        assert!(f.set.contains(&("x-user", "alice".to_string())));
+        assert!(f.set.contains(&("x-partner", "svc".to_string())));
+        assert_eq!(f.remove[..], ["authorization", "x-partner-token"]);
         let d = go(&view, "GET", "/all", &[("authorization", &corp)]);
         assert_eq!(
             denied(&d),
@@ -772,10 +775,10 @@ mod tests {
         let cookie = format!("theme=dark; session={corp}; lang=en");
         // The cookie alone: accepted, and cut from the Cookie header (forward is false).
         let f = allowed(go(&view, "GET", "/browser", &[("cookie", &cookie)]));
-        assert_eq!(f.set[0], ("x-web-user".to_string(), "alice".to_string()));
+        assert_eq!(f.set[0], ("x-web-user", "alice".to_string()));
         assert!(f
             .set
-            .contains(&("cookie".to_string(), "theme=dark; lang=en".to_string())));
+            .contains(&("cookie", "theme=dark; lang=en".to_string())));
         // The same token in the header and the cookie: two credentials, one checked.
         let d = go(
             &view,
@@ -820,12 +823,16 @@ mod tests {
             "/browser",
             &[("cookie", &format!("session=\"{corp}\""))],
         ));
-        assert!(f.remove.contains(&"cookie".to_string()));
+        assert!(f.remove.contains(&"cookie"));
     }
 
     #[test]
     fn introspection_providers_take_part() {
         let c = config();
+        // Declared before the view, which borrows it.
+        let Value::Object(answer) = json!({"active": true, "sub": "ivy", "exp": now() + 60}) else {
+            unreachable!()
+        };
         let mut view = View::new(&c);
         assert_eq!(
             go(
@@ -843,9 +850,6 @@ mod tests {
         let corp = bearer(&keys().corp, &good_claims("https://corp", "api"));
         let f = allowed(go(&view, "GET", "/either", &[("authorization", &corp)]));
         assert_eq!(f.set[0].0, "x-user");
-        let Value::Object(answer) = json!({"active": true, "sub": "ivy", "exp": now() + 60}) else {
-            unreachable!()
-        };
         view.answer = Cached::Active(&answer);
         let f = allowed(go(
             &view,
@@ -853,10 +857,7 @@ mod tests {
             "/either",
             &[("authorization", "Bearer opaque-1")],
         ));
-        assert_eq!(
-            f.set,
-            vec![("x-opaque-user".to_string(), "ivy".to_string())]
-        );
+        assert_eq!(f.set[..], [("x-opaque-user", "ivy".to_string())]);
         view.answer = Cached::Failed;
         let d = go(
             &view,
@@ -1086,14 +1087,9 @@ mod tests {
             ],
         ));
         let payload = token.split('.').nth(1).unwrap();
-        assert!(f
-            .set
-            .contains(&("x-jwt-payload".to_string(), payload.to_string())));
-        assert!(f.remove.contains(&"x-jwt-payload".to_string()));
-        assert_eq!(
-            f.filter_state,
-            vec![("oauth.sub".to_string(), "alice".to_string())]
-        );
+        assert!(f.set.contains(&("x-jwt-payload", payload.to_string())));
+        assert!(f.remove.contains(&"x-jwt-payload"));
+        assert_eq!(f.filter_state, vec![("oauth.sub", "alice".to_string())]);
         assert_eq!(f.verified.len(), 1);
     }
 

@@ -15,6 +15,7 @@ use crate::jwt::keys::{Alg, Jwk};
 use crate::requirement::{self, Failure, Outcome, Pending};
 use crate::resource;
 use serde_json::{Map, Value};
+use smallvec::SmallVec;
 
 pub use crate::authenticate::NO_KEYS;
 
@@ -48,18 +49,22 @@ pub enum Passed {
 
 /// Changes to make to an allowed request before it goes upstream.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct Forward {
+pub struct Forward<'c> {
     pub passed: Passed,
     /// Headers to remove (all their values), before `set` is applied: only headers the request
     /// has (each change of the request's headers costs a host call, and makes Envoy clear its
     /// route cache).
-    pub remove: Vec<String>,
-    /// Headers to set, replacing any value, in order.
-    pub set: Vec<(String, String)>,
+    pub remove: SmallVec<[&'c str; 4]>,
+    /// Headers to set, replacing any value, in order (the names are the configuration's).
+    pub set: SmallVec<[(&'c str, String); 4]>,
+    /// Bit `i`: the request has no header named as `set[i]` and no earlier entry sets it, so the
+    /// shell may add the value instead of replacing (Envoy then skips a search of the request's
+    /// headers). Set by [`decide`]; entries from the 65th on are always replaced.
+    pub fresh: u64,
     /// A new `:path`, when the token came in the query and is not forwarded.
     pub path: Option<String>,
     /// Filter state to set (`claim_to_filter_state`): key, plain value.
-    pub filter_state: Vec<(String, String)>,
+    pub filter_state: Vec<(&'c str, String)>,
     /// Tokens whose signature was just verified, for the verified-token cache.
     pub verified: Vec<Verified>,
     /// The upstream client (index into `Config::clients`) whose token `set` carries.
@@ -85,9 +90,12 @@ pub const NO_CREDENTIAL: &str = "The credential for the upstream cannot be obtai
 /// The longest a verified token is cached (its `exp` usually ends it sooner).
 pub const MAX_VERIFIED_CACHE_MS: u64 = 300_000;
 
+// An allowed request's changes sit inline (short lists on the stack): a decision is made and
+// moved once a request, and boxing it would cost the allocation the inline lists save.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
-pub enum Decision {
-    Allow(Forward),
+pub enum Decision<'c> {
+    Allow(Forward<'c>),
     Deny(Challenge),
     /// Pause the request until the keys of `provider` change, then decide again. `refetch`:
     /// the token names a key the set does not have, so the set should be fetched again now.
@@ -206,7 +214,30 @@ pub fn configured_keys(config: &Config, provider: usize) -> KeysNow<'_> {
 }
 
 /// Decides what to do with `request`, with what `known` knows now.
-pub fn decide(config: &Config, known: &dyn Known, request: Request<'_>) -> Decision {
+pub fn decide<'c>(config: &'c Config, known: &dyn Known, request: Request<'_>) -> Decision<'c> {
+    match decide_on(config, known, request) {
+        Decision::Allow(mut forward) => {
+            forward.fresh = fresh(&forward.set, request.headers);
+            Decision::Allow(forward)
+        }
+        other => other,
+    }
+}
+
+/// Which of `set` name headers that `headers` lacks and no earlier entry names
+/// ([`Forward::fresh`]).
+fn fresh(set: &[(&str, String)], headers: &[(&str, &[u8])]) -> u64 {
+    let mut bits = 0;
+    for (i, (name, _)) in set.iter().enumerate().take(64) {
+        let earlier = set[..i].iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+        if !earlier && !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            bits |= 1 << i;
+        }
+    }
+    bits
+}
+
+fn decide_on<'c>(config: &'c Config, known: &dyn Known, request: Request<'_>) -> Decision<'c> {
     let path = request.path.split(['?', '#']).next().unwrap_or("");
     if let Some(reply) = resource::serve(&config.resources, path, request.headers) {
         return Decision::Serve(reply);
@@ -243,7 +274,7 @@ pub fn decide(config: &Config, known: &dyn Known, request: Request<'_>) -> Decis
             } else {
                 Passed::Authenticated
             };
-            match auth.pass(rule, accepted, &mut forward) {
+            match auth.pass((config, request), rule, accepted, &mut forward) {
                 Ok(()) => {
                     if !forward.proofs.is_empty() {
                         forward.rule = config.rules.iter().position(|r| std::ptr::eq(r, rule));
@@ -306,12 +337,12 @@ pub fn replayed(config: &Config, forward: &Forward, secret: &[u8; 32], now: u64)
 }
 
 /// The owned headers this request carries (only those need a removal).
-fn owned_present(config: &Config, headers: &[(&str, &[u8])]) -> Vec<String> {
+fn owned_present<'c>(config: &'c Config, headers: &[(&str, &[u8])]) -> SmallVec<[&'c str; 4]> {
     config
         .owned_headers
         .iter()
         .filter(|owned| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(owned)))
-        .cloned()
+        .map(String::as_str)
         .collect()
 }
 
@@ -352,7 +383,7 @@ fn answer(hints: &Hints<'_>, failure: Failure<'_>) -> Challenge {
 
 /// Lets an allowed request go, with the rule's upstream client token in `Authorization` when it
 /// has `inject` (replacing whatever credentials the caller sent there).
-fn inject(rule: &Rule, mut forward: Forward, known: &dyn Known) -> Decision {
+fn inject<'c>(rule: &Rule, mut forward: Forward<'c>, known: &dyn Known) -> Decision<'c> {
     let Some(client) = rule.inject else {
         return Decision::Allow(forward);
     };
@@ -360,7 +391,7 @@ fn inject(rule: &Rule, mut forward: Forward, known: &dyn Known) -> Decision {
         CredentialNow::Ready(token) => {
             forward
                 .set
-                .push(("authorization".into(), format!("Bearer {token}")));
+                .push(("authorization", format!("Bearer {token}")));
             forward.injected = Some(client);
             Decision::Allow(forward)
         }
@@ -405,7 +436,7 @@ mod flow {
         Config::from_json(doc.to_string().as_bytes()).unwrap()
     }
 
-    fn run(config: &Config, path: &str, headers: &[(&str, &str)]) -> Decision {
+    fn run<'c>(config: &'c Config, path: &str, headers: &[(&str, &str)]) -> Decision<'c> {
         let headers: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
         decide(
             config,
@@ -522,7 +553,7 @@ mod flow {
             panic!()
         };
         assert_eq!(f.verified, vec![]);
-        assert_eq!(f.set, vec![("x-user".to_string(), "alice".to_string())]);
+        assert_eq!(f.set[..], [("x-user", "alice".to_string())]);
         assert_eq!(
             denied(&go(&hit, "/api", now + 120)),
             DenyReason::InvalidToken
@@ -548,7 +579,8 @@ mod flow {
             Value::Object(m) => m,
             _ => unreachable!(),
         };
-        let go = |c: &Config, known: &dyn Known, token: &str, path: &str| {
+        fn go<'c>(c: &'c Config, known: &dyn Known, token: &str, path: &str) -> Decision<'c> {
+            let now = crate::testkit::now();
             let value = format!("Bearer {token}");
             let h = vec![("authorization", value.as_bytes())];
             decide(
@@ -560,7 +592,7 @@ mod flow {
                     now,
                 },
             )
-        };
+        }
         let miss = Answers {
             keys,
             answer: None,
@@ -596,7 +628,7 @@ mod flow {
         let Decision::Allow(f) = go(&both, &active, "opaque", "/admin") else {
             panic!()
         };
-        assert_eq!(f.set, vec![("x-user".to_string(), "ivy".to_string())]);
+        assert_eq!(f.set[..], [("x-user", "ivy".to_string())]);
         // An answer without exp is fine; an expired, foreign or under-scoped one is not.
         let mut no_exp = good.clone();
         no_exp.remove("exp");
@@ -730,6 +762,20 @@ mod flow {
     }
 
     #[test]
+    fn fresh_marks_headers_the_request_lacks_once() {
+        fn set<'a>(names: &[&'a str]) -> Vec<(&'a str, String)> {
+            names.iter().map(|n| (*n, "v".to_string())).collect()
+        }
+        let headers: &[(&str, &[u8])] = &[("x-a", b"1"), (":path", b"/")];
+        assert_eq!(fresh(&set(&["x-b", "x-a", "x-c", "X-B"]), headers), 0b0101);
+        assert_eq!(fresh(&set(&[]), headers), 0);
+        // Past 64 entries every header is replaced.
+        let many: Vec<String> = (0..70).map(|i| format!("x-{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(fresh(&set(&many), &[]), u64::MAX);
+    }
+
+    #[test]
     fn allows_and_rewrites() {
         let c = config(json!({}));
         let token = signer().token(&good_claims("https://idp", "api"));
@@ -742,11 +788,14 @@ mod flow {
             panic!()
         };
         assert_eq!(f.passed, Passed::Authenticated);
-        assert_eq!(
-            f.remove,
-            vec!["x-user".to_string(), "authorization".to_string()]
-        );
-        assert_eq!(f.set, vec![("x-user".to_string(), "alice".to_string())]);
+        assert_eq!(f.remove[..], ["x-user", "authorization"]);
+        assert_eq!(f.set[..], [("x-user", "alice".to_string())]);
+        // The forged x-user is replaced, not added to.
+        assert_eq!(f.fresh, 0);
+        let Decision::Allow(f) = run(&c, "/api/x", &[("authorization", &auth)]) else {
+            panic!()
+        };
+        assert_eq!((f.remove.to_vec(), f.fresh), (vec!["authorization"], 1));
         // Public and unmatched paths still lose forged identity headers.
         for (path, passed) in [
             ("/public/a", Passed::Public),
@@ -756,14 +805,14 @@ mod flow {
                 panic!()
             };
             assert_eq!(
-                (f.passed, f.remove, f.set),
-                (passed, vec!["x-user".to_string()], vec![])
+                (f.passed, f.remove.to_vec(), f.set.to_vec()),
+                (passed, vec!["x-user"], vec![])
             );
             // Headers the request does not have are not touched.
             let Decision::Allow(f) = run(&c, path, &[("x-other", "1")]) else {
                 panic!()
             };
-            assert_eq!((f.remove, f.set), (vec![], vec![]));
+            assert!(f.remove.is_empty() && f.set.is_empty());
         }
     }
 
@@ -776,8 +825,8 @@ mod flow {
             panic!()
         };
         // Nothing to remove: the token stays, and the request has no x-user of its own.
-        assert_eq!(f.remove, Vec::<String>::new());
-        assert_eq!(f.set, vec![("x-user".to_string(), "alice".to_string())]);
+        assert!(f.remove.is_empty());
+        assert_eq!(f.set[..], [("x-user", "alice".to_string())]);
         let c = config(json!({"from_params": ["access_token"]}));
         let Decision::Allow(f) = run(&c, &format!("/api/x?a=1&access_token={token}"), &[]) else {
             panic!()
@@ -900,11 +949,8 @@ mod flow {
         assert_eq!(f.passed, Passed::Authenticated);
         assert_eq!(f.injected, Some(0));
         assert_eq!(
-            f.set,
-            vec![(
-                "authorization".to_string(),
-                "Bearer gateway-token".to_string()
-            )]
+            f.set[..],
+            [("authorization", "Bearer gateway-token".to_string())]
         );
         // A public rule injects too; the caller's Authorization is replaced, never forwarded.
         let Decision::Allow(f) = decide_with(ready, "/open", &[("authorization", "Basic dTpw")])
@@ -923,7 +969,7 @@ mod flow {
             panic!()
         };
         assert_eq!((f.injected, f.set.len()), (None, 0));
-        assert_eq!(f.remove, vec!["authorization".to_string()]);
+        assert_eq!(f.remove[..], ["authorization"]);
         // No token yet: wait (keeping what was verified); none to be had: 503.
         match decide_with(
             CredentialNow::Pending,

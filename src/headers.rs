@@ -1,22 +1,28 @@
 //! Header maps in the proxy-wasm wire form: a little-endian `u32` count, then a `u32` name
 //! length and a `u32` value length per pair, then each name and each value followed by a NUL.
 //! The host hands request headers over in this form; parsing borrows from its buffer, so reading
-//! a request's headers allocates nothing but the list.
+//! a request's headers allocates nothing (the list is on the stack up to [`Pairs`]' size).
+
+use smallvec::SmallVec;
+
+/// A request's headers as the core reads them: lower-case names and raw values, borrowed from
+/// the host. Up to 32 pairs are kept on the stack (requests seldom have more).
+pub type Pairs<'a> = SmallVec<[(&'a str, &'a [u8]); 32]>;
 
 /// The pairs of a serialized map, borrowed from `bytes`. A pair whose name is not UTF-8 is
 /// left out (no configured name could match it); a truncated or inconsistent buffer gives the
 /// pairs that are whole.
-pub fn parse_pairs(bytes: &[u8]) -> Vec<(&str, &[u8])> {
+pub fn parse_pairs(bytes: &[u8]) -> Pairs<'_> {
     let word = |at: usize| -> Option<usize> {
         let b = bytes.get(at..at.checked_add(4)?)?;
         Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
     };
     let Some(count) = word(0) else {
-        return Vec::new();
+        return Pairs::new();
     };
     // Each pair needs 8 bytes of sizes and 2 NULs: a count the buffer cannot hold is a lie.
     let count = count.min(bytes.len() / 10);
-    let mut pairs = Vec::with_capacity(count);
+    let mut pairs = Pairs::with_capacity(count);
     let mut at = 4 + count * 8;
     for n in 0..count {
         let (Some(name_len), Some(value_len)) = (word(4 + n * 8), word(8 + n * 8)) else {
@@ -101,6 +107,6 @@ mod tests {
         let name_at = 4 + 2 * 8;
         wire[name_at] = 0xff;
         let pairs = parse_pairs(&wire);
-        assert_eq!(pairs, vec![("b", &b"2"[..])]);
+        assert_eq!(pairs[..], [("b", &b"2"[..])]);
     }
 }

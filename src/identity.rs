@@ -10,17 +10,18 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{Map, Value};
 
-/// The identity of one request's accepted providers, gathered into a [`Forward`].
-pub struct Out<'a> {
-    request: Request<'a>,
+/// The identity of one request's accepted providers, gathered into a [`Forward`] that borrows
+/// its names from the configuration (`'c`), not from the request (`'q`).
+pub struct Out<'c, 'q> {
+    request: Request<'q>,
     /// The `:path` once query tokens are cut from it.
     path: Option<String>,
     /// Token cookies to cut from `Cookie`.
-    cookies: Vec<&'a str>,
+    cookies: Vec<&'c str>,
 }
 
-impl<'a> Out<'a> {
-    pub fn new(request: Request<'a>) -> Out<'a> {
+impl<'c, 'q> Out<'c, 'q> {
+    pub fn new(request: Request<'q>) -> Out<'c, 'q> {
         Out {
             request,
             path: None,
@@ -32,40 +33,38 @@ impl<'a> Out<'a> {
     /// `claims`; `vouched`: an introspection answer).
     pub fn add(
         &mut self,
-        provider: &Provider,
+        provider: &'c Provider,
         claims: &Map<String, Value>,
         vouched: bool,
         token: &str,
-        source: &'a Source,
-        forward: &mut Forward,
+        source: &'c Source,
+        forward: &mut Forward<'c>,
     ) {
         for ch in &provider.claim_to_headers {
             if let Some(value) = claim_value(claims, &ch.claim) {
-                forward.set.push((ch.header.clone(), value));
+                forward.set.push((&ch.header, value));
             }
         }
         if let Some(header) = &provider.payload_header {
-            forward
-                .set
-                .push((header.clone(), payload(token, claims, vouched)));
+            forward.set.push((header, payload(token, claims, vouched)));
         }
         for state in &provider.claim_to_filter_state {
             if let Some(value) = claim_value(claims, &state.claim) {
-                forward.filter_state.push((state.key.clone(), value));
+                forward.filter_state.push((&state.key, value));
             }
         }
         if provider.forward {
             return;
         }
         let proof = |(n, _): &(&str, &[u8])| *n == "dpop";
-        let removed = forward.remove.iter().any(|n| n == "dpop");
+        let removed = forward.remove.contains(&"dpop");
         if source.is_dpop() && !removed && self.request.headers.iter().any(proof) {
-            forward.remove.push("dpop".into());
+            forward.remove.push("dpop");
         }
         match source {
             Source::Header { name, .. } => {
-                if !forward.remove.contains(name) {
-                    forward.remove.push(name.clone());
+                if !forward.remove.contains(&name.as_str()) {
+                    forward.remove.push(name);
                 }
             }
             Source::Param(param) => {
@@ -77,7 +76,7 @@ impl<'a> Out<'a> {
     }
 
     /// Puts the rewritten path and `Cookie` header into `forward`.
-    pub fn finish(self, forward: &mut Forward) {
+    pub fn finish(self, forward: &mut Forward<'c>) {
         if self.path.is_some() {
             forward.path = self.path;
         }
@@ -85,8 +84,8 @@ impl<'a> Out<'a> {
             return;
         }
         match extract::without_cookies(self.request.headers, &self.cookies) {
-            Some(rest) => forward.set.push(("cookie".into(), rest)),
-            None => forward.remove.push("cookie".into()),
+            Some(rest) => forward.set.push(("cookie", rest)),
+            None => forward.remove.push("cookie"),
         }
     }
 }

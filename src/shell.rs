@@ -16,6 +16,8 @@ pub trait RequestHost {
     fn remove_header(&mut self, name: &str);
     /// Sets request header `name` to `value`, replacing every value it had (`:path` included).
     fn set_header(&mut self, name: &str, value: &[u8]);
+    /// Adds a value of request header `name`, which the request does not have.
+    fn add_header(&mut self, name: &str, value: &[u8]);
     /// Sets the filter state `key` (as configured; the shell adds Envoy's `wasm.` prefix where
     /// the host does not) to a plain value.
     fn set_filter_state(&mut self, key: &str, value: &[u8]);
@@ -25,15 +27,20 @@ pub trait RequestHost {
 
 /// Applies an allowed request's changes: removals (of headers not about to be set: setting
 /// replaces every value, and each change costs a host call and a route-cache clear), the
-/// headers set, the new `:path`, the filter state.
+/// headers set (added where the request has none: [`Forward::fresh`]), the new `:path`, the
+/// filter state.
 pub fn apply(host: &mut impl RequestHost, forward: &Forward) {
     for name in &forward.remove {
         if !forward.set.iter().any(|(set, _)| set == name) {
             host.remove_header(name);
         }
     }
-    for (name, value) in &forward.set {
-        host.set_header(name, value.as_bytes());
+    for (i, (name, value)) in forward.set.iter().enumerate() {
+        if i < 64 && forward.fresh & (1 << i) != 0 {
+            host.add_header(name, value.as_bytes());
+        } else {
+            host.set_header(name, value.as_bytes());
+        }
     }
     if let Some(path) = &forward.path {
         host.set_header(":path", path.as_bytes());
@@ -84,6 +91,7 @@ mod tests {
     use super::*;
     use crate::challenge::{self, Hints};
     use crate::decision::Passed;
+    use smallvec::smallvec;
 
     /// Records what the shell asked of the host.
     #[derive(Default)]
@@ -96,6 +104,10 @@ mod tests {
         fn set_header(&mut self, name: &str, value: &[u8]) {
             self.0
                 .push(format!("set {name}={}", String::from_utf8_lossy(value)));
+        }
+        fn add_header(&mut self, name: &str, value: &[u8]) {
+            self.0
+                .push(format!("add {name}={}", String::from_utf8_lossy(value)));
         }
         fn set_filter_state(&mut self, key: &str, value: &[u8]) {
             self.0
@@ -112,10 +124,10 @@ mod tests {
     fn allowed_changes_in_order_without_needless_removals() {
         let forward = Forward {
             passed: Passed::Authenticated,
-            remove: vec!["authorization".into(), "x-user".into()],
-            set: vec![("x-user".into(), "alice".into())],
+            remove: smallvec!["authorization", "x-user"],
+            set: smallvec![("x-user", "alice".into())],
             path: Some("/orders".into()),
-            filter_state: vec![("oauth.sub".into(), "alice".into())],
+            filter_state: vec![("oauth.sub", "alice".into())],
             verified: Vec::new(),
             injected: None,
             ..Forward::default()
@@ -131,6 +143,18 @@ mod tests {
                 "state oauth.sub=alice"
             ]
         );
+    }
+
+    #[test]
+    fn fresh_headers_are_added() {
+        let forward = Forward {
+            set: smallvec![("x-user", "alice".into()), ("x-org", "a".into())],
+            fresh: 0b10,
+            ..Forward::default()
+        };
+        let mut host = Recorder::default();
+        apply(&mut host, &forward);
+        assert_eq!(host.0, ["set x-user=alice", "add x-org=a"]);
     }
 
     #[test]

@@ -94,7 +94,7 @@ fn proof(by: &Signer, token: &str, nonce: Option<&str>) -> String {
     by.token_with(&header, &claims)
 }
 
-fn run_with(config: &Config, peer: Peer, headers: &[(&str, &str)]) -> Decision {
+fn run_with<'c>(config: &'c Config, peer: Peer, headers: &[(&str, &str)]) -> Decision<'c> {
     let mut all: Vec<(&str, &[u8])> = vec![
         (":method", b"GET"),
         (":scheme", b"https"),
@@ -110,7 +110,7 @@ fn run_with(config: &Config, peer: Peer, headers: &[(&str, &str)]) -> Decision {
     decide(config, &Host { config, peer }, request)
 }
 
-fn run(config: &Config, headers: &[(&str, &str)]) -> Decision {
+fn run<'c>(config: &'c Config, headers: &[(&str, &str)]) -> Decision<'c> {
     run_with(config, Peer::Plain, headers)
 }
 
@@ -138,9 +138,7 @@ fn a_dpop_bound_token_passes_only_with_its_proof() {
         &[("authorization", &format!("DPoP {t}")), ("dpop", &good)],
     ));
     assert_eq!(f.proofs.len(), 1);
-    assert!(
-        f.remove.contains(&"authorization".to_string()) && f.remove.contains(&"dpop".to_string())
-    );
+    assert!(f.remove.contains(&"authorization") && f.remove.contains(&"dpop"));
     let replayed = crate::decision::replayed(&config, &f, &SECRET, now());
     assert_eq!(
         (replayed.status, replayed.reason),

@@ -95,6 +95,13 @@ mod sys {
             value_size: usize,
         ) -> u32;
         pub fn proxy_remove_header_map_value(map: u32, key: *const u8, key_size: usize) -> u32;
+        pub fn proxy_add_header_map_value(
+            map: u32,
+            key: *const u8,
+            key_size: usize,
+            value: *const u8,
+            value_size: usize,
+        ) -> u32;
         pub fn proxy_get_shared_data(
             key: *const u8,
             key_size: usize,
@@ -246,6 +253,21 @@ pub fn set_map_value(map: MapType, name: &str, value: Option<&[u8]>) -> Result<(
         None => unsafe {
             sys::proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len())
         },
+    };
+    check(code)
+}
+
+/// Adds a value of header `name`.
+pub fn add_map_value(map: MapType, name: &str, value: &[u8]) -> Result<(), Status> {
+    // SAFETY: the pointers and lengths are of live slices, read by the host during the call.
+    let code = unsafe {
+        sys::proxy_add_header_map_value(
+            map as u32,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
     };
     check(code)
 }

@@ -59,16 +59,18 @@ pub fn process(vm: &Rc<RefCell<Vm>>, context_id: u32, resumed: bool) -> Action {
         .and_then(|(_, value)| std::str::from_utf8(value).ok())
         .unwrap_or("/");
     let now = abi::now_ms();
+    // Held apart from the VM's state, which `act` borrows again: an allowed request's header
+    // names are the configuration's.
+    let config = vm.borrow().config.clone();
     let decide = || {
         let mut state = vm.borrow_mut();
         state.now_ms = now;
-        let state = &*state;
         let request = Request {
             path,
             headers: &headers,
             now: now / 1000,
         };
-        decision::decide(&state.config, state, request)
+        decision::decide(&config, &*state, request)
     };
     let first = decide();
     let decision = if look_again(vm, &first, now, context_id) {
@@ -261,6 +263,10 @@ impl shell::RequestHost for WasmRequest {
 
     fn set_header(&mut self, name: &str, value: &[u8]) {
         let _ = abi::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+    }
+
+    fn add_header(&mut self, name: &str, value: &[u8]) {
+        let _ = abi::add_map_value(MapType::HttpRequestHeaders, name, value);
     }
 
     /// Envoy stores what a Wasm filter sets as `wasm.KEY`.

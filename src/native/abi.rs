@@ -2,6 +2,7 @@
 //! types, the callbacks Envoy exports, and thin safe wrappers. Declarations written from the ABI
 //! header's documented signatures; Envoy resolves the callbacks when it loads the `.so`.
 
+use crate::headers::Pairs;
 use std::ffi::c_void;
 use std::ptr::null;
 
@@ -128,6 +129,12 @@ extern "C" {
         key: ModuleBuffer,
         value: ModuleBuffer,
     ) -> bool;
+    fn envoy_dynamic_module_callback_http_add_header(
+        filter: *mut c_void,
+        kind: u32,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
     fn envoy_dynamic_module_callback_http_send_response(
         filter: *mut c_void,
         status: u32,
@@ -232,13 +239,14 @@ pub fn log(level: u32, message: impl FnOnce() -> String) {
     }
 }
 
-/// Every request header of the stream, in Envoy's order, borrowed from Envoy for the hook.
+/// Every request header of the stream, in Envoy's order, borrowed from Envoy for the hook, into
+/// `out` (filled in place: the list is a kilobyte on the stack, not worth a copy).
 ///
 /// # Safety
 /// `filter` must be the stream's Envoy filter pointer, inside one of its hooks; the result must
 /// not outlive the hook, nor a change of the request's headers.
-pub unsafe fn request_headers<'a>(filter: *mut c_void) -> Vec<(&'a str, &'a [u8])> {
-    headers(filter, REQUEST_HEADER)
+pub unsafe fn request_headers<'a>(filter: *mut c_void, out: &mut Pairs<'a>) {
+    headers(filter, REQUEST_HEADER, out)
 }
 
 /// Every response header of the stream (inside its response-headers hook), as
@@ -246,11 +254,11 @@ pub unsafe fn request_headers<'a>(filter: *mut c_void) -> Vec<(&'a str, &'a [u8]
 ///
 /// # Safety
 /// As [`request_headers`], inside the response-headers hook.
-pub unsafe fn response_headers<'a>(filter: *mut c_void) -> Vec<(&'a str, &'a [u8])> {
-    headers(filter, RESPONSE_HEADER)
+pub unsafe fn response_headers<'a>(filter: *mut c_void, out: &mut Pairs<'a>) {
+    headers(filter, RESPONSE_HEADER, out)
 }
 
-unsafe fn headers<'a>(filter: *mut c_void, kind: u32) -> Vec<(&'a str, &'a [u8])> {
+unsafe fn headers<'a>(filter: *mut c_void, kind: u32, out: &mut Pairs<'a>) {
     let size = envoy_dynamic_module_callback_http_get_headers_size(filter, kind);
     let empty = EnvoyHeader {
         key_ptr: null(),
@@ -270,23 +278,23 @@ unsafe fn headers<'a>(filter: *mut c_void, kind: u32) -> Vec<(&'a str, &'a [u8])
     };
     if size == 0 || !envoy_dynamic_module_callback_http_get_headers(filter, kind, raw.as_mut_ptr())
     {
-        return Vec::new();
+        return;
     }
-    raw.iter()
-        .filter_map(|h| {
-            let key = EnvoyBuffer {
-                ptr: h.key_ptr,
-                length: h.key_length,
-            };
-            let value = EnvoyBuffer {
-                ptr: h.value_ptr,
-                length: h.value_length,
-            };
-            // Envoy's header names are ASCII: a name that is not UTF-8 cannot be one the core
-            // reads, and is left out.
-            Some((header_name(key.bytes())?, value.bytes()))
-        })
-        .collect()
+    // Sized once: collected from a filter, the list would grow (and move) twice or three times.
+    out.reserve(size);
+    out.extend(raw.iter().filter_map(|h| {
+        let key = EnvoyBuffer {
+            ptr: h.key_ptr,
+            length: h.key_length,
+        };
+        let value = EnvoyBuffer {
+            ptr: h.value_ptr,
+            length: h.value_length,
+        };
+        // Envoy's header names are ASCII: a name that is not UTF-8 cannot be one the core
+        // reads, and is left out.
+        Some((header_name(key.bytes())?, value.bytes()))
+    }));
 }
 
 /// A header name as text: ASCII, as every name Envoy's codecs accept, is checked with the
@@ -311,6 +319,19 @@ pub unsafe fn set_request_header(filter: *mut c_void, name: &str, value: Option<
         REQUEST_HEADER,
         ModuleBuffer::of(name.as_bytes()),
         value,
+    );
+}
+
+/// Adds a value of a request header (Envoy adds nothing for an empty value).
+///
+/// # Safety
+/// `filter` must be the stream's Envoy filter pointer, inside one of its hooks.
+pub unsafe fn add_request_header(filter: *mut c_void, name: &str, value: &[u8]) {
+    let _ = envoy_dynamic_module_callback_http_add_header(
+        filter,
+        REQUEST_HEADER,
+        ModuleBuffer::of(name.as_bytes()),
+        ModuleBuffer::of(value),
     );
 }
 

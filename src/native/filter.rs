@@ -12,9 +12,10 @@ use super::ticker::Ticker;
 use crate::challenge;
 use crate::config::Config;
 use crate::decision::{self, Decision, Request};
+use crate::headers::Pairs;
 use crate::metrics::{self, REQUEST_COUNTERS};
 use crate::shell::{self, RequestHost};
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell};
 use std::ffi::c_void;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -177,7 +178,8 @@ impl Filter {
             shell::deny(&mut Stream(envoy), &refusal);
             return abi::STOP_ITERATION;
         };
-        let headers = abi::request_headers(envoy);
+        let mut headers = Pairs::new();
+        abi::request_headers(envoy, &mut headers);
         let path = headers
             .iter()
             .find(|(name, _)| *name == ":path")
@@ -196,17 +198,18 @@ impl Filter {
     /// Decides with what the process knows, read-locked only while deciding (parking and
     /// fetching take the locks again); the generation of the fetches of the provider a
     /// paused request waits for.
-    unsafe fn decide(
+    unsafe fn decide<'c>(
         &self,
-        config: &FilterConfig,
+        config: &'c FilterConfig,
         envoy: *mut c_void,
-        request: Request<'_>,
+        request: Request<'c>,
         now_ms: u64,
-    ) -> (Decision, u64) {
+    ) -> (Decision<'c>, u64) {
         let providers = config.config.providers.len();
         let answers = Answers {
             introspector: &config.introspector,
-            caches: config.introspector.read(providers),
+            providers,
+            caches: OnceCell::new(),
             delivered: &self.delivered,
             hits: Cell::new(0),
         };
@@ -334,7 +337,8 @@ impl Filter {
         else {
             return;
         };
-        let headers = abi::response_headers(envoy);
+        let mut headers = Pairs::new();
+        abi::response_headers(envoy, &mut headers);
         let status = headers
             .iter()
             .find(|(n, _)| *n == ":status")
@@ -393,6 +397,11 @@ impl RequestHost for Stream {
     fn set_header(&mut self, name: &str, value: &[u8]) {
         // SAFETY: as above.
         unsafe { abi::set_request_header(self.0, name, Some(value)) }
+    }
+
+    fn add_header(&mut self, name: &str, value: &[u8]) {
+        // SAFETY: as above.
+        unsafe { abi::add_request_header(self.0, name, value) }
     }
 
     /// Envoy keeps a dynamic module's key as given; the Wasm build's keys are `wasm.KEY`, and

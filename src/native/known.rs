@@ -13,7 +13,7 @@ use crate::config::{Config, KeySource};
 use crate::decision::{self, Cached, CredentialNow, KeysNow, Known};
 use crate::jwt::keys::{Alg, Jwk};
 use serde_json::{Map, Value};
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell};
 use std::collections::hash_map::RandomState;
 use std::ffi::c_void;
 use std::hash::{BuildHasher, Hasher};
@@ -104,11 +104,13 @@ fn random_secret() -> Secret {
     Secret(word(), word())
 }
 
-/// The introspection answers a decision can use: each provider's cache (by provider index)
-/// and what the request's own calls brought, with a count of cache hits.
+/// The introspection answers a decision can use: each provider's cache (by provider index, of
+/// `providers`, read-locked when a decision first asks: most ask none) and what the request's
+/// own calls brought, with a count of cache hits.
 pub struct Answers<'a> {
     pub introspector: &'a introspect::Introspector,
-    pub caches: Vec<Option<RwLockReadGuard<'a, TtlCache<introspect::Cached>>>>,
+    pub providers: usize,
+    pub caches: OnceCell<Vec<Option<RwLockReadGuard<'a, TtlCache<introspect::Cached>>>>>,
     pub delivered: &'a Delivered,
     pub hits: Cell<u64>,
 }
@@ -196,7 +198,8 @@ impl Known for View<'_> {
             Some((_, None)) => return Cached::Failed,
             Some((_, Some(answer))) => answer.as_ref(),
             None => {
-                let cache = a.caches.get(provider).and_then(Option::as_ref);
+                let caches = a.caches.get_or_init(|| a.introspector.read(a.providers));
+                let cache = caches.get(provider).and_then(Option::as_ref);
                 match cache.and_then(|c| c.peek(&key, self.now_ms)) {
                     Some(answer) => {
                         a.hits.set(a.hits.get() + 1);
