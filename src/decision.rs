@@ -56,7 +56,7 @@ pub struct Forward<'c> {
     /// route cache).
     pub remove: SmallVec<[&'c str; 4]>,
     /// Headers to set, replacing any value, in order (the names are the configuration's).
-    pub set: SmallVec<[(&'c str, String); 4]>,
+    pub set: SmallVec<[(&'c str, String); 2]>,
     /// Bit `i`: the request has no header named as `set[i]` and no earlier entry sets it, so the
     /// shell may add the value instead of replacing (Envoy then skips a search of the request's
     /// headers). Set by [`decide`]; entries from the 65th on are always replaced.
@@ -215,29 +215,6 @@ pub fn configured_keys(config: &Config, provider: usize) -> KeysNow<'_> {
 
 /// Decides what to do with `request`, with what `known` knows now.
 pub fn decide<'c>(config: &'c Config, known: &dyn Known, request: Request<'_>) -> Decision<'c> {
-    match decide_on(config, known, request) {
-        Decision::Allow(mut forward) => {
-            forward.fresh = fresh(&forward.set, request.headers);
-            Decision::Allow(forward)
-        }
-        other => other,
-    }
-}
-
-/// Which of `set` name headers that `headers` lacks and no earlier entry names
-/// ([`Forward::fresh`]).
-fn fresh(set: &[(&str, String)], headers: &[(&str, &[u8])]) -> u64 {
-    let mut bits = 0;
-    for (i, (name, _)) in set.iter().enumerate().take(64) {
-        let earlier = set[..i].iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
-        if !earlier && !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
-            bits |= 1 << i;
-        }
-    }
-    bits
-}
-
-fn decide_on<'c>(config: &'c Config, known: &dyn Known, request: Request<'_>) -> Decision<'c> {
     let path = request.path.split(['?', '#']).next().unwrap_or("");
     if let Some(reply) = resource::serve(&config.resources, path, request.headers) {
         return Decision::Serve(reply);
@@ -256,7 +233,7 @@ fn decide_on<'c>(config: &'c Config, known: &dyn Known, request: Request<'_>) ->
     };
     let Some(requires) = &rule.requires else {
         forward.passed = Passed::Public;
-        return inject(rule, forward, known);
+        return inject(rule, forward, known, request.headers);
     };
     let found = authenticate::find(config, rule.providers, &request);
     let resource = rule.resource.and_then(|r| config.resources.get(r));
@@ -279,7 +256,7 @@ fn decide_on<'c>(config: &'c Config, known: &dyn Known, request: Request<'_>) ->
                     if !forward.proofs.is_empty() {
                         forward.rule = config.rules.iter().position(|r| std::ptr::eq(r, rule));
                     }
-                    inject(rule, forward, known)
+                    inject(rule, forward, known, request.headers)
                 }
                 Err(why) => Decision::Deny(challenge::invalid_request(&hints, why)),
             }
@@ -381,10 +358,30 @@ fn answer(hints: &Hints<'_>, failure: Failure<'_>) -> Challenge {
     }
 }
 
+/// Which of `set` name headers that `headers` lacks and no earlier entry names
+/// ([`Forward::fresh`]).
+fn fresh(set: &[(&str, String)], headers: &[(&str, &[u8])]) -> u64 {
+    let mut bits = 0;
+    for (i, (name, _)) in set.iter().enumerate().take(64) {
+        let earlier = set[..i].iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+        if !earlier && !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            bits |= 1 << i;
+        }
+    }
+    bits
+}
+
 /// Lets an allowed request go, with the rule's upstream client token in `Authorization` when it
-/// has `inject` (replacing whatever credentials the caller sent there).
-fn inject<'c>(rule: &Rule, mut forward: Forward<'c>, known: &dyn Known) -> Decision<'c> {
+/// has `inject` (replacing whatever credentials the caller sent there), and marks the headers
+/// set that the request (`headers`) lacks ([`Forward::fresh`]).
+fn inject<'c>(
+    rule: &Rule,
+    mut forward: Forward<'c>,
+    known: &dyn Known,
+    headers: &[(&str, &[u8])],
+) -> Decision<'c> {
     let Some(client) = rule.inject else {
+        forward.fresh = fresh(&forward.set, headers);
         return Decision::Allow(forward);
     };
     match known.credential(client) {
@@ -393,6 +390,7 @@ fn inject<'c>(rule: &Rule, mut forward: Forward<'c>, known: &dyn Known) -> Decis
                 .set
                 .push(("authorization", format!("Bearer {token}")));
             forward.injected = Some(client);
+            forward.fresh = fresh(&forward.set, headers);
             Decision::Allow(forward)
         }
         CredentialNow::Pending => Decision::AwaitCredential {

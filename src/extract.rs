@@ -296,11 +296,16 @@ fn in_headers<'a>(
     headers: &'a [(&'a str, &'a [u8])],
     add: &mut dyn FnMut(Cow<'a, str>, bool) -> Result<(), &'static str>,
 ) -> Result<(), &'static str> {
-    let mut values = headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name));
-    if name == "authorization" && values.clone().nth(1).is_some() {
+    // One pass over the headers (this runs for every source of every request).
+    let mut values = headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, value)| *value);
+    let (first, second) = (values.next(), values.next());
+    if name == "authorization" && second.is_some() {
         return Err("The request has more than one Authorization header");
     }
-    for (_, value) in values.by_ref() {
+    for value in first.into_iter().chain(second).chain(values) {
         match from_header_value(value, prefix) {
             HeaderValue::NotOurs => {}
             HeaderValue::Invalid(why) => return Err(why),

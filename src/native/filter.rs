@@ -57,7 +57,7 @@ impl FilterConfig {
         Ok(FilterConfig {
             counters: REQUEST_COUNTERS.map(|name| abi::define_counter(envoy, name)),
             jwt_cache_hits: abi::define_counter(envoy, metrics::JWT_CACHE_HITS),
-            verified: VerifiedTokens::new(),
+            verified: VerifiedTokens::new(&config),
             fetcher: Fetcher::new(envoy, scheduler, &config),
             introspector: Introspector::new(envoy, scheduler, &config),
             clients: Clients::new(envoy, scheduler, &config),

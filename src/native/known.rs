@@ -29,13 +29,15 @@ pub struct VerifiedTokens {
 }
 
 impl VerifiedTokens {
-    pub fn new() -> VerifiedTokens {
+    /// The cache of `config`'s providers.
+    pub fn new(config: &Config) -> VerifiedTokens {
         VerifiedTokens {
             cache: RwLock::new(TtlCache::new(
                 cache::VERIFIED_ENTRIES,
                 cache::VERIFIED_BYTES,
             )),
-            hasher: TokenHasher::new(random_secret(), random_secret()),
+            hasher: TokenHasher::new(random_secret(), random_secret())
+                .with_providers(config.providers.iter().map(|p| p.name.as_str())),
         }
     }
 
