@@ -5,7 +5,7 @@
 use super::introspect::{Calls, Intro};
 use super::metrics::{ClientMetrics, Metrics};
 use super::shared;
-use crate::cache::{self, TtlCache};
+use crate::cache;
 use serde_json::{Map, Value};
 
 use super::abi::{self, Status};
@@ -138,7 +138,7 @@ pub struct Vm {
     /// Whether the host's `verify_signature` is usable (until it says it does not exist).
     pub host_crypto: Cell<bool>,
     /// Claims of tokens whose signature this VM verified, by token hash, until their `exp`.
-    pub verified: TtlCache<Map<String, Value>, cache::TokenKey>,
+    pub verified: cache::VerifiedCache<Map<String, Value>>,
     /// The secret of this VM's verified-token cache keys.
     pub secret: cache::Secret,
     /// The secret every VM shares (DPoP nonces and replay keys), read from shared data when
@@ -231,7 +231,7 @@ impl Vm {
             clients,
             injected: Vec::new(),
             host_crypto: Cell::new(true),
-            verified: TtlCache::new(cache::VERIFIED_ENTRIES, cache::VERIFIED_BYTES),
+            verified: cache::VerifiedCache::bounded(cache::VERIFIED_ENTRIES, cache::VERIFIED_BYTES),
             secret: cache::Secret(secret.0, secret.1),
             shared_secret: std::cell::OnceCell::new(),
             local_secret: [0; 32],

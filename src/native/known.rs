@@ -8,7 +8,7 @@ use super::introspect::{self, Delivered};
 use super::remote::State;
 use super::tokenkey::TokenHasher;
 use crate::binding::Peer;
-use crate::cache::{self, Secret, TokenKey, TtlCache};
+use crate::cache::{self, Secret, TokenKey, TtlCache, VerifiedCache};
 use crate::config::{Config, KeySource};
 use crate::decision::{self, Cached, CredentialNow, KeysNow, Known};
 use crate::jwt::keys::{Alg, Jwk};
@@ -23,7 +23,7 @@ type Claims = Map<String, Value>;
 
 /// The verified-token cache of one configuration, for every worker.
 pub struct VerifiedTokens {
-    cache: RwLock<TtlCache<Claims, TokenKey>>,
+    cache: RwLock<VerifiedCache<Claims>>,
     /// Makes the cache keys, under secrets drawn when the configuration loads.
     hasher: TokenHasher,
 }
@@ -32,7 +32,7 @@ impl VerifiedTokens {
     /// The cache of `config`'s providers.
     pub fn new(config: &Config) -> VerifiedTokens {
         VerifiedTokens {
-            cache: RwLock::new(TtlCache::new(
+            cache: RwLock::new(VerifiedCache::bounded(
                 cache::VERIFIED_ENTRIES,
                 cache::VERIFIED_BYTES,
             )),
@@ -123,7 +123,7 @@ pub struct View<'a> {
     pub answers: Answers<'a>,
     /// The upstream clients' states, by client index.
     pub clients: Vec<RwLockReadGuard<'a, credentials::State>>,
-    cache: RwLockReadGuard<'a, TtlCache<Claims, TokenKey>>,
+    cache: RwLockReadGuard<'a, VerifiedCache<Claims>>,
     hasher: &'a TokenHasher,
     now_ms: u64,
     /// Verified-token cache hits, to count once the decision is made.
