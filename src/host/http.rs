@@ -52,7 +52,8 @@ pub fn process(vm: &Rc<RefCell<Vm>>, context_id: u32, resumed: bool) -> Action {
     // One host call for every header: each call that returns data costs a second entry into the
     // VM (the host allocates through it), so the request is read once and parsed in place.
     let raw = abi::get_map_pairs(MapType::HttpRequestHeaders).unwrap_or_default();
-    let headers = headers::parse_pairs(&raw);
+    let mut headers = headers::Pairs::new();
+    headers::parse_pairs_into(&raw, &mut headers);
     let path = headers
         .iter()
         .find(|(name, _)| *name == ":path")
