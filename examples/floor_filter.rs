@@ -6,8 +6,9 @@
 // - `noop`: nothing. Envoy enters the VM once (`on_request_headers`, the only stream callback
 //   exported) and the request goes on: the least any Wasm filter costs.
 // - `bearer`: the least a bearer-token filter must do through the ABI, with no validation at
-//   all: read the `authorization` header, and when it holds a Bearer token remove it and set
-//   `x-user` (what Envoy's `jwt_authn` does in the bench's setups); otherwise answer 401.
+//   all: read the `authorization` header, and when it holds a Bearer token remove it and add
+//   `x-user` (what Envoy's `jwt_authn` does in the bench's setups, and the filter on these
+//   requests, which have no `x-user` of their own); otherwise answer 401.
 // - `bearer+`: as `bearer`, plus the host calls the filter makes on a cached token besides its
 //   header work: read the clock, bump two counters.
 //
@@ -32,7 +33,7 @@ extern "C" {
         data: *mut *mut u8,
         size: *mut usize,
     ) -> u32;
-    fn proxy_replace_header_map_value(
+    fn proxy_add_header_map_value(
         map: u32,
         key: *const u8,
         key_size: usize,
@@ -149,7 +150,7 @@ pub extern "C" fn proxy_on_request_headers(_context_id: u32, _headers: usize, _e
         // SAFETY: pointers and lengths of live strings.
         unsafe {
             proxy_remove_header_map_value(REQUEST_HEADERS, name.as_ptr(), name.len());
-            proxy_replace_header_map_value(
+            proxy_add_header_map_value(
                 REQUEST_HEADERS,
                 user.as_ptr(),
                 user.len(),
