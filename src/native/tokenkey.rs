@@ -3,8 +3,8 @@
 //!
 //! Every request with a cached token hashes the whole token (several hundred bytes). SipHash-2-4,
 //! the Wasm build's key ([`crate::cache::Secret`]), costs about 4.8 instructions a byte; POLYVAL
-//! runs on carry-less multiplication (PCLMULQDQ, PMULL) four blocks at a time, for a fraction of
-//! that (README, Performance). The input is the token, zero-padded to 16-byte blocks, then a
+//! runs on carry-less multiplication (PCLMULQDQ, PMULL) four blocks at a time, for about a
+//! third of that (README, Performance). The input is the token, zero-padded to 16-byte blocks, then a
 //! block with its length, so that tokens of different lengths never share an input. POLYVAL is
 //! almost-universal: under an `H` nobody outside the process knows, two different tokens of at
 //! most `n` blocks get the same value with probability at most `(n + 1) / 2^128`, whatever
