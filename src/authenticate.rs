@@ -345,9 +345,11 @@ impl<'a> Authenticator<'a> {
                 continue;
             };
             // The token was found at one of the provider's own sources (or an equal one of a
-            // provider reading the same places): the same source, borrowed for `'c`.
+            // provider reading the same places, [`find`]): the same source, borrowed for `'c`.
+            // Never missing; if it were, the request is refused rather than let through with
+            // its credential and without the identity.
             let Some(source) = provider.sources.iter().find(|s| *s == *source) else {
-                continue;
+                return Err("The filter is misconfigured");
             };
             if let Some(Some(Verdict::Genuine {
                 claims, vouched, ..

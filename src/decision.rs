@@ -380,25 +380,27 @@ fn inject<'c>(
     known: &dyn Known,
     headers: &[(&str, &[u8])],
 ) -> Decision<'c> {
-    let Some(client) = rule.inject else {
-        forward.fresh = fresh(&forward.set, headers);
-        return Decision::Allow(forward);
-    };
-    match known.credential(client) {
-        CredentialNow::Ready(token) => {
-            forward
-                .set
-                .push(("authorization", format!("Bearer {token}")));
-            forward.injected = Some(client);
-            forward.fresh = fresh(&forward.set, headers);
-            Decision::Allow(forward)
+    if let Some(client) = rule.inject {
+        match known.credential(client) {
+            CredentialNow::Ready(token) => {
+                forward
+                    .set
+                    .push(("authorization", format!("Bearer {token}")));
+                forward.injected = Some(client);
+            }
+            CredentialNow::Pending => {
+                return Decision::AwaitCredential {
+                    client,
+                    verified: forward.verified,
+                }
+            }
+            CredentialNow::Unavailable => {
+                return Decision::Deny(challenge::unavailable(NO_CREDENTIAL))
+            }
         }
-        CredentialNow::Pending => Decision::AwaitCredential {
-            client,
-            verified: forward.verified,
-        },
-        CredentialNow::Unavailable => Decision::Deny(challenge::unavailable(NO_CREDENTIAL)),
     }
+    forward.fresh = fresh(&forward.set, headers);
+    Decision::Allow(forward)
 }
 
 #[cfg(test)]
@@ -957,6 +959,12 @@ mod flow {
         };
         assert_eq!(f.passed, Passed::Public);
         assert_eq!(f.set[0].1, "Bearer gateway-token");
+        // The caller's Authorization is replaced; without one, the gateway's is added.
+        assert_eq!(f.fresh, 0);
+        let Decision::Allow(f) = decide_with(ready, "/open", &[]) else {
+            panic!()
+        };
+        assert_eq!((f.set[0].1.as_str(), f.fresh), ("Bearer gateway-token", 1));
         // Inbound validation still comes first: no token, no upstream credential either.
         assert_eq!(
             denied(&decide_with(ready, "/api/x", &[])),

@@ -202,7 +202,7 @@ impl Filter {
         &self,
         config: &'c FilterConfig,
         envoy: *mut c_void,
-        request: Request<'c>,
+        request: Request<'_>,
         now_ms: u64,
     ) -> (Decision<'c>, u64) {
         let providers = config.config.providers.len();

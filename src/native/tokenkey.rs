@@ -58,8 +58,7 @@ impl TokenHasher {
         let mut length = [0u8; 16];
         length[..8].copy_from_slice(&(token.len() as u64).to_le_bytes());
         hash.update(&[Block::from(length)]);
-        let mut tag = [0u8; 16];
-        tag.copy_from_slice(&hash.finalize());
+        let tag: [u8; 16] = hash.finalize().into();
         let mask = match self.masks.iter().find(|(name, _)| name == provider) {
             Some((_, mask)) => *mask,
             None => self.provider_mask(provider),
