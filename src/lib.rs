@@ -21,6 +21,7 @@ pub mod json;
 pub mod jwt;
 pub mod keyfetch;
 pub mod metrics;
+pub mod park;
 pub mod regex;
 pub mod remote;
 pub mod requirement;

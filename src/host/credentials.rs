@@ -8,9 +8,10 @@
 use super::abi::{self, MapType};
 use super::http;
 use super::shared;
-use super::vm::{Awaited, Vm};
+use super::vm::Vm;
 use crate::credentials::{self, Record};
 use crate::decision::CredentialNow;
+use crate::park::Awaited;
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -155,14 +156,10 @@ fn fail(vm: &Rc<RefCell<Vm>>, c: usize, why: &str) {
 fn wake(vm: &Rc<RefCell<Vm>>, c: usize) {
     let (waiting, root) = {
         let mut state = vm.borrow_mut();
-        let (waiting, rest): (Vec<_>, Vec<_>) = state
-            .waiters
-            .drain(..)
-            .partition(|w| w.awaited == Awaited::Credential(c));
-        state.waiters = rest;
+        let waiting = state.waiters.take(Awaited::Credential(c));
         (waiting, state.root_context_id)
     };
-    http::in_contexts(waiting.iter().map(|w| w.context_id), root, |id| {
+    http::in_contexts(waiting, root, |id| {
         http::process(vm, id, true);
     });
 }

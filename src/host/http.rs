@@ -6,12 +6,13 @@ use super::abi::{self, Action, BufferType, MapType};
 use super::credentials;
 use super::dpop::SharedSlots;
 use super::introspect;
-use super::vm::{Awaited, Vm, Waiter};
+use super::vm::Vm;
 use crate::cache;
 use crate::challenge::{self, Challenge, DenyReason};
 use crate::decision::{self, Decision, Forward, Request, Verified};
 use crate::headers;
-use crate::shell;
+use crate::park::Awaited;
+use crate::shell::{self, RequestHost, Step, StreamHost};
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -105,7 +106,7 @@ fn look_again(vm: &Rc<RefCell<Vm>>, decision: &Decision, now: u64, context_id: u
     }
 }
 
-/// Carries out `decision` for request `context_id`.
+/// Carries out `decision` for request `context_id` (see [`shell::act`]).
 fn act(
     vm: &Rc<RefCell<Vm>>,
     decision: Decision,
@@ -113,88 +114,21 @@ fn act(
     resumed: bool,
     now: u64,
 ) -> Action {
-    match decision {
-        Decision::Allow(forward) => allow(vm, forward, context_id, resumed, now),
-        Decision::Deny(challenge) => deny(&challenge, Some(&vm.borrow())),
-        Decision::Serve(reply) => {
-            vm.borrow()
-                .metrics
-                .metadata(reply.served, reply.status >= 400);
-            shell::serve(&mut WasmRequest, &reply);
-            Action::Pause
-        }
-        Decision::Introspect { provider, token } => {
-            introspect::start(vm, context_id, provider, token, resumed)
-        }
-        Decision::AwaitCredential { client, verified } => {
-            remember(vm, verified, now);
-            let timeout = vm
-                .borrow()
-                .clients
-                .get(client)
-                .map_or(0, |c| c.spec.endpoint.timeout_ms);
-            pause(vm, context_id, Awaited::Credential(client), now + timeout)
-        }
-        Decision::Wait { provider, refetch } => {
-            let budget = {
-                let mut state = vm.borrow_mut();
-                let remote = state.remotes.get_mut(provider).and_then(Option::as_mut);
-                remote.map_or(0, |r| {
-                    r.want_refetch |= refetch;
-                    r.fetch_budget_ms()
-                })
-            };
-            pause(vm, context_id, Awaited::Keys(provider), now + budget)
-        }
+    let mut stream = WasmStream {
+        vm,
+        context_id,
+        resumed,
+    };
+    match shell::act(&mut stream, decision, now) {
+        Step::Continue => Action::Continue,
+        Step::Stop => Action::Pause,
     }
-}
-
-/// Applies an allowed request's changes and lets it go.
-fn allow(
-    vm: &Rc<RefCell<Vm>>,
-    forward: Forward,
-    context_id: u32,
-    resumed: bool,
-    now: u64,
-) -> Action {
-    if !forward.proofs.is_empty() {
-        let state = vm.borrow();
-        let secret = decision::Known::shared_secret(&*state);
-        let refusal =
-            shell::replay_refusal(&SharedSlots, &state.config, &forward, secret, now / 1000);
-        if let Some((answer, replay)) = refusal {
-            if replay {
-                state.metrics.dpop_replay();
-            }
-            return deny(&answer, Some(&state));
-        }
-    }
-    shell::apply(&mut WasmRequest, &forward);
-    {
-        let state = vm.borrow();
-        state.metrics.passed(forward.passed);
-        if let Some(client) = forward.injected.and_then(|c| state.clients.get(c)) {
-            client.metrics.injection();
-        }
-    }
-    if let Some(client) = forward.injected {
-        vm.borrow_mut().sent_token(context_id, client);
-    }
-    remember(vm, forward.verified, now);
-    if resumed {
-        abi::resume_http_request();
-    }
-    Action::Continue
 }
 
 /// Pauses request `context_id` until `awaited` changes, or `until` (plus slack) has passed.
-fn pause(vm: &Rc<RefCell<Vm>>, context_id: u32, awaited: Awaited, until: u64) -> Action {
-    vm.borrow_mut().waiters.push(Waiter {
-        context_id,
-        awaited,
-        deadline: until + WAIT_SLACK_MS,
-    });
-    Action::Pause
+fn pause(vm: &Rc<RefCell<Vm>>, context_id: u32, awaited: Awaited, until: u64) {
+    let deadline = until + WAIT_SLACK_MS;
+    vm.borrow_mut().waiters.park(awaited, context_id, deadline);
 }
 
 /// Sends `call` (a form POST built by the core); its call token, or why it could not be sent.
@@ -214,7 +148,7 @@ pub fn dispatch_post(call: &crate::introspection::Call) -> Result<u32, String> {
 }
 
 /// Keeps the claims of tokens verified just now in the verified-token cache.
-fn remember(vm: &Rc<RefCell<Vm>>, verified: Vec<Verified>, now: u64) {
+pub fn remember(vm: &Rc<RefCell<Vm>>, verified: Vec<Verified>, now: u64) {
     if verified.is_empty() {
         return;
     }
@@ -257,7 +191,7 @@ pub fn deny(challenge: &Challenge, vm: Option<&Vm>) -> Action {
 /// The request of the current effective context, through proxy-wasm host calls.
 struct WasmRequest;
 
-impl shell::RequestHost for WasmRequest {
+impl RequestHost for WasmRequest {
     fn remove_header(&mut self, name: &str) {
         let _ = abi::set_map_value(MapType::HttpRequestHeaders, name, None);
     }
@@ -277,5 +211,103 @@ impl shell::RequestHost for WasmRequest {
 
     fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
         abi::send_http_response(status, headers, body);
+    }
+}
+
+/// The request of the current effective context, `context_id`, with its root's configured
+/// state (`resumed`: it was paused).
+struct WasmStream<'v> {
+    vm: &'v Rc<RefCell<Vm>>,
+    context_id: u32,
+    resumed: bool,
+}
+
+impl RequestHost for WasmStream<'_> {
+    fn remove_header(&mut self, name: &str) {
+        WasmRequest.remove_header(name);
+    }
+    fn set_header(&mut self, name: &str, value: &[u8]) {
+        WasmRequest.set_header(name, value);
+    }
+    fn add_header(&mut self, name: &str, value: &[u8]) {
+        WasmRequest.add_header(name, value);
+    }
+    fn set_filter_state(&mut self, key: &str, value: &[u8]) {
+        WasmRequest.set_filter_state(key, value);
+    }
+    fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        WasmRequest.send_response(status, headers, body);
+    }
+}
+
+impl StreamHost for WasmStream<'_> {
+    fn count(&mut self, index: usize) {
+        self.vm.borrow().metrics.request(index);
+    }
+
+    fn debug(&mut self, line: std::fmt::Arguments) {
+        log::debug!("{line}");
+    }
+
+    fn replay_refusal(&mut self, forward: &Forward, now: u64) -> Option<(Challenge, bool)> {
+        if forward.proofs.is_empty() {
+            return None;
+        }
+        let state = self.vm.borrow();
+        let secret = decision::Known::shared_secret(&*state);
+        shell::replay_refusal(&SharedSlots, &state.config, forward, secret, now)
+    }
+
+    fn remember(&mut self, verified: Vec<Verified>, now: u64) {
+        remember(self.vm, verified, now);
+    }
+
+    fn sent_with(&mut self, client: usize) {
+        let mut state = self.vm.borrow_mut();
+        if let Some(c) = state.clients.get(client) {
+            c.metrics.injection();
+        }
+        state.sent_token(self.context_id, client);
+    }
+
+    fn let_go(&mut self) {
+        if self.resumed {
+            abi::resume_http_request();
+        }
+    }
+
+    fn wait_for_keys(&mut self, provider: usize, refetch: bool, now: u64) {
+        let budget = {
+            let mut state = self.vm.borrow_mut();
+            let remote = state.remotes.get_mut(provider).and_then(Option::as_mut);
+            remote.map_or(0, |r| {
+                r.want_refetch |= refetch;
+                r.fetch_budget_ms()
+            })
+        };
+        pause(
+            self.vm,
+            self.context_id,
+            Awaited::Keys(provider),
+            now + budget,
+        );
+    }
+
+    fn wait_for_credential(&mut self, client: usize, now: u64) {
+        let timeout = self
+            .vm
+            .borrow()
+            .clients
+            .get(client)
+            .map_or(0, |c| c.spec.endpoint.timeout_ms);
+        let awaited = Awaited::Credential(client);
+        pause(self.vm, self.context_id, awaited, now + timeout);
+    }
+
+    fn introspect(&mut self, provider: usize, token: String, _now: u64) -> Step {
+        match introspect::start(self.vm, self.context_id, provider, token, self.resumed) {
+            Action::Continue => Step::Continue,
+            Action::Pause => Step::Stop,
+        }
     }
 }

@@ -11,10 +11,10 @@ use crate::cache::{self, Key, TtlCache};
 use crate::config::Introspection;
 use crate::introspection::{self, Answer};
 use crate::json;
+use crate::park::{Call, Joined};
 use crate::throttle::{self, Throttle};
 use serde_json::{json, Map, Value};
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 
 /// The most bytes of claims one shared slot holds; larger answers are cached per VM only.
@@ -107,26 +107,9 @@ impl Intro {
     }
 }
 
-/// A call under way for one token, and the requests waiting for its answer (with what their
-/// earlier calls brought). The call is made from the root context, so its answer arrives even
-/// if the request that caused it went away.
-pub struct Pending {
-    pub provider: usize,
-    pub waiters: Vec<(u32, Delivered)>,
-    pub deadline: u64,
-    pub started: u64,
-}
-
-/// The introspection state of a VM.
-#[derive(Default)]
-pub struct Calls {
-    /// Calls under way, by token hash.
-    pub pending: HashMap<Key, Pending>,
-    /// Which token hash each call token is for.
-    pub by_call: HashMap<u32, Key>,
-    /// What the request being decided right now was brought (see [`Delivered`]).
-    pub fresh: Delivered,
-}
+/// A request waiting for a call (made from the root context, so that its answer arrives even
+/// if the request that caused it went away), with what its earlier calls brought.
+pub type Waiting = (u32, Delivered);
 
 /// Decides request `context_id` again with `delivered` as what its calls brought (the current
 /// effective context is the request's).
@@ -136,9 +119,9 @@ fn decide_with(
     delivered: Delivered,
     resumed: bool,
 ) -> Action {
-    let before = std::mem::replace(&mut vm.borrow_mut().calls.fresh, delivered);
+    let before = std::mem::replace(&mut vm.borrow_mut().fresh, delivered);
     let action = http::process(vm, context_id, resumed);
-    vm.borrow_mut().calls.fresh = before;
+    vm.borrow_mut().fresh = before;
     action
 }
 
@@ -161,7 +144,7 @@ pub fn start(
             );
         };
         let key = cache::key(&intro.name, &token);
-        (key, intro.read_shared(&key, now), state.calls.fresh.clone())
+        (key, intro.read_shared(&key, now), state.fresh.clone())
     };
     if let Some((answer, until)) = from_shared {
         if let Some(Some(intro)) = vm.borrow_mut().intros.get_mut(provider) {
@@ -171,33 +154,31 @@ pub fn start(
         delivered.push((key, Some(answer)));
         return decide_with(vm, context_id, delivered, resumed);
     }
-    let mut state = vm.borrow_mut();
+    let mut guard = vm.borrow_mut();
+    let state = &mut *guard;
     state.metrics.introspection_miss();
-    if let Some(pending) = state.calls.pending.get_mut(&key) {
-        pending.waiters.push((context_id, delivered));
-        return Action::Pause;
-    }
     let Some(Some(intro)) = state.intros.get(provider) else {
         return Action::Pause;
     };
-    let deadline = now + intro.config.endpoint.timeout_ms + http::WAIT_SLACK_MS;
+    let call = Call {
+        provider,
+        token: String::new(),
+        waiters: vec![(context_id, delivered)],
+        started: now,
+        deadline: now + intro.config.endpoint.timeout_ms + http::WAIT_SLACK_MS,
+        id: None,
+    };
+    if state.calls.join(key, call) == Joined::Behind {
+        return Action::Pause;
+    }
     // From the root context: the answer must reach every waiter, whatever becomes of this one.
     let _ = abi::set_effective_context(state.root_context_id);
-    let call = dispatch(&intro.config, &token);
+    let sent = dispatch(&intro.config, &token);
     let _ = abi::set_effective_context(context_id);
-    match call {
-        Ok(call) => {
+    match sent {
+        Ok(id) => {
             state.metrics.introspection_call();
-            state.calls.by_call.insert(call, key);
-            state.calls.pending.insert(
-                key,
-                Pending {
-                    provider,
-                    waiters: vec![(context_id, delivered)],
-                    deadline,
-                    started: now,
-                },
-            );
+            state.calls.sent(&key, u64::from(id));
             Action::Pause
         }
         Err(why) => {
@@ -205,7 +186,9 @@ pub fn start(
             if let Some(Some(intro)) = state.intros.get_mut(provider) {
                 intro.log_failure(now, &why);
             }
-            drop(state);
+            let waiters = state.calls.finish(&key).map(|c| c.waiters);
+            drop(guard);
+            let (_, mut delivered) = waiters.and_then(|mut w| w.pop()).unwrap_or_default();
             delivered.push((key, None));
             decide_with(vm, context_id, delivered, resumed)
         }
@@ -223,22 +206,15 @@ fn answer_size(answer: &Cached) -> usize {
 
 /// Whether `call` is an introspection call of this VM.
 pub fn owns_call(vm: &Rc<RefCell<Vm>>, call: u32) -> bool {
-    vm.borrow().calls.by_call.contains_key(&call)
+    vm.borrow().calls.owns(u64::from(call))
 }
 
 /// The answer to call `call` arrived (in the context that made it, or in the root): cache it
 /// and decide every request that waited for it. `back_to` is the effective context to restore.
 pub fn answered(vm: &Rc<RefCell<Vm>>, call: u32, status: Option<&str>, body: &[u8], back_to: u32) {
     let now = abi::now_ms();
-    let (key, pending) = {
-        let mut state = vm.borrow_mut();
-        let Some(key) = state.calls.by_call.remove(&call) else {
-            return;
-        };
-        let Some(pending) = state.calls.pending.remove(&key) else {
-            return;
-        };
-        (key, pending)
+    let Some((key, pending)) = vm.borrow_mut().calls.answered(u64::from(call)) else {
+        return;
     };
     let result = introspection::parse(status, body);
     let cached = record(vm, &pending, key, &result, now);
@@ -248,7 +224,7 @@ pub fn answered(vm: &Rc<RefCell<Vm>>, call: u32, status: Option<&str>, body: &[u
 /// Caches a call's answer (or counts and logs its failure); the answer to hand to the waiters.
 fn record(
     vm: &Rc<RefCell<Vm>>,
-    pending: &Pending,
+    pending: &Call<Waiting>,
     key: Key,
     result: &Result<Answer, introspection::Failure>,
     now: u64,
@@ -289,7 +265,7 @@ fn record(
 /// the call failed or took too long). `back_to`: the effective context to restore.
 fn wake(
     vm: &Rc<RefCell<Vm>>,
-    waiters: Vec<(u32, Delivered)>,
+    waiters: Vec<Waiting>,
     key: Key,
     answer: Option<Cached>,
     back_to: u32,
@@ -308,20 +284,8 @@ fn wake(
 
 /// From the root's tick: requests that waited too long for a call are decided as if it failed.
 pub fn tick(vm: &Rc<RefCell<Vm>>, now: u64, root: u32) {
-    let late: Vec<(Key, Vec<(u32, Delivered)>)> = {
-        let mut state = vm.borrow_mut();
-        let mut late = Vec::new();
-        state.calls.pending.retain(|key, p| {
-            if p.deadline <= now {
-                late.push((*key, std::mem::take(&mut p.waiters)));
-                false
-            } else {
-                true
-            }
-        });
-        late
-    };
-    for (key, waiters) in late {
-        wake(vm, waiters, key, None, root);
+    let late = vm.borrow_mut().calls.expired(now);
+    for (key, call) in late {
+        wake(vm, call.waiters, key, None, root);
     }
 }

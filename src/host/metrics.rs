@@ -2,7 +2,6 @@
 
 use super::abi::{self, MetricType};
 use crate::challenge::DenyReason;
-use crate::decision::Passed;
 use crate::metrics::{self, REQUEST_COUNTERS};
 
 /// Counter ids, defined once per VM (Envoy shares counters of the same name across VMs).
@@ -111,24 +110,13 @@ impl Metrics {
         }
     }
 
-    pub fn passed(&self, passed: Passed) {
-        bump(self.requests[metrics::passed(passed)]);
-    }
-
-    /// The filter answered under the well-known prefix (see [`metrics::metadata`]).
-    pub fn metadata(&self, served: bool, refused: bool) {
-        if let Some(i) = metrics::metadata(served, refused) {
-            bump(self.requests[i]);
-        }
+    /// Request counter `index` of [`REQUEST_COUNTERS`].
+    pub fn request(&self, index: usize) {
+        bump(self.requests.get(index).copied().flatten());
     }
 
     pub fn denied(&self, reason: DenyReason) {
-        bump(self.requests[metrics::denied(reason)]);
-    }
-
-    /// A DPoP proof was refused as a replay.
-    pub fn dpop_replay(&self) {
-        bump(self.requests[metrics::DPOP_REPLAYS]);
+        self.request(metrics::denied(reason));
     }
 }
 

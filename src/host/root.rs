@@ -9,12 +9,13 @@ use super::http;
 use super::introspect;
 use super::metrics::Metrics;
 use super::shared;
-use super::vm::{Awaited, Remote, Vm};
+use super::vm::{Remote, Vm};
 use crate::challenge;
 use crate::config::{Config, HttpUri};
 use crate::decision::NO_CREDENTIAL;
 use crate::jwt::keys::KeySet;
 use crate::keyfetch::{self, Answer, Step};
+use crate::park::Awaited;
 use crate::remote::Record;
 use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
@@ -312,15 +313,10 @@ fn fail(vm: &Rc<RefCell<Vm>>, p: usize, why: &str) {
 fn wake(vm: &Rc<RefCell<Vm>>, p: usize) {
     let (waiting, root) = {
         let mut state = vm.borrow_mut();
-        let (waiting, rest) = state
-            .waiters
-            .drain(..)
-            .partition(|w| w.awaited == Awaited::Keys(p));
-        state.waiters = rest;
+        let waiting = state.waiters.take(Awaited::Keys(p));
         (waiting, state.root_context_id)
     };
-    let waiting: Vec<super::vm::Waiter> = waiting;
-    http::in_contexts(waiting.iter().map(|w| w.context_id), root, |id| {
+    http::in_contexts(waiting, root, |id| {
         http::process(vm, id, true);
     });
 }
@@ -331,14 +327,15 @@ fn wake(vm: &Rc<RefCell<Vm>>, p: usize) {
 fn expire_waiters(vm: &Rc<RefCell<Vm>>, now: u64) {
     let (late, root) = {
         let mut state = vm.borrow_mut();
-        let (late, rest) = state.waiters.drain(..).partition(|w| w.deadline <= now);
-        state.waiters = rest;
-        (late, state.root_context_id)
+        (state.waiters.expired(now), state.root_context_id)
     };
-    let late: Vec<super::vm::Waiter> = late;
     let credential = challenge::unavailable(NO_CREDENTIAL);
-    http::in_contexts(late.iter().map(|w| w.context_id), root, |id| {
-        match late.iter().find(|w| w.context_id == id).map(|w| w.awaited) {
+    http::in_contexts(late.iter().map(|(_, id)| *id), root, |id| {
+        match late
+            .iter()
+            .find(|(_, w)| *w == id)
+            .map(|(awaited, _)| *awaited)
+        {
             Some(Awaited::Keys(p)) => {
                 vm.borrow_mut().gave_up = Some(p);
                 http::process(vm, id, true);

@@ -2,7 +2,7 @@
 //! requests paused until keys arrive. Shared by the root context and the HTTP contexts of the
 //! VM (one thread: `Rc<RefCell<_>>`).
 
-use super::introspect::{Calls, Intro};
+use super::introspect::{Delivered, Intro, Waiting};
 use super::metrics::{ClientMetrics, Metrics};
 use super::shared;
 use crate::cache;
@@ -15,6 +15,7 @@ use crate::decision::{Cached, CredentialNow, KeysNow, Known};
 use crate::jwt::keys::{parse_jwks, Alg, Jwk};
 use crate::jwt::{host, verify};
 use crate::keyfetch::{self, Step};
+use crate::park::{Calls, Parked};
 use crate::remote::Record;
 use std::cell::Cell;
 
@@ -98,24 +99,6 @@ pub struct Injected {
     pub generation: u64,
 }
 
-/// What a paused request waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Awaited {
-    /// A change of provider `p`'s keys.
-    Keys(usize),
-    /// A change of upstream client `c`'s token.
-    Credential(usize),
-}
-
-/// A paused request.
-#[derive(Debug, Clone, Copy)]
-pub struct Waiter {
-    pub context_id: u32,
-    pub awaited: Awaited,
-    /// When to give up and answer 503 (ms since the epoch).
-    pub deadline: u64,
-}
-
 pub struct Vm {
     pub config: std::rc::Rc<Config>,
     pub metrics: std::rc::Rc<Metrics>,
@@ -124,11 +107,15 @@ pub struct Vm {
     pub root_context_id: u32,
     /// Indexed like `config.providers`; `None` for providers with local keys.
     pub remotes: Vec<Option<Remote>>,
-    pub waiters: Vec<Waiter>,
+    /// Paused requests, by context id (given up at their deadlines: 503, or decided without
+    /// the keys).
+    pub waiters: Parked<u32>,
     /// Indexed like `config.providers`; `None` for providers without introspection.
     pub intros: Vec<Option<Intro>>,
     /// Introspection calls under way and the requests waiting for them.
-    pub calls: Calls,
+    pub calls: Calls<Waiting>,
+    /// What the request being decided right now was brought (see [`Delivered`]).
+    pub fresh: Delivered,
     /// Indexed like `config.clients`.
     pub clients: Vec<Client>,
     /// Requests sent with an upstream client's token, by `context_id % INJECTED_RING`: the
@@ -225,9 +212,10 @@ impl Vm {
             id,
             root_context_id,
             remotes,
-            waiters: Vec::new(),
+            waiters: Parked::default(),
             intros,
             calls: Calls::default(),
+            fresh: Vec::new(),
             clients,
             injected: Vec::new(),
             host_crypto: Cell::new(true),
@@ -378,7 +366,7 @@ impl Known for Vm {
         };
         let key = cache::key(&intro.name, token);
         // What this request's own calls brought comes first (it may not be cached at all).
-        let delivered = self.calls.fresh.iter().rev().find(|(k, _)| *k == key);
+        let delivered = self.fresh.iter().rev().find(|(k, _)| *k == key);
         let answer = match delivered {
             Some((_, None)) => return Cached::Failed,
             Some((_, Some(answer))) => answer.as_ref(),

@@ -8,6 +8,7 @@ use super::remote::{FETCH, WAKE};
 use crate::config::{Config, UpstreamClient};
 use crate::credentials::{self, Record};
 use crate::decision::CredentialNow;
+use crate::park::{Awaited, Parked};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
@@ -60,7 +61,8 @@ pub struct Clients {
     envoy: Ptr,
     scheduler: Ptr,
     requested: AtomicBool,
-    waiters: Mutex<Vec<(usize, Ptr)>>,
+    /// Paused requests, by their streams' schedulers.
+    waiters: Mutex<Parked<Ptr>>,
 }
 
 impl Clients {
@@ -98,7 +100,7 @@ impl Clients {
             envoy: Ptr(envoy),
             scheduler,
             requested: AtomicBool::new(false),
-            waiters: Mutex::new(Vec::new()),
+            waiters: Mutex::default(),
         };
         for client in clients.clients.iter().filter(|c| !c.used) {
             abi::log(abi::LOG_WARN, || {
@@ -135,29 +137,26 @@ impl Clients {
                 .clients
                 .get(c)
                 .map_or(u64::MAX, |cl| lock!(cl.state.read()).settled);
-            if settled != seen {
+            let awaited = Awaited::Credential(c);
+            if let Err(scheduler) = waiters.park_unless_changed(awaited, scheduler, seen, settled) {
                 // SAFETY: the stream's own scheduler, alive in its hook.
                 return unsafe { abi::filter_schedule(scheduler, WAKE) };
             }
-            waiters.push((c, scheduler));
         }
         self.request();
     }
 
     /// Forgets the parked requests of a stream that is going away.
     pub fn forget(&self, scheduler: Ptr) {
-        lock!(self.waiters.lock()).retain(|(_, s)| *s != scheduler);
+        lock!(self.waiters.lock()).forget(&scheduler);
     }
 
     fn wake(&self, c: usize) {
-        lock!(self.waiters.lock()).retain(|(client, scheduler)| {
-            if *client != c {
-                return true;
-            }
+        let mut waiters = lock!(self.waiters.lock());
+        for scheduler in waiters.take(Awaited::Credential(c)) {
             // SAFETY: under the lock `forget` takes before a scheduler is deleted.
-            unsafe { abi::filter_schedule(*scheduler, WAKE) };
-            false
-        });
+            unsafe { abi::filter_schedule(scheduler, WAKE) };
+        }
     }
 
     /// A request is sent upstream with client `c`'s token: counted; its generation, to trace

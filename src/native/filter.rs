@@ -9,12 +9,12 @@ use super::introspect::{Delivered, Introspector, Mailbox, CALL};
 use super::known::{Answers, VerifiedTokens};
 use super::remote::{Fetcher, FETCH, WAKE};
 use super::ticker::Ticker;
-use crate::challenge;
+use crate::challenge::{self, Challenge};
 use crate::config::Config;
-use crate::decision::{self, Decision, Request};
+use crate::decision::{self, Decision, Forward, Request, Verified};
 use crate::headers::Pairs;
 use crate::metrics::{self, REQUEST_COUNTERS};
-use crate::shell::{self, RequestHost};
+use crate::shell::{self, RequestHost, Step, StreamHost};
 use std::cell::{Cell, OnceCell};
 use std::ffi::c_void;
 use std::sync::Mutex;
@@ -247,7 +247,8 @@ impl Filter {
             .flatten()
     }
 
-    /// Carries out `decision` on the stream.
+    /// Carries out `decision` on the stream (see [`shell::act`]); `generation`: of what a
+    /// paused request waits for, as the decision saw it.
     unsafe fn act(
         &mut self,
         config: &FilterConfig,
@@ -256,74 +257,107 @@ impl Filter {
         now_ms: u64,
         generation: u64,
     ) -> u32 {
-        let mut stream = Stream(envoy);
-        match decision {
-            Decision::Allow(forward) => {
-                let secret = super::dpop::shared_secret();
-                let replay = shell::replay_refusal(
-                    &ProcessSlots,
-                    &config.config,
-                    &forward,
-                    secret,
-                    now_ms / 1000,
-                );
-                if let Some((answer, replayed)) = replay {
-                    if replayed {
-                        config.count(envoy, metrics::DPOP_REPLAYS);
-                    }
-                    return self.act(config, envoy, Decision::Deny(answer), now_ms, generation);
-                }
-                shell::apply(&mut stream, &forward);
-                config.count(envoy, metrics::passed(forward.passed));
-                config.verified.remember(forward.verified, now_ms);
-                if let Some(c) = forward.injected {
-                    self.sent = config.clients.sent(envoy, c).map(|g| (c, g));
-                }
-                abi::CONTINUE
-            }
-            Decision::Deny(refusal) => {
-                config.count(envoy, metrics::denied(refusal.reason));
-                abi::log(abi::LOG_DEBUG, || {
-                    format!("oauth-filter: denied: {}", refusal.reason.name())
-                });
-                shell::deny(&mut stream, &refusal);
-                abi::STOP_ITERATION
-            }
-            Decision::Serve(reply) => {
-                if let Some(i) = metrics::metadata(reply.served, reply.status >= 400) {
-                    config.count(envoy, i);
-                }
-                shell::serve(&mut stream, &reply);
-                abi::STOP_ITERATION
-            }
-            Decision::Wait { provider, refetch } => {
-                let scheduler = self.scheduler(envoy);
-                self.waiting = Some(provider);
-                self.pauses += 1;
-                self.paused = true;
-                config.fetcher.wait(provider, scheduler, generation);
-                if refetch {
-                    config.fetcher.want_refetch(provider);
-                }
-                abi::STOP_ITERATION
-            }
-            Decision::Introspect { provider, token } => {
-                let scheduler = self.scheduler(envoy);
-                self.paused = true;
-                let mailbox = self.mailbox.get_or_insert_with(Mailbox::default);
-                config
-                    .introspector
-                    .start(envoy, provider, token, scheduler, mailbox, now_ms);
-                abi::STOP_ITERATION
-            }
-            Decision::AwaitCredential { client, verified } => {
-                config.verified.remember(verified, now_ms);
-                let scheduler = self.scheduler(envoy);
-                self.paused = true;
-                config.clients.wait(client, scheduler, generation);
-                abi::STOP_ITERATION
-            }
+        let mut stream = NativeStream {
+            filter: self,
+            config,
+            envoy,
+            generation,
+        };
+        match shell::act(&mut stream, decision, now_ms) {
+            Step::Continue => abi::CONTINUE,
+            Step::Stop => abi::STOP_ITERATION,
         }
+    }
+}
+
+/// One stream in one of its hooks: its Envoy pointer, its state and its configuration.
+struct NativeStream<'s> {
+    filter: &'s mut Filter,
+    config: &'s FilterConfig,
+    envoy: *mut c_void,
+    generation: u64,
+}
+
+impl NativeStream<'_> {
+    /// The stream's scheduler (made the first time the request pauses); marks it paused.
+    fn pause(&mut self) -> Ptr {
+        self.filter.paused = true;
+        // SAFETY: only built inside a hook of the stream, with its Envoy pointer.
+        unsafe { self.filter.scheduler(self.envoy) }
+    }
+}
+
+impl RequestHost for NativeStream<'_> {
+    fn remove_header(&mut self, name: &str) {
+        Stream(self.envoy).remove_header(name);
+    }
+    fn set_header(&mut self, name: &str, value: &[u8]) {
+        Stream(self.envoy).set_header(name, value);
+    }
+    fn add_header(&mut self, name: &str, value: &[u8]) {
+        Stream(self.envoy).add_header(name, value);
+    }
+    fn set_filter_state(&mut self, key: &str, value: &[u8]) {
+        Stream(self.envoy).set_filter_state(key, value);
+    }
+    fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        Stream(self.envoy).send_response(status, headers, body);
+    }
+}
+
+impl StreamHost for NativeStream<'_> {
+    fn count(&mut self, index: usize) {
+        // SAFETY: as above.
+        unsafe { self.config.count(self.envoy, index) }
+    }
+
+    fn debug(&mut self, line: std::fmt::Arguments) {
+        abi::log(abi::LOG_DEBUG, || line.to_string());
+    }
+
+    fn replay_refusal(&mut self, forward: &Forward, now: u64) -> Option<(Challenge, bool)> {
+        let secret = super::dpop::shared_secret();
+        shell::replay_refusal(&ProcessSlots, &self.config.config, forward, secret, now)
+    }
+
+    fn remember(&mut self, verified: Vec<Verified>, now: u64) {
+        self.config.verified.remember(verified, now);
+    }
+
+    fn sent_with(&mut self, client: usize) {
+        // SAFETY: as above.
+        let generation = unsafe { self.config.clients.sent(self.envoy, client) };
+        self.filter.sent = generation.map(|g| (client, g));
+    }
+
+    /// Envoy's hook answers `CONTINUE`; a stream woken from a pause is continued by
+    /// [`Filter::on_scheduled`].
+    fn let_go(&mut self) {}
+
+    fn wait_for_keys(&mut self, provider: usize, refetch: bool, _now: u64) {
+        let scheduler = self.pause();
+        self.filter.waiting = Some(provider);
+        self.filter.pauses += 1;
+        self.config
+            .fetcher
+            .wait(provider, scheduler, self.generation);
+        if refetch {
+            self.config.fetcher.want_refetch(provider);
+        }
+    }
+
+    fn wait_for_credential(&mut self, client: usize, _now: u64) {
+        let scheduler = self.pause();
+        self.config.clients.wait(client, scheduler, self.generation);
+    }
+
+    fn introspect(&mut self, provider: usize, token: String, now: u64) -> Step {
+        let scheduler = self.pause();
+        let mailbox = self.filter.mailbox.get_or_insert_with(Mailbox::default);
+        let introspector = &self.config.introspector;
+        // SAFETY: as above.
+        unsafe { introspector.start(self.envoy, provider, token, scheduler, mailbox, now) };
+        Step::Stop
     }
 }
 

@@ -9,9 +9,9 @@ use super::remote::WAKE;
 use crate::cache::{self, Key, TtlCache};
 use crate::config::{Config, Introspection};
 use crate::introspection::{self, Answer};
+use crate::park::{self, Call, Calls, Joined};
 use crate::throttle::{self, Throttle};
 use serde_json::{Map, Value};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 /// A cached answer: an active token's claims, or `None` for an inactive one.
@@ -42,14 +42,8 @@ struct Intro {
     log: Mutex<Throttle>,
 }
 
-/// A call for one token, and the requests waiting for it.
-struct Pending {
-    intro: usize,
-    token: String,
-    waiters: Vec<(Ptr, Mailbox)>,
-    started: u64,
-    call: Option<u64>,
-}
+/// A request waiting for a call: its stream's scheduler, and where the answer goes.
+type Waiting = (Ptr, Mailbox);
 
 /// Counter and histogram ids.
 struct Metrics {
@@ -66,7 +60,7 @@ pub struct Introspector {
     intros: Vec<Intro>,
     envoy: Ptr,
     scheduler: Ptr,
-    pending: Mutex<HashMap<Key, Pending>>,
+    pending: Mutex<Calls<Waiting>>,
     metrics: Metrics,
 }
 
@@ -101,7 +95,7 @@ impl Introspector {
             intros,
             envoy: Ptr(envoy),
             scheduler,
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::default(),
             metrics: Metrics {
                 calls: counter("calls"),
                 failures: counter("failures"),
@@ -128,10 +122,14 @@ impl Introspector {
         caches
     }
 
+    /// Provider `provider`'s introspection.
+    fn intro(&self, provider: usize) -> Option<&Intro> {
+        self.intros.iter().find(|i| i.provider == provider)
+    }
+
     /// The cache key of `token` at `provider`.
     pub fn key(&self, provider: usize, token: &str) -> Option<Key> {
-        let intro = self.intros.iter().find(|i| i.provider == provider)?;
-        Some(cache::key(&intro.name, token))
+        Some(cache::key(&self.intro(provider)?.name, token))
     }
 
     /// Counts cache hits of a decision (on the stream's worker).
@@ -158,42 +156,36 @@ impl Introspector {
         mailbox: &Mailbox,
         now: u64,
     ) {
-        let Some(at) = self.intros.iter().position(|i| i.provider == provider) else {
+        let Some(intro) = self.intro(provider) else {
             return abi::filter_schedule(scheduler, WAKE);
         };
-        let key = cache::key(&self.intros[at].name, &token);
+        let key = cache::key(&intro.name, &token);
         let mut pending = lock!(self.pending.lock());
         // The answer may have come since the decision read the cache.
-        if let Some(answer) = lock!(self.intros[at].cache.read()).peek(&key, now) {
+        if let Some(answer) = lock!(intro.cache.read()).peek(&key, now) {
             lock!(mailbox.lock()).push((key, Some(answer.clone())));
             return abi::filter_schedule(scheduler, WAKE);
         }
         if let Some(misses) = self.metrics.misses {
             abi::increment_counter(filter, misses, 1);
         }
-        if let Some(call) = pending.get_mut(&key) {
-            call.waiters.push((scheduler, mailbox.clone()));
-            return;
+        let call = Call {
+            provider,
+            token,
+            waiters: vec![(scheduler, mailbox.clone())],
+            started: now,
+            deadline: park::NEVER,
+            id: None,
+        };
+        if pending.join(key, call) == Joined::First {
+            drop(pending);
+            abi::config_schedule(self.scheduler, CALL);
         }
-        pending.insert(
-            key,
-            Pending {
-                intro: at,
-                token,
-                waiters: vec![(scheduler, mailbox.clone())],
-                started: now,
-                call: None,
-            },
-        );
-        drop(pending);
-        abi::config_schedule(self.scheduler, CALL);
     }
 
     /// Forgets the waits of a stream that is going away (before its scheduler is deleted).
     pub fn forget(&self, scheduler: Ptr) {
-        for call in lock!(self.pending.lock()).values_mut() {
-            call.waiters.retain(|(s, _)| *s != scheduler);
-        }
+        lock!(self.pending.lock()).forget(|(s, _)| *s == scheduler);
     }
 }
 
@@ -204,11 +196,17 @@ impl Introspector {
         let mut failed = Vec::new();
         {
             let mut pending = lock!(self.pending.lock());
-            for (key, call) in pending.iter_mut().filter(|(_, c)| c.call.is_none()) {
-                let intro = &self.intros[call.intro];
-                match self.dispatch(&intro.config, &call.token) {
-                    Ok(id) => call.call = Some(id),
-                    Err(why) => failed.push((*key, why)),
+            for key in pending.unsent() {
+                let Some(call) = pending.get(&key) else {
+                    continue;
+                };
+                let sent = match self.intro(call.provider) {
+                    Some(intro) => self.dispatch(&intro.config, &call.token),
+                    None => Err("the filter is misconfigured".into()),
+                };
+                match sent {
+                    Ok(id) => pending.sent(&key, id),
+                    Err(why) => failed.push((key, why)),
                 }
             }
         }
@@ -230,11 +228,9 @@ impl Introspector {
 
     /// The answer to call `id`, if it is one of this configuration's introspection calls.
     pub fn on_answer(&self, id: u64, status: Option<&str>, body: &[u8], now: u64) -> bool {
-        let key = lock!(self.pending.lock())
-            .iter()
-            .find(|(_, c)| c.call == Some(id))
-            .map(|(k, _)| *k);
-        let Some(key) = key else { return false };
+        let Some(key) = lock!(self.pending.lock()).key_of(id) else {
+            return false;
+        };
         let result = introspection::parse(status, body).map_err(|failure| failure.describe());
         self.finish(key, result, now);
         true
@@ -245,10 +241,12 @@ impl Introspector {
     /// before deleting its scheduler, so no wake reaches a deleted one.
     fn finish(&self, key: Key, result: Result<Answer, String>, now: u64) {
         let mut pending = lock!(self.pending.lock());
-        let Some(call) = pending.remove(&key) else {
+        let Some(call) = pending.finish(&key) else {
             return;
         };
-        let intro = &self.intros[call.intro];
+        let Some(intro) = self.intro(call.provider) else {
+            return;
+        };
         // SAFETY (metrics): on the main thread, with the configuration's pointer.
         if let Some(id) = self.metrics.latency {
             unsafe {

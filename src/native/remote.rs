@@ -13,6 +13,7 @@ use super::abi::{self, Ptr};
 use crate::config::{Config, HttpUri, KeySource, RemoteJwks};
 use crate::jwt::keys::Jwk;
 use crate::keyfetch::{self, Answer, Step};
+use crate::park::{Awaited, Parked};
 use crate::remote::Record;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
@@ -56,12 +57,6 @@ struct Remote {
     gauge: Option<usize>,
 }
 
-/// A paused request: the provider it waits for, and its stream's scheduler.
-struct Waiter {
-    provider: usize,
-    scheduler: Ptr,
-}
-
 /// The remote key sets of one configuration.
 pub struct Fetcher {
     remotes: Vec<Remote>,
@@ -71,7 +66,8 @@ pub struct Fetcher {
     scheduler: Ptr,
     /// A [`FETCH`] is posted and not yet run.
     requested: AtomicBool,
-    waiters: Mutex<Vec<Waiter>>,
+    /// Paused requests, by their streams' schedulers.
+    waiters: Mutex<Parked<Ptr>>,
     fetch_ok: Option<usize>,
     fetch_failed: Option<usize>,
 }
@@ -104,7 +100,7 @@ impl Fetcher {
             remotes,
             envoy: Ptr(envoy),
             requested: AtomicBool::new(false),
-            waiters: Mutex::new(Vec::new()),
+            waiters: Mutex::default(),
             fetch_ok: abi::define_counter(envoy, "oauth_filter.jwks.fetch_success"),
             fetch_failed: abi::define_counter(envoy, "oauth_filter.jwks.fetch_failure"),
         };
@@ -170,14 +166,12 @@ impl Fetcher {
             // Under the waiters' lock, which a finished fetch takes (after its generation) to
             // wake: either it sees this waiter, or this sees its generation.
             let mut waiters = lock!(self.waiters.lock());
-            if lock!(r.state.read()).generation != seen {
+            let now = lock!(r.state.read()).generation;
+            let awaited = Awaited::Keys(provider);
+            if let Err(scheduler) = waiters.park_unless_changed(awaited, scheduler, seen, now) {
                 // SAFETY: as above.
                 return unsafe { abi::filter_schedule(scheduler, WAKE) };
             }
-            waiters.push(Waiter {
-                provider,
-                scheduler,
-            });
         }
         self.request();
     }
@@ -193,20 +187,16 @@ impl Fetcher {
     /// Forgets the parked requests of a stream that is going away (before its scheduler is
     /// deleted: a wake must never reach a deleted scheduler).
     pub fn forget(&self, scheduler: Ptr) {
-        lock!(self.waiters.lock()).retain(|w| w.scheduler != scheduler);
+        lock!(self.waiters.lock()).forget(&scheduler);
     }
 
     /// Wakes the requests parked for `provider`.
     fn wake(&self, provider: usize) {
         let mut waiters = lock!(self.waiters.lock());
-        waiters.retain(|w| {
-            if w.provider != provider {
-                return true;
-            }
+        for scheduler in waiters.take(Awaited::Keys(provider)) {
             // SAFETY: under the lock `forget` takes before a scheduler is deleted.
-            unsafe { abi::filter_schedule(w.scheduler, WAKE) };
-            false
-        });
+            unsafe { abi::filter_schedule(scheduler, WAKE) };
+        }
     }
 }
 
