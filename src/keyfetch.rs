@@ -4,7 +4,7 @@
 //! shell also shares them between its VMs.
 
 use crate::config::{split_url, HttpUri, RemoteJwks, UrlParts};
-use crate::jwt::keys::{parse_jwks, KeySet, MAX_JWKS_BYTES};
+use crate::jwt::keys::{parse_jwks, Jwk, KeySet, MAX_JWKS_BYTES};
 use crate::remote::{self, Record};
 
 /// A call of a key fetch.
@@ -107,6 +107,100 @@ fn keys(body: Vec<u8>) -> Result<Answer, String> {
     Ok(Answer::Keys(text, set))
 }
 
+/// One provider's key fetch as a shell carries it out: where its record lives (shared data
+/// in Wasm, the process's state natively), how a call goes out, what ends a fetch. The flow
+/// itself ([`send`], [`answered`], [`failed`]) is written once, here.
+pub trait Fetching {
+    /// The provider's name (for the logs), issuer (which discovery must name) and keys.
+    fn provider(&self) -> (&str, &str, &RemoteJwks);
+    /// Changes the provider's record; the record now.
+    fn update(&mut self, change: &dyn Fn(&Record) -> Record) -> Record;
+    /// Sends a GET of `target` with `headers` for `step` (the shell keeps the call as under
+    /// way); `Err`: why it could not be sent.
+    fn get(&mut self, step: Step, target: &HttpUri, headers: &[(&str, &str)])
+        -> Result<(), String>;
+    /// The fetch ended: the record changed by `change` and these keys (`None`: it failed)
+    /// installed at once, no call under way, the shell's lease released, counted, and the
+    /// requests waiting for the keys woken. The record now.
+    fn ended(&mut self, change: &dyn Fn(&Record) -> Record, keys: Option<Vec<Jwk>>) -> Record;
+}
+
+/// Sends `step` of a fetch to `target` (a refusal ends the fetch as failed).
+pub fn send(host: &mut impl Fetching, step: Step, target: &HttpUri, now: u64) {
+    let sent = url(target).and_then(|url| {
+        host.get(step, target, &get_headers(&url))
+            .map_err(|refused| {
+                let (cluster, uri) = (&target.cluster, &target.uri);
+                format!("cannot call cluster {cluster} for {uri} ({refused})")
+            })
+    });
+    if let Err(why) = sent {
+        failed(host, &why, now);
+    }
+}
+
+/// The answer to `step` of a fetch (see [`judge`]): the next call, the keys, or a failure.
+/// Whether keys were loaded (tokens verified with the old ones must be verified again).
+pub fn answered(
+    host: &mut impl Fetching,
+    step: Step,
+    status: Option<&str>,
+    body: Vec<u8>,
+    now: u64,
+) -> bool {
+    let issuer = host.provider().1.to_string();
+    match judge(step, status, body, &issuer) {
+        Err(why) => failed(host, &why, now),
+        Ok(Answer::Discovered(jwks_uri)) => {
+            let record = host.update(&|rec| Record {
+                jwks_uri: Some(jwks_uri.clone()),
+                ..rec.clone()
+            });
+            match next_call(host.provider().2, &record) {
+                Some((step, target)) => send(host, step, &target, now),
+                None => failed(host, "discovery gave no JWKS location", now),
+            }
+        }
+        Ok(Answer::Keys(text, set)) => {
+            let name = host.provider().0.to_string();
+            for problem in &set.problems {
+                log::warn!("oauth-filter: provider {name}: JWKS key skipped: {problem}");
+            }
+            log::info!(
+                "oauth-filter: provider {name}: {} key(s) loaded",
+                set.keys.len()
+            );
+            host.ended(&|rec| rec.succeeded(text.clone(), now), Some(set.keys));
+            return true;
+        }
+    }
+    false
+}
+
+/// A fetch failed: the last good keys stay (if any), the provider backs off (and discovers
+/// its JWKS again, when it has no fixed one), and the waiting requests are decided again (with
+/// the old keys, or 503 when there never were any).
+pub fn failed(host: &mut impl Fetching, why: &str, now: u64) {
+    let rediscover = host.provider().2.jwks.is_none();
+    let change = |rec: &Record| {
+        let mut next = rec.failed(now);
+        if rediscover {
+            next.jwks_uri = None;
+        }
+        next
+    };
+    let record = host.ended(&change, None);
+    let outcome = if record.has_keys() {
+        "keeping the last good keys"
+    } else {
+        "no keys yet: requests get 503"
+    };
+    let (name, retry) = (host.provider().0.to_string(), record.backoff_ms());
+    log::warn!(
+        "oauth-filter: provider {name}: key fetch failed: {why}; {outcome}; retry in {retry} ms"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +212,109 @@ mod tests {
             cluster: "idp".into(),
             timeout_ms: 2000,
         }
+    }
+
+    /// A shell that keeps one record, sends what `refuse` allows, and notes what happened.
+    struct FakeFetch {
+        spec: RemoteJwks,
+        record: Record,
+        keys: usize,
+        sent: Vec<String>,
+        ended: Vec<Option<usize>>,
+        refuse: bool,
+    }
+
+    impl Fetching for FakeFetch {
+        fn provider(&self) -> (&str, &str, &RemoteJwks) {
+            ("idp", "https://idp", &self.spec)
+        }
+        fn update(&mut self, change: &dyn Fn(&Record) -> Record) -> Record {
+            self.record = change(&self.record);
+            self.record.clone()
+        }
+        fn get(
+            &mut self,
+            step: Step,
+            target: &HttpUri,
+            headers: &[(&str, &str)],
+        ) -> Result<(), String> {
+            if self.refuse {
+                return Err("refused: 1".into());
+            }
+            self.sent
+                .push(format!("{step:?} {} {}", target.uri, headers[1].1));
+            Ok(())
+        }
+        fn ended(&mut self, change: &dyn Fn(&Record) -> Record, keys: Option<Vec<Jwk>>) -> Record {
+            self.keys = keys.as_ref().map_or(self.keys, Vec::len);
+            self.ended.push(keys.map(|k| k.len()));
+            self.update(change)
+        }
+    }
+
+    fn discovering() -> FakeFetch {
+        FakeFetch {
+            spec: RemoteJwks {
+                jwks: None,
+                discovery: Some(uri("https://idp/.well-known/openid-configuration")),
+                cache_duration_ms: 300_000,
+            },
+            record: Record::default(),
+            keys: 0,
+            sent: Vec::new(),
+            ended: Vec::new(),
+            refuse: false,
+        }
+    }
+
+    #[test]
+    fn a_fetch_discovers_then_loads_the_keys() {
+        let mut host = discovering();
+        let (step, first) = next_call(&host.spec, &host.record).unwrap();
+        send(&mut host, step, &first, 1_000);
+        let doc = br#"{"issuer": "https://idp", "jwks_uri": "https://idp/keys"}"#.to_vec();
+        assert!(!answered(
+            &mut host,
+            Step::Discovery,
+            Some("200"),
+            doc,
+            1_100
+        ));
+        assert_eq!(host.record.jwks_uri.as_deref(), Some("https://idp/keys"));
+        let body = jwks(&[Signer::es256("k").jwk()]).into_bytes();
+        assert!(answered(&mut host, Step::Jwks, Some("200"), body, 1_200));
+        assert_eq!(
+            host.sent,
+            [
+                "Discovery https://idp/.well-known/openid-configuration /.well-known/openid-configuration",
+                "Jwks https://idp/keys /keys"
+            ]
+        );
+        assert_eq!((host.ended.as_slice(), host.keys), (&[Some(1)][..], 1));
+        assert!(host.record.has_keys() && host.record.failures == 0);
+    }
+
+    #[test]
+    fn a_failed_fetch_keeps_the_keys_backs_off_and_discovers_again() {
+        let mut host = discovering();
+        let body = jwks(&[Signer::es256("k").jwk()]).into_bytes();
+        host.record.jwks_uri = Some("https://idp/keys".into());
+        answered(&mut host, Step::Jwks, Some("200"), body, 1_000);
+        assert!(!answered(
+            &mut host,
+            Step::Jwks,
+            Some("503"),
+            Vec::new(),
+            2_000
+        ));
+        assert_eq!(host.ended, [Some(1), None]);
+        assert_eq!((host.keys, host.record.failures), (1, 1));
+        assert!(host.record.has_keys() && host.record.jwks_uri.is_none());
+        host.refuse = true;
+        send(&mut host, Step::Discovery, &uri("https://idp/d"), 3_000);
+        assert_eq!((host.ended.len(), host.record.failures), (3, 2));
+        send(&mut host, Step::Jwks, &uri("not a url"), 4_000);
+        assert_eq!(host.record.failures, 3);
     }
 
     #[test]

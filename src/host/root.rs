@@ -11,10 +11,10 @@ use super::metrics::Metrics;
 use super::shared;
 use super::vm::{Remote, Vm};
 use crate::challenge;
-use crate::config::{Config, HttpUri};
+use crate::config::{Config, HttpUri, RemoteJwks};
 use crate::decision::NO_CREDENTIAL;
-use crate::jwt::keys::KeySet;
-use crate::keyfetch::{self, Answer, Step};
+use crate::jwt::keys::Jwk;
+use crate::keyfetch::{self, Step};
 use crate::park::Awaited;
 use crate::remote::Record;
 use std::cell::RefCell;
@@ -125,14 +125,8 @@ pub fn call_response(root: &Root, token: u32, body_size: usize) {
     });
     let Some((p, step)) = found else { return };
     let (status, body) = http::call_response(body_size, step.limit());
-    let issuer = match vm.borrow().remotes.get(p) {
-        Some(Some(r)) => r.issuer.clone().unwrap_or_default(),
-        _ => return,
-    };
-    match keyfetch::judge(step, status.as_deref(), body, &issuer) {
-        Err(why) => fail(&vm, p, &why),
-        Ok(Answer::Discovered(jwks_uri)) => discovered(&vm, p, jwks_uri),
-        Ok(Answer::Keys(text, set)) => fetched(&vm, p, text, set),
+    if let Some(mut fetch) = WasmFetch::new(&vm, p) {
+        keyfetch::answered(&mut fetch, step, status.as_deref(), body, abi::now_ms());
     }
 }
 
@@ -164,8 +158,8 @@ fn maybe_fetch(vm: &Rc<RefCell<Vm>>, p: usize, now: u64) {
         let (changed, call) = start_fetch(r, me, now, refetch);
         (refused_refetch || changed, call)
     };
-    if let Some((step, uri)) = call {
-        dispatch(vm, p, step, &uri);
+    if let (Some((step, uri)), Some(mut fetch)) = (call, WasmFetch::new(vm, p)) {
+        keyfetch::send(&mut fetch, step, &uri, now);
     } else if decide_again {
         wake(vm, p);
     }
@@ -199,114 +193,80 @@ fn start_fetch(
     }
 }
 
-fn dispatch(vm: &Rc<RefCell<Vm>>, p: usize, step: Step, target: &HttpUri) {
-    let url = match keyfetch::url(target) {
-        Ok(url) => url,
-        Err(why) => return fail(vm, p, &why),
-    };
-    let headers = keyfetch::get_headers(&url);
-    let timeout = Duration::from_millis(target.timeout_ms);
-    match abi::dispatch_http_call(&target.cluster, &headers, None, timeout) {
-        Ok(token) => {
-            if let Some(Some(r)) = vm.borrow_mut().remotes.get_mut(p) {
-                r.in_flight = Some((token, step));
-            }
-        }
-        Err(status) => fail(
+/// One provider's key fetch in this VM: its record in shared data (installed here too), its
+/// calls from the root context, its lease released when the fetch ends.
+struct WasmFetch<'v> {
+    vm: &'v Rc<RefCell<Vm>>,
+    p: usize,
+    name: String,
+    issuer: String,
+    spec: RemoteJwks,
+}
+
+impl<'v> WasmFetch<'v> {
+    fn new(vm: &'v Rc<RefCell<Vm>>, p: usize) -> Option<WasmFetch<'v>> {
+        let state = vm.borrow();
+        let r = state.remotes.get(p)?.as_ref()?;
+        Some(WasmFetch {
             vm,
             p,
-            &format!(
-                "cannot call cluster {} for {} ({status:?})",
-                target.cluster, target.uri
-            ),
-        ),
+            name: r.name.clone(),
+            issuer: r.issuer.clone().unwrap_or_default(),
+            spec: r.spec.clone(),
+        })
     }
 }
 
-/// Discovery found the JWKS at `jwks_uri`: fetch it.
-fn discovered(vm: &Rc<RefCell<Vm>>, p: usize, jwks_uri: String) {
-    let next = {
-        let mut state = vm.borrow_mut();
-        let Some(Some(r)) = state.remotes.get_mut(p) else {
-            return;
-        };
-        let record = shared::update_record(&r.shared, |rec: &Record| Record {
-            jwks_uri: Some(jwks_uri.clone()),
-            ..rec.clone()
-        });
-        r.install(record);
-        keyfetch::next_call(&r.spec, &r.record)
-    };
-    match next {
-        Some((step, uri)) => dispatch(vm, p, step, &uri),
-        None => fail(vm, p, "discovery gave no JWKS location"),
+impl keyfetch::Fetching for WasmFetch<'_> {
+    fn provider(&self) -> (&str, &str, &RemoteJwks) {
+        (&self.name, &self.issuer, &self.spec)
     }
-}
 
-/// A key set with usable keys arrived: keep it.
-fn fetched(vm: &Rc<RefCell<Vm>>, p: usize, text: String, set: KeySet) {
-    let name = match vm.borrow().remotes.get(p) {
-        Some(Some(r)) => r.name.clone(),
-        _ => return,
-    };
-    for problem in &set.problems {
-        log::warn!("oauth-filter: provider {name}: JWKS key skipped: {problem}");
-    }
-    {
-        let mut state = vm.borrow_mut();
-        let me = state.id;
-        let Some(Some(r)) = state.remotes.get_mut(p) else {
-            return;
+    fn update(&mut self, change: &dyn Fn(&Record) -> Record) -> Record {
+        let mut state = self.vm.borrow_mut();
+        let Some(Some(r)) = state.remotes.get_mut(self.p) else {
+            return Record::default();
         };
-        let now = abi::now_ms();
-        let record =
-            shared::update_record(&r.shared, |rec: &Record| rec.succeeded(text.clone(), now));
-        r.install(record);
-        r.in_flight = None;
-        shared::release_lease(&r.shared, me);
-        let count = r.keys.len();
-        state.verified.clear();
-        log::info!("oauth-filter: provider {name}: {count} key(s) loaded");
-        state.metrics.jwks_fetched(true);
-        state.metrics.keys_in_use(&name, count);
+        r.install(shared::update_record(&r.shared, |rec: &Record| change(rec)));
+        r.record.clone()
     }
-    wake(vm, p);
-}
 
-/// A fetch failed: keep the last good keys (if any), back off, and wake the waiters (who get
-/// the old keys, or 503 when there never were any).
-fn fail(vm: &Rc<RefCell<Vm>>, p: usize, why: &str) {
-    {
-        let mut state = vm.borrow_mut();
-        let me = state.id;
-        let Some(Some(r)) = state.remotes.get_mut(p) else {
-            return;
-        };
-        let now = abi::now_ms();
-        let rediscover = r.spec.jwks.is_none();
-        let record = shared::update_record(&r.shared, |rec: &Record| {
-            let mut next = rec.failed(now);
-            if rediscover {
-                next.jwks_uri = None;
+    fn get(
+        &mut self,
+        step: Step,
+        target: &HttpUri,
+        headers: &[(&str, &str)],
+    ) -> Result<(), String> {
+        let timeout = Duration::from_millis(target.timeout_ms);
+        let call = abi::dispatch_http_call(&target.cluster, headers, None, timeout);
+        let token = call.map_err(|status| format!("{status:?}"))?;
+        if let Some(Some(r)) = self.vm.borrow_mut().remotes.get_mut(self.p) {
+            r.in_flight = Some((token, step));
+        }
+        Ok(())
+    }
+
+    /// The keys are those of the record (installed from it, as another VM's would be).
+    fn ended(&mut self, change: &dyn Fn(&Record) -> Record, keys: Option<Vec<Jwk>>) -> Record {
+        let record = self.update(change);
+        {
+            let mut state = self.vm.borrow_mut();
+            let me = state.id;
+            let Some(Some(r)) = state.remotes.get_mut(self.p) else {
+                return record;
+            };
+            r.in_flight = None;
+            shared::release_lease(&r.shared, me);
+            let count = r.keys.len();
+            if keys.is_some() {
+                state.verified.clear();
+                state.metrics.keys_in_use(&self.name, count);
             }
-            next
-        });
-        r.install(record);
-        r.in_flight = None;
-        shared::release_lease(&r.shared, me);
-        let outcome = if r.record.has_keys() {
-            "keeping the last good keys"
-        } else {
-            "no keys yet: requests get 503"
-        };
-        log::warn!(
-            "oauth-filter: provider {}: key fetch failed: {why}; {outcome}; retry in {} ms",
-            r.name,
-            r.record.backoff_ms()
-        );
-        state.metrics.jwks_fetched(false);
+            state.metrics.jwks_fetched(keys.is_some());
+        }
+        wake(self.vm, self.p);
+        record
     }
-    wake(vm, p);
 }
 
 /// Decides again on every request paused for provider `p`.

@@ -239,6 +239,39 @@ pub fn log(level: u32, message: impl FnOnce() -> String) {
     }
 }
 
+/// The core's `log` records go to Envoy's log, at the levels Envoy has enabled.
+struct EnvoyLogger;
+
+fn envoy_level(level: log::Level) -> u32 {
+    match level {
+        log::Level::Error => LOG_ERROR,
+        log::Level::Warn => LOG_WARN,
+        log::Level::Info => LOG_INFO,
+        log::Level::Debug | log::Level::Trace => LOG_DEBUG,
+    }
+}
+
+impl log::Log for EnvoyLogger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        // SAFETY: a plain call.
+        unsafe { envoy_dynamic_module_callback_log_enabled(envoy_level(metadata.level())) }
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        log(envoy_level(record.level()), || record.args().to_string());
+    }
+
+    fn flush(&self) {}
+}
+
+/// Sends the `log` crate's records to Envoy (once, at program init).
+pub fn install_logger() {
+    static LOGGER: EnvoyLogger = EnvoyLogger;
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Debug);
+    }
+}
+
 /// Every request header of the stream, in Envoy's order, borrowed from Envoy for the hook, into
 /// `out` (filled in place: the list is a kilobyte on the stack, not worth a copy).
 ///

@@ -23,6 +23,7 @@ fn guarded<T>(fallback: T, f: impl FnOnce() -> T) -> T {
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
     super::install_panic_hook();
+    abi::install_logger();
     abi::ABI_VERSION.as_ptr().cast()
 }
 

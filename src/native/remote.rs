@@ -12,7 +12,7 @@
 use super::abi::{self, Ptr};
 use crate::config::{Config, HttpUri, KeySource, RemoteJwks};
 use crate::jwt::keys::Jwk;
-use crate::keyfetch::{self, Answer, Step};
+use crate::keyfetch::{self, Step};
 use crate::park::{Awaited, Parked};
 use crate::remote::Record;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -228,40 +228,15 @@ impl Fetcher {
             (call, refused)
         };
         match call {
-            Some((step, target)) => self.dispatch(r, step, &target, now),
+            Some((step, target)) => keyfetch::send(&mut self.fetch(r), step, &target, now),
             // Those requests are decided again with the keys as they are.
             None if refused_refetch => self.wake(r.provider),
             None => {}
         }
     }
 
-    fn dispatch(&self, r: &Remote, step: Step, target: &HttpUri, now: u64) {
-        let url = match keyfetch::url(target) {
-            Ok(url) => url,
-            Err(why) => return self.fail(r, &why, now),
-        };
-        let headers = keyfetch::get_headers(&url);
-        // SAFETY: on the main thread (config_scheduled or a config callout's done hook).
-        let started = unsafe {
-            abi::config_callout(
-                self.envoy,
-                &target.cluster,
-                &headers,
-                b"",
-                target.timeout_ms,
-            )
-        };
-        match started {
-            Ok(id) => lock!(r.state.write()).in_flight = Some((id, step)),
-            Err(code) => self.fail(
-                r,
-                &format!(
-                    "cannot call cluster {} for {} (refused: {code})",
-                    target.cluster, target.uri
-                ),
-                now,
-            ),
-        }
+    fn fetch<'f>(&'f self, r: &'f Remote) -> NativeFetch<'f> {
+        NativeFetch { fetcher: self, r }
     }
 
     /// The answer to call `id`, if it is one of this configuration's key fetches; `true` if
@@ -275,80 +250,67 @@ impl Fetcher {
         });
         let Some((r, step)) = found else { return false };
         lock!(r.state.write()).in_flight = None;
-        match keyfetch::judge(step, status, body, &r.issuer) {
-            Err(why) => self.fail(r, &why, now),
-            Ok(Answer::Discovered(jwks_uri)) => {
-                let call = {
-                    let mut s = lock!(r.state.write());
-                    s.record.jwks_uri = Some(jwks_uri);
-                    keyfetch::next_call(&r.spec, &s.record)
-                };
-                match call {
-                    Some((step, target)) => self.dispatch(r, step, &target, now),
-                    None => self.fail(r, "discovery gave no JWKS location", now),
-                }
-            }
-            Ok(Answer::Keys(text, set)) => {
-                for problem in &set.problems {
-                    abi::log(abi::LOG_WARN, || {
-                        format!(
-                            "oauth-filter: provider {}: JWKS key skipped: {problem}",
-                            r.name
-                        )
-                    });
-                }
-                let count = set.keys.len();
-                {
-                    let mut s = lock!(r.state.write());
-                    s.record = s.record.succeeded(text, now);
-                    s.keys = set.keys;
-                    s.generation += 1;
-                }
-                abi::log(abi::LOG_INFO, || {
-                    format!("oauth-filter: provider {}: {count} key(s) loaded", r.name)
-                });
-                // SAFETY: on the main thread, with the configuration's pointer.
-                unsafe {
-                    if let Some(id) = self.fetch_ok {
-                        abi::config_increment_counter(self.envoy, id, 1);
-                    }
-                    if let Some(id) = r.gauge {
-                        abi::config_set_gauge(self.envoy, id, count as u64);
-                    }
-                }
-                self.wake(r.provider);
-                return true;
-            }
-        }
-        false
+        keyfetch::answered(&mut self.fetch(r), step, status, body, now)
+    }
+}
+
+/// One provider's key fetch, from the main thread: its state under its lock, its calls the
+/// configuration's.
+struct NativeFetch<'f> {
+    fetcher: &'f Fetcher,
+    r: &'f Remote,
+}
+
+impl keyfetch::Fetching for NativeFetch<'_> {
+    fn provider(&self) -> (&str, &str, &RemoteJwks) {
+        (&self.r.name, &self.r.issuer, &self.r.spec)
     }
 
-    /// A fetch failed: keep the last good keys (if any), back off, wake the waiters (who get
-    /// the old keys, or 503 when there never were any).
-    fn fail(&self, r: &Remote, why: &str, now: u64) {
-        let (has_keys, retry) = {
-            let mut s = lock!(r.state.write());
-            let mut next = s.record.failed(now);
-            if r.spec.jwks.is_none() {
-                next.jwks_uri = None;
-            }
-            s.record = next;
+    fn update(&mut self, change: &dyn Fn(&Record) -> Record) -> Record {
+        let mut s = lock!(self.r.state.write());
+        s.record = change(&s.record);
+        s.record.clone()
+    }
+
+    fn get(
+        &mut self,
+        step: Step,
+        target: &HttpUri,
+        headers: &[(&str, &str)],
+    ) -> Result<(), String> {
+        let (cluster, timeout) = (&target.cluster, target.timeout_ms);
+        let envoy = self.fetcher.envoy;
+        // SAFETY: on the main thread (config_scheduled or a config callout's done hook).
+        let id = unsafe { abi::config_callout(envoy, cluster, headers, b"", timeout) }
+            .map_err(|code| format!("refused: {code}"))?;
+        lock!(self.r.state.write()).in_flight = Some((id, step));
+        Ok(())
+    }
+
+    fn ended(&mut self, change: &dyn Fn(&Record) -> Record, keys: Option<Vec<Jwk>>) -> Record {
+        let (loaded, count, record) = {
+            let mut s = lock!(self.r.state.write());
+            s.record = change(&s.record);
             s.in_flight = None;
             s.generation += 1;
-            (s.record.has_keys(), s.record.backoff_ms())
+            let loaded = keys.is_some();
+            if let Some(keys) = keys {
+                s.keys = keys;
+            }
+            (loaded, s.keys.len(), s.record.clone())
         };
-        let outcome = if has_keys {
-            "keeping the last good keys"
-        } else {
-            "no keys yet: requests get 503"
-        };
-        abi::log(abi::LOG_WARN, || {
-            format!("oauth-filter: provider {}: key fetch failed: {why}; {outcome}; retry in {retry} ms", r.name)
-        });
-        if let Some(id) = self.fetch_failed {
-            // SAFETY: on the main thread, with the configuration's pointer.
-            unsafe { abi::config_increment_counter(self.envoy, id, 1) }
+        let (f, envoy) = (self.fetcher, self.fetcher.envoy);
+        // SAFETY: on the main thread, with the configuration's pointer.
+        unsafe {
+            let counter = if loaded { f.fetch_ok } else { f.fetch_failed };
+            if let Some(id) = counter {
+                abi::config_increment_counter(envoy, id, 1);
+            }
+            if let (true, Some(id)) = (loaded, self.r.gauge) {
+                abi::config_set_gauge(envoy, id, count as u64);
+            }
         }
-        self.wake(r.provider);
+        f.wake(self.r.provider);
+        record
     }
 }
