@@ -115,24 +115,34 @@ pub trait Fetching {
     fn provider(&self) -> (&str, &str, &RemoteJwks);
     /// Changes the provider's record; the record now.
     fn update(&mut self, change: &dyn Fn(&Record) -> Record) -> Record;
-    /// Sends a GET of `target` with `headers` for `step` (the shell keeps the call as under
-    /// way); `Err`: why it could not be sent.
-    fn get(&mut self, step: Step, target: &HttpUri, headers: &[(&str, &str)])
-        -> Result<(), String>;
+    /// Sends `get` (the shell keeps the call as under way); `Err`: why it could not be sent.
+    fn get(&mut self, get: &Get) -> Result<(), String>;
     /// The fetch ended: the record changed by `change` and these keys (`None`: it failed)
     /// installed at once, no call under way, the shell's lease released, counted, and the
     /// requests waiting for the keys woken. The record now.
     fn ended(&mut self, change: &dyn Fn(&Record) -> Record, keys: Option<Vec<Jwk>>) -> Record;
 }
 
+/// A GET of a fetch: its step, where it goes, its request headers.
+pub struct Get<'a> {
+    pub step: Step,
+    pub target: &'a HttpUri,
+    pub headers: &'a [(&'a str, &'a str)],
+}
+
 /// Sends `step` of a fetch to `target` (a refusal ends the fetch as failed).
 pub fn send(host: &mut impl Fetching, step: Step, target: &HttpUri, now: u64) {
     let sent = url(target).and_then(|url| {
-        host.get(step, target, &get_headers(&url))
-            .map_err(|refused| {
-                let (cluster, uri) = (&target.cluster, &target.uri);
-                format!("cannot call cluster {cluster} for {uri} ({refused})")
-            })
+        let headers = get_headers(&url);
+        let get = Get {
+            step,
+            target,
+            headers: &headers,
+        };
+        host.get(&get).map_err(|refused| {
+            let (cluster, uri) = (&target.cluster, &target.uri);
+            format!("cannot call cluster {cluster} for {uri} ({refused})")
+        })
     });
     if let Err(why) = sent {
         failed(host, &why, now);
@@ -232,17 +242,13 @@ mod tests {
             self.record = change(&self.record);
             self.record.clone()
         }
-        fn get(
-            &mut self,
-            step: Step,
-            target: &HttpUri,
-            headers: &[(&str, &str)],
-        ) -> Result<(), String> {
+        fn get(&mut self, get: &Get) -> Result<(), String> {
             if self.refuse {
                 return Err("refused: 1".into());
             }
+            let (step, path) = (get.step, get.headers[1].1);
             self.sent
-                .push(format!("{step:?} {} {}", target.uri, headers[1].1));
+                .push(format!("{step:?} {} {path}", get.target.uri));
             Ok(())
         }
         fn ended(&mut self, change: &dyn Fn(&Record) -> Record, keys: Option<Vec<Jwk>>) -> Record {

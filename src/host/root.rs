@@ -231,17 +231,12 @@ impl keyfetch::Fetching for WasmFetch<'_> {
         r.record.clone()
     }
 
-    fn get(
-        &mut self,
-        step: Step,
-        target: &HttpUri,
-        headers: &[(&str, &str)],
-    ) -> Result<(), String> {
-        let timeout = Duration::from_millis(target.timeout_ms);
-        let call = abi::dispatch_http_call(&target.cluster, headers, None, timeout);
+    fn get(&mut self, get: &keyfetch::Get) -> Result<(), String> {
+        let timeout = Duration::from_millis(get.target.timeout_ms);
+        let call = abi::dispatch_http_call(&get.target.cluster, get.headers, None, timeout);
         let token = call.map_err(|status| format!("{status:?}"))?;
         if let Some(Some(r)) = self.vm.borrow_mut().remotes.get_mut(self.p) {
-            r.in_flight = Some((token, step));
+            r.in_flight = Some((token, get.step));
         }
         Ok(())
     }

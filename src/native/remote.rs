@@ -10,7 +10,7 @@
 //! schedulers.
 
 use super::abi::{self, Ptr};
-use crate::config::{Config, HttpUri, KeySource, RemoteJwks};
+use crate::config::{Config, KeySource, RemoteJwks};
 use crate::jwt::keys::Jwk;
 use crate::keyfetch::{self, Step};
 use crate::park::{Awaited, Parked};
@@ -272,18 +272,13 @@ impl keyfetch::Fetching for NativeFetch<'_> {
         s.record.clone()
     }
 
-    fn get(
-        &mut self,
-        step: Step,
-        target: &HttpUri,
-        headers: &[(&str, &str)],
-    ) -> Result<(), String> {
-        let (cluster, timeout) = (&target.cluster, target.timeout_ms);
+    fn get(&mut self, get: &keyfetch::Get) -> Result<(), String> {
+        let (cluster, timeout, headers) = (&get.target.cluster, get.target.timeout_ms, get.headers);
         let envoy = self.fetcher.envoy;
         // SAFETY: on the main thread (config_scheduled or a config callout's done hook).
         let id = unsafe { abi::config_callout(envoy, cluster, headers, b"", timeout) }
             .map_err(|code| format!("refused: {code}"))?;
-        lock!(self.r.state.write()).in_flight = Some((id, step));
+        lock!(self.r.state.write()).in_flight = Some((id, get.step));
         Ok(())
     }
 
