@@ -319,6 +319,82 @@ fn split_outside_quotes(text: &str) -> Vec<&str> {
     parts
 }
 
+/// What a shell counts of a client's token requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// A token request sent (or tried).
+    Fetch,
+    /// One of them while the current token was still usable.
+    Refresh,
+    /// One that failed.
+    Failure,
+}
+
+/// One upstream client's token requests as a shell carries them out: where its record lives
+/// (shared data in Wasm, the process's state natively), how the request goes out, its
+/// counters. The flow ([`send`], [`answered`], [`failed`]) is written once, here.
+pub trait Obtaining {
+    fn client(&self) -> &UpstreamClient;
+    /// Posts the token request (the shell keeps the call as under way); `Err`: why it could
+    /// not be sent.
+    fn post(&mut self, call: &Call) -> Result<(), String>;
+    fn count(&mut self, counted: Counted);
+    /// The request is over: the record changed by `change`, no call under way, the shell's
+    /// lease released (the shell wakes the requests waiting for the token). The record now.
+    fn ended(&mut self, change: &dyn Fn(&Record) -> Record) -> Record;
+}
+
+/// Sends the client's token request (`refresh`: its token is still usable); a request that
+/// cannot be sent fails at once.
+pub fn send(host: &mut impl Obtaining, refresh: bool, now: u64) {
+    host.count(Counted::Fetch);
+    if refresh {
+        host.count(Counted::Refresh);
+    }
+    let sent = match request(host.client()) {
+        Some(call) => host.post(&call),
+        None => Err("the token endpoint URL is not usable".to_string()),
+    };
+    if let Err(why) = sent {
+        failed(host, &why, now);
+    }
+}
+
+/// The token endpoint's answer (see [`parse`]): the token kept, or the request failed.
+pub fn answered(host: &mut impl Obtaining, status: Option<&str>, body: &[u8], now: u64) {
+    match parse(status, body) {
+        Ok(issued) => {
+            host.ended(&|r| r.succeeded(&issued, now));
+            log::info!(
+                "oauth-filter: upstream client {}: token obtained, valid for {} s",
+                host.client().name,
+                issued.lifetime_ms / 1000
+            );
+        }
+        Err(why) => failed(host, &why, now),
+    }
+}
+
+/// A token request failed: a token still usable stays in use, requests that have none get 503,
+/// and the next request waits for the backoff. The log line names the client, the endpoint and
+/// what it answered (never the secret).
+pub fn failed(host: &mut impl Obtaining, why: &str, now: u64) {
+    let record = host.ended(&|r| r.failed(now));
+    host.count(Counted::Failure);
+    let outcome = if record.usable(now).is_some() {
+        "the current token stays in use"
+    } else {
+        "requests that need it get 503"
+    };
+    let client = host.client();
+    log::warn!(
+        "oauth-filter: upstream client {}: token request to {} failed: {why}; {outcome}; retry in {} ms",
+        client.name,
+        client.endpoint.uri,
+        backoff_ms(record.failures)
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,6 +417,63 @@ mod tests {
             resource: Some("https://orders.example/".into()),
             refresh_margin_ms: 60_000,
         }
+    }
+
+    /// A shell with one record, sending what `refuse` allows, noting what happened.
+    struct FakeClient {
+        spec: UpstreamClient,
+        record: Record,
+        refuse: bool,
+        notes: Vec<String>,
+    }
+
+    impl Obtaining for FakeClient {
+        fn client(&self) -> &UpstreamClient {
+            &self.spec
+        }
+        fn post(&mut self, call: &Call) -> Result<(), String> {
+            if self.refuse {
+                return Err("cannot call cluster idp".into());
+            }
+            self.notes.push(format!("post {}", call.cluster));
+            Ok(())
+        }
+        fn count(&mut self, counted: Counted) {
+            self.notes.push(format!("{counted:?}"));
+        }
+        fn ended(&mut self, change: &dyn Fn(&Record) -> Record) -> Record {
+            self.record = change(&self.record);
+            self.notes.push("ended".into());
+            self.record.clone()
+        }
+    }
+
+    #[test]
+    fn a_token_is_requested_kept_and_refreshed() {
+        let mut host = FakeClient {
+            spec: client(ClientAuth::Basic),
+            record: Record::default(),
+            refuse: false,
+            notes: Vec::new(),
+        };
+        send(&mut host, false, 1_000);
+        let body = br#"{"access_token": "up", "token_type": "Bearer", "expires_in": 120}"#;
+        answered(&mut host, Some("200"), body, 1_100);
+        assert_eq!(host.record.usable(2_000), Some("up"));
+        send(&mut host, true, 70_000);
+        answered(&mut host, Some("500"), b"{}", 70_100);
+        assert_eq!(host.record.usable(70_200), Some("up"));
+        assert_eq!(host.record.failures, 1);
+        host.refuse = true;
+        send(&mut host, false, 80_000);
+        assert_eq!(host.record.failures, 2);
+        assert_eq!(
+            host.notes,
+            [
+                "Fetch", "post idp", "ended", "Fetch", "Refresh", "post idp", "ended", "Failure",
+                "Fetch", "ended", "Failure"
+            ]
+        );
     }
 
     #[test]

@@ -9,8 +9,10 @@ use super::abi::{self, MapType};
 use super::http;
 use super::shared;
 use super::vm::Vm;
-use crate::credentials::{self, Record};
+use crate::config::UpstreamClient;
+use crate::credentials::{self, Counted, Record};
 use crate::decision::CredentialNow;
+use crate::introspection::Call;
 use crate::park::Awaited;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -53,7 +55,7 @@ pub fn start(vm: &Rc<RefCell<Vm>>, c: usize, now: u64, context_id: u32) -> bool 
 /// Sends client `c`'s token request if one is due, none is under way in this VM, and this VM
 /// gets the lease (the current effective context must be the root's).
 fn maybe_fetch(vm: &Rc<RefCell<Vm>>, c: usize, now: u64) {
-    let failed = {
+    let refresh = {
         let mut state = vm.borrow_mut();
         let me = state.id;
         let Some(client) = state.clients.get_mut(c) else {
@@ -72,22 +74,10 @@ fn maybe_fetch(vm: &Rc<RefCell<Vm>>, c: usize, now: u64) {
         if !due {
             return;
         }
-        let refresh = client.record.usable(now).is_some();
-        let sent = match credentials::request(&client.spec) {
-            Some(call) => http::dispatch_post(&call),
-            None => Err("the token endpoint URL is not usable".to_string()),
-        };
-        client.metrics.fetch(refresh);
-        match sent {
-            Ok(token) => {
-                client.in_flight = Some(token);
-                None
-            }
-            Err(why) => Some(why),
-        }
+        client.record.usable(now).is_some()
     };
-    if let Some(why) = failed {
-        fail(vm, c, &why);
+    if let Some(mut client) = WasmClient::new(vm, c) {
+        credentials::send(&mut client, refresh, now);
     }
 }
 
@@ -102,54 +92,58 @@ pub fn owner(vm: &Rc<RefCell<Vm>>, token: u32) -> Option<usize> {
 /// The answer to client `c`'s token request arrived (in the root context).
 pub fn answered(vm: &Rc<RefCell<Vm>>, c: usize, body_size: usize) {
     let (status, body) = http::call_response(body_size, credentials::MAX_RESPONSE_BYTES);
-    match credentials::parse(status.as_deref(), &body) {
-        Ok(issued) => {
-            let mut state = vm.borrow_mut();
-            let me = state.id;
-            let Some(client) = state.clients.get_mut(c) else {
-                return;
-            };
-            let now = abi::now_ms();
-            client.record =
-                shared::update_record(&client.shared, |r: &Record| r.succeeded(&issued, now));
-            client.in_flight = None;
-            shared::release_lease(&client.shared, me);
-            log::info!(
-                "oauth-filter: upstream client {}: token obtained, valid for {} s",
-                client.spec.name,
-                issued.lifetime_ms / 1000
-            );
-        }
-        Err(why) => fail(vm, c, &why),
+    if let Some(mut client) = WasmClient::new(vm, c) {
+        credentials::answered(&mut client, status.as_deref(), &body, abi::now_ms());
     }
     wake(vm, c);
 }
 
-/// A token request failed: a token still usable stays in use, requests that have none get 503,
-/// and the next request waits for the backoff. The log line names the client, the endpoint and
-/// what it answered (never the secret).
-fn fail(vm: &Rc<RefCell<Vm>>, c: usize, why: &str) {
-    let mut state = vm.borrow_mut();
-    let me = state.id;
-    let Some(client) = state.clients.get_mut(c) else {
-        return;
-    };
-    let now = abi::now_ms();
-    client.record = shared::update_record(&client.shared, |r: &Record| r.failed(now));
-    client.in_flight = None;
-    shared::release_lease(&client.shared, me);
-    client.metrics.failure();
-    let outcome = if client.record.usable(now).is_some() {
-        "the current token stays in use"
-    } else {
-        "requests that need it get 503"
-    };
-    log::warn!(
-        "oauth-filter: upstream client {}: token request to {} failed: {why}; {outcome}; retry in {} ms",
-        client.spec.name,
-        client.spec.endpoint.uri,
-        crate::remote::backoff_ms(client.record.failures)
-    );
+/// One client's token requests in this VM: its record in shared data, its calls from the root
+/// context, its lease released when a request ends. Requests waiting for it are woken when the
+/// answer arrives, or at the next tick.
+struct WasmClient<'v> {
+    vm: &'v Rc<RefCell<Vm>>,
+    c: usize,
+    spec: UpstreamClient,
+}
+
+impl<'v> WasmClient<'v> {
+    fn new(vm: &'v Rc<RefCell<Vm>>, c: usize) -> Option<WasmClient<'v>> {
+        let spec = vm.borrow().clients.get(c)?.spec.clone();
+        Some(WasmClient { vm, c, spec })
+    }
+}
+
+impl credentials::Obtaining for WasmClient<'_> {
+    fn client(&self) -> &UpstreamClient {
+        &self.spec
+    }
+
+    fn post(&mut self, call: &Call) -> Result<(), String> {
+        let token = http::dispatch_post(call)?;
+        if let Some(client) = self.vm.borrow_mut().clients.get_mut(self.c) {
+            client.in_flight = Some(token);
+        }
+        Ok(())
+    }
+
+    fn count(&mut self, counted: Counted) {
+        if let Some(client) = self.vm.borrow().clients.get(self.c) {
+            client.metrics.counted(counted);
+        }
+    }
+
+    fn ended(&mut self, change: &dyn Fn(&Record) -> Record) -> Record {
+        let mut state = self.vm.borrow_mut();
+        let me = state.id;
+        let Some(client) = state.clients.get_mut(self.c) else {
+            return Record::default();
+        };
+        client.record = shared::update_record(&client.shared, |r: &Record| change(r));
+        client.in_flight = None;
+        shared::release_lease(&client.shared, me);
+        client.record.clone()
+    }
 }
 
 /// Decides again on every request paused for client `c` (from the root context).

@@ -2,6 +2,7 @@
 
 use super::abi::{self, MetricType};
 use crate::challenge::DenyReason;
+use crate::credentials::Counted;
 use crate::metrics::{self, REQUEST_COUNTERS};
 
 /// Counter ids, defined once per VM (Envoy shares counters of the same name across VMs).
@@ -147,15 +148,12 @@ impl ClientMetrics {
         }
     }
 
-    pub fn fetch(&self, refresh: bool) {
-        bump(self.fetches);
-        if refresh {
-            bump(self.refreshes);
-        }
-    }
-
-    pub fn failure(&self) {
-        bump(self.failures);
+    pub fn counted(&self, counted: Counted) {
+        bump(match counted {
+            Counted::Fetch => self.fetches,
+            Counted::Refresh => self.refreshes,
+            Counted::Failure => self.failures,
+        });
     }
 
     pub fn injection(&self) {

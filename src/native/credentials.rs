@@ -6,8 +6,9 @@
 use super::abi::{self, Ptr};
 use super::remote::{FETCH, WAKE};
 use crate::config::{Config, UpstreamClient};
-use crate::credentials::{self, Record};
+use crate::credentials::{self, Counted, Record};
 use crate::decision::CredentialNow;
+use crate::introspection::Call;
 use crate::park::{Awaited, Parked};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
@@ -219,28 +220,7 @@ impl Clients {
                 s.in_flight = Some(u64::MAX);
                 s.record.usable(now).is_some()
             };
-            self.send(c, client, refresh, now);
-        }
-    }
-
-    fn send(&self, c: usize, client: &Client, refresh: bool, now: u64) {
-        let started = match credentials::request(&client.spec) {
-            // SAFETY: on the main thread, with the configuration's pointer.
-            Some(call) => unsafe { abi::config_post(self.envoy, &call) },
-            None => Err("the token endpoint URL is not usable".to_string()),
-        };
-        // SAFETY: as above.
-        unsafe {
-            if let Some(id) = client.metrics.fetches {
-                abi::config_increment_counter(self.envoy, id, 1);
-            }
-            if let (true, Some(id)) = (refresh, client.metrics.refreshes) {
-                abi::config_increment_counter(self.envoy, id, 1);
-            }
-        }
-        match started {
-            Ok(id) => lock!(client.state.write()).in_flight = Some(id),
-            Err(why) => self.finish(c, client, Err(why), now),
+            credentials::send(&mut self.obtain(c, client), refresh, now);
         }
     }
 
@@ -254,55 +234,61 @@ impl Clients {
         let Some((c, client)) = found else {
             return false;
         };
-        self.finish(c, client, credentials::parse(status, body), now);
+        credentials::answered(&mut self.obtain(c, client), status, body, now);
         true
     }
 
-    fn finish(
-        &self,
-        c: usize,
-        client: &Client,
-        result: Result<credentials::Issued, String>,
-        now: u64,
-    ) {
-        let line = {
-            let mut s = lock!(client.state.write());
+    fn obtain<'c>(&'c self, c: usize, client: &'c Client) -> NativeClient<'c> {
+        NativeClient {
+            clients: self,
+            c,
+            client,
+        }
+    }
+}
+
+/// One client's token requests, from the main thread: its state under its lock, its calls the
+/// configuration's; the requests waiting for it are woken when one ends.
+struct NativeClient<'c> {
+    clients: &'c Clients,
+    c: usize,
+    client: &'c Client,
+}
+
+impl credentials::Obtaining for NativeClient<'_> {
+    fn client(&self) -> &UpstreamClient {
+        &self.client.spec
+    }
+
+    fn post(&mut self, call: &Call) -> Result<(), String> {
+        // SAFETY: on the main thread, with the configuration's pointer.
+        let id = unsafe { abi::config_post(self.clients.envoy, call) }?;
+        lock!(self.client.state.write()).in_flight = Some(id);
+        Ok(())
+    }
+
+    fn count(&mut self, counted: Counted) {
+        let metrics = &self.client.metrics;
+        let id = match counted {
+            Counted::Fetch => metrics.fetches,
+            Counted::Refresh => metrics.refreshes,
+            Counted::Failure => metrics.failures,
+        };
+        if let Some(id) = id {
+            // SAFETY: as above.
+            unsafe { abi::config_increment_counter(self.clients.envoy, id, 1) }
+        }
+    }
+
+    fn ended(&mut self, change: &dyn Fn(&Record) -> Record) -> Record {
+        let record = {
+            let mut s = lock!(self.client.state.write());
+            s.record = change(&s.record);
             s.in_flight = None;
             s.settled += 1;
-            match &result {
-                Ok(issued) => {
-                    s.record = s.record.succeeded(issued, now);
-                    format!(
-                        "oauth-filter: upstream client {}: token obtained, valid for {} s",
-                        client.spec.name,
-                        issued.lifetime_ms / 1000
-                    )
-                }
-                Err(why) => {
-                    s.record = s.record.failed(now);
-                    let outcome = if s.record.usable(now).is_some() {
-                        "the current token stays in use"
-                    } else {
-                        "requests that need it get 503"
-                    };
-                    format!(
-                        "oauth-filter: upstream client {}: token request to {} failed: {why}; {outcome}; retry in {} ms",
-                        client.spec.name,
-                        client.spec.endpoint.uri,
-                        crate::remote::backoff_ms(s.record.failures)
-                    )
-                }
-            }
+            s.record.clone()
         };
-        if result.is_ok() {
-            abi::log(abi::LOG_INFO, || line);
-        } else {
-            if let Some(id) = client.metrics.failures {
-                // SAFETY: on the main thread, with the configuration's pointer.
-                unsafe { abi::config_increment_counter(self.envoy, id, 1) }
-            }
-            abi::log(abi::LOG_WARN, || line);
-        }
-        self.wake(c);
+        self.clients.wake(self.c);
+        record
     }
 }
