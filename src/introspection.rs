@@ -1,5 +1,6 @@
 //! RFC 7662 token introspection: the request the filter sends, and what it makes of the answer.
 
+use crate::cache::Key;
 use crate::config::{split_url, ClientAuth, HttpUri, Introspection};
 use crate::json;
 use base64::engine::general_purpose::STANDARD;
@@ -164,9 +165,132 @@ pub fn is_jwt_shaped(token: &str) -> bool {
     crate::jwt::is_jwt_shaped(token)
 }
 
+/// One provider's introspection answers as a shell keeps them: its cache (and, in Wasm, the
+/// slots the VMs share), its counters, its log throttle. What becomes of an answer
+/// ([`settle`], [`failed`]) is written once, here.
+pub trait Keeping {
+    /// The shell's form of a cached answer (claims, or `None` for an inactive token).
+    type Cached: Clone + From<Option<Map<String, Value>>>;
+    /// The provider's name and settings.
+    fn provider(&self) -> (&str, &Introspection);
+    /// Caches `answer` for `key` until `until`; how many older answers it evicted.
+    fn keep(&mut self, key: &Key, answer: &Self::Cached, until: u64, now: u64) -> usize;
+    fn count(&mut self, counted: Counted);
+    /// Whether a failure line may be logged now (see [`crate::throttle`]): how many were held.
+    fn admit_log(&mut self, now: u64) -> Option<u64>;
+}
+
+/// What a shell counts of introspection calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    Failure,
+    Evicted(usize),
+    /// How long a call took (ms).
+    Latency(u64),
+}
+
+/// A call for `key` (asked for at `started`) came back with `result`: its answer cached for as
+/// long as [`cache_until`] says and handed to the waiters; `None` when it failed.
+pub fn settle<H: Keeping>(
+    host: &mut H,
+    key: &Key,
+    result: Result<Answer, String>,
+    started: u64,
+    now: u64,
+) -> Option<H::Cached> {
+    host.count(Counted::Latency(now.saturating_sub(started)));
+    let claims = match result {
+        Ok(Answer::Active(claims)) => Some(claims),
+        Ok(Answer::Inactive) => None,
+        Err(why) => {
+            failed(host, &why, now);
+            return None;
+        }
+    };
+    let until = cache_until(host.provider().1, claims.as_ref(), now);
+    let cached = H::Cached::from(claims);
+    if until > now {
+        let evicted = host.keep(key, &cached, until, now);
+        host.count(Counted::Evicted(evicted));
+    }
+    Some(cached)
+}
+
+/// A call failed (or could not be made): counted, and logged at most once per window.
+pub fn failed(host: &mut impl Keeping, why: &str, now: u64) {
+    host.count(Counted::Failure);
+    if let Some(held) = host.admit_log(now) {
+        log::warn!(
+            "oauth-filter: provider {}: introspection failed: {why}{}",
+            host.provider().0,
+            crate::throttle::held_note(held)
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A shell that caches in a list and notes what it counted.
+    struct FakeKeep {
+        config: Introspection,
+        kept: Vec<(Key, Option<usize>, u64)>,
+        counted: Vec<Counted>,
+        logs: u32,
+    }
+
+    impl Keeping for FakeKeep {
+        type Cached = Option<Map<String, Value>>;
+        fn provider(&self) -> (&str, &Introspection) {
+            ("idp", &self.config)
+        }
+        fn keep(&mut self, key: &Key, answer: &Self::Cached, until: u64, _now: u64) -> usize {
+            let answer = answer.as_ref().map(Map::len);
+            self.kept.push((*key, answer, until));
+            self.kept.len() - 1
+        }
+        fn count(&mut self, counted: Counted) {
+            self.counted.push(counted);
+        }
+        fn admit_log(&mut self, _now: u64) -> Option<u64> {
+            self.logs += 1;
+            (self.logs == 1).then_some(0)
+        }
+    }
+
+    #[test]
+    fn answers_are_cached_for_as_long_as_they_may_be_and_failures_counted() {
+        let mut host = FakeKeep {
+            config: config(ClientAuth::Basic),
+            kept: Vec::new(),
+            counted: Vec::new(),
+            logs: 0,
+        };
+        let mut settled = |key: u8, result: Result<Answer, String>, started: u64, now: u64| {
+            let answer = settle(&mut host, &[key; 32], result, started, now);
+            answer.map(|claims| claims.map(|c| c.len()))
+        };
+        let active = parse(Some("200"), br#"{"active": true, "sub": "a"}"#).unwrap();
+        assert_eq!(settled(1, Ok(active), 100, 150), Some(Some(1)));
+        let expired = parse(Some("200"), br#"{"active": true, "exp": 0}"#).unwrap();
+        assert_eq!(settled(2, Ok(expired), 150, 160), Some(Some(1)));
+        assert_eq!(settled(3, Ok(Answer::Inactive), 160, 170), Some(None));
+        assert_eq!(settled(4, Err("HTTP 500".into()), 170, 200), None);
+        failed(&mut host, "cannot call cluster idp", 210);
+        assert_eq!(host.kept, [([1; 32], Some(1), 1150), ([3; 32], None, 1170)]);
+        use Counted::*;
+        let counted = [
+            Latency(50),
+            Evicted(0),
+            Latency(10),
+            Latency(10),
+            Evicted(1),
+        ];
+        assert_eq!(host.counted[..5], counted);
+        assert_eq!(host.counted[5..], [Latency(30), Failure, Failure]);
+        assert_eq!(host.logs, 2);
+    }
 
     fn config(auth: ClientAuth) -> Introspection {
         Introspection {

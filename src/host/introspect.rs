@@ -6,10 +6,11 @@
 
 use super::abi::{self, Action};
 use super::http;
+use super::metrics::Metrics;
 use super::vm::Vm;
 use crate::cache::{self, Key, TtlCache};
 use crate::config::Introspection;
-use crate::introspection::{self, Answer};
+use crate::introspection::{self, Answer, Counted, Keeping};
 use crate::json;
 use crate::park::{Call, Joined};
 use crate::throttle::{self, Throttle};
@@ -57,18 +58,6 @@ impl Intro {
         }
     }
 
-    /// Logs a failed introspection, at most once per window (the rest are counted and said
-    /// in the next line).
-    fn log_failure(&mut self, now: u64, why: &str) {
-        if let Some(held) = self.log.admit(now, throttle::WINDOW_MS) {
-            log::warn!(
-                "oauth-filter: provider {}: introspection failed: {why}{}",
-                self.name,
-                throttle::held_note(held)
-            );
-        }
-    }
-
     fn slot(&self, key: &Key) -> String {
         let n = u32::from_le_bytes([key[0], key[1], key[2], key[3]]) as usize % self.slots;
         format!("{}{n}", self.slot_prefix)
@@ -99,11 +88,6 @@ impl Intro {
         if text.len() <= MAX_SHARED_ENTRY + 128 {
             let _ = abi::set_shared_data(&self.slot(key), text.as_bytes(), None);
         }
-    }
-
-    /// How long an answer may be cached (see [`introspection::cache_until`]).
-    fn until(&self, answer: &Cached, now: u64) -> u64 {
-        introspection::cache_until(&self.config, answer.as_ref().as_ref(), now)
     }
 }
 
@@ -182,9 +166,8 @@ pub fn start(
             Action::Pause
         }
         Err(why) => {
-            state.metrics.introspection_failed();
-            if let Some(Some(intro)) = state.intros.get_mut(provider) {
-                intro.log_failure(now, &why);
+            if let Some(mut keep) = keeping(state, provider) {
+                introspection::failed(&mut keep, &why, now);
             }
             let waiters = state.calls.finish(&key).map(|c| c.waiters);
             drop(guard);
@@ -216,8 +199,8 @@ pub fn answered(vm: &Rc<RefCell<Vm>>, call: u32, status: Option<&str>, body: &[u
     let Some((key, pending)) = vm.borrow_mut().calls.answered(u64::from(call)) else {
         return;
     };
-    let result = introspection::parse(status, body);
-    let cached = record(vm, &pending, key, &result, now);
+    let result = introspection::parse(status, body).map_err(|failure| failure.describe());
+    let cached = record(vm, &pending, key, result, now);
     wake(vm, pending.waiters, key, cached, back_to);
 }
 
@@ -226,38 +209,53 @@ fn record(
     vm: &Rc<RefCell<Vm>>,
     pending: &Call<Waiting>,
     key: Key,
-    result: &Result<Answer, introspection::Failure>,
+    result: Result<Answer, String>,
     now: u64,
 ) -> Option<Cached> {
     let mut state = vm.borrow_mut();
-    state
-        .metrics
-        .introspection_latency(now.saturating_sub(pending.started));
-    match result {
-        Ok(answer) => {
-            let cached: Cached = Rc::new(match answer {
-                Answer::Active(claims) => Some(claims.clone()),
-                Answer::Inactive => None,
-            });
-            let mut evicted = 0;
-            if let Some(Some(intro)) = state.intros.get_mut(pending.provider) {
-                let until = intro.until(&cached, now);
-                if until > now {
-                    let size = answer_size(&cached);
-                    evicted = intro.cache.insert(key, cached.clone(), size, until, now);
-                    intro.write_shared(&key, &cached, until);
-                }
-            }
-            state.metrics.introspection_evicted(evicted);
-            Some(cached)
+    let mut keep = keeping(&mut state, pending.provider)?;
+    introspection::settle(&mut keep, &key, result, pending.started, now)
+}
+
+/// One provider's answers in this VM: its cache, the slots the VMs share, its counters.
+struct WasmKeep<'s> {
+    intro: &'s mut Intro,
+    metrics: &'s Metrics,
+}
+
+fn keeping(state: &mut Vm, provider: usize) -> Option<WasmKeep<'_>> {
+    let metrics = &state.metrics;
+    let intro = state.intros.get_mut(provider)?.as_mut()?;
+    Some(WasmKeep { intro, metrics })
+}
+
+impl Keeping for WasmKeep<'_> {
+    type Cached = Cached;
+
+    fn provider(&self) -> (&str, &Introspection) {
+        (&self.intro.name, &self.intro.config)
+    }
+
+    fn keep(&mut self, key: &Key, answer: &Cached, until: u64, now: u64) -> usize {
+        let size = answer_size(answer);
+        let evicted = self
+            .intro
+            .cache
+            .insert(*key, answer.clone(), size, until, now);
+        self.intro.write_shared(key, answer, until);
+        evicted
+    }
+
+    fn count(&mut self, counted: Counted) {
+        match counted {
+            Counted::Failure => self.metrics.introspection_failed(),
+            Counted::Evicted(n) => self.metrics.introspection_evicted(n),
+            Counted::Latency(ms) => self.metrics.introspection_latency(ms),
         }
-        Err(failure) => {
-            state.metrics.introspection_failed();
-            if let Some(Some(intro)) = state.intros.get_mut(pending.provider) {
-                intro.log_failure(now, &failure.describe());
-            }
-            None
-        }
+    }
+
+    fn admit_log(&mut self, now: u64) -> Option<u64> {
+        self.intro.log.admit(now, throttle::WINDOW_MS)
     }
 }
 

@@ -8,7 +8,7 @@ use super::abi::{self, Ptr};
 use super::remote::WAKE;
 use crate::cache::{self, Key, TtlCache};
 use crate::config::{Config, Introspection};
-use crate::introspection::{self, Answer};
+use crate::introspection::{self, Answer, Counted, Keeping};
 use crate::park::{self, Call, Calls, Joined};
 use crate::throttle::{self, Throttle};
 use serde_json::{Map, Value};
@@ -247,30 +247,8 @@ impl Introspector {
         let Some(intro) = self.intro(call.provider) else {
             return;
         };
-        // SAFETY (metrics): on the main thread, with the configuration's pointer.
-        if let Some(id) = self.metrics.latency {
-            unsafe {
-                abi::config_record_histogram(self.envoy, id, now.saturating_sub(call.started))
-            }
-        }
-        let answer = match result {
-            Ok(answer) => Some(self.keep(intro, key, answer, now)),
-            Err(why) => {
-                if let Some(id) = self.metrics.failures {
-                    unsafe { abi::config_increment_counter(self.envoy, id, 1) }
-                }
-                if let Some(held) = lock!(intro.log.lock()).admit(now, throttle::WINDOW_MS) {
-                    abi::log(abi::LOG_WARN, || {
-                        format!(
-                            "oauth-filter: provider {}: introspection failed: {why}{}",
-                            intro.name,
-                            throttle::held_note(held)
-                        )
-                    });
-                }
-                None
-            }
-        };
+        let mut keep = NativeKeep { on: self, intro };
+        let answer = introspection::settle(&mut keep, &key, result, call.started, now);
         for (scheduler, mailbox) in call.waiters {
             lock!(mailbox.lock()).push((key, answer.clone()));
             // SAFETY: the waiter's stream has not deleted its scheduler (see above).
@@ -278,22 +256,51 @@ impl Introspector {
         }
         drop(pending);
     }
+}
 
-    /// Caches an answer for as long as the core says; the answer to hand out.
-    fn keep(&self, intro: &Intro, key: Key, answer: Answer, now: u64) -> Cached {
-        let cached: Cached = Arc::new(match answer {
-            Answer::Active(claims) => Some(claims),
-            Answer::Inactive => None,
-        });
-        let until = introspection::cache_until(&intro.config, cached.as_ref().as_ref(), now);
-        if until > now {
-            let size = cached.as_ref().as_ref().map_or(64, cache::json_size);
-            let evicted = lock!(intro.cache.write()).insert(key, cached.clone(), size, until, now);
-            if let (Some(id), 1..) = (self.metrics.evictions, evicted) {
-                // SAFETY: on the main thread, with the configuration's pointer.
-                unsafe { abi::config_increment_counter(self.envoy, id, evicted as u64) }
+/// One provider's answers, from the main thread: its process-wide cache, its counters.
+struct NativeKeep<'i> {
+    on: &'i Introspector,
+    intro: &'i Intro,
+}
+
+impl Keeping for NativeKeep<'_> {
+    type Cached = Cached;
+
+    fn provider(&self) -> (&str, &Introspection) {
+        (&self.intro.name, &self.intro.config)
+    }
+
+    fn keep(&mut self, key: &Key, answer: &Cached, until: u64, now: u64) -> usize {
+        let size = answer.as_ref().as_ref().map_or(64, cache::json_size);
+        lock!(self.intro.cache.write()).insert(*key, answer.clone(), size, until, now)
+    }
+
+    fn count(&mut self, counted: Counted) {
+        let (m, envoy) = (&self.on.metrics, self.on.envoy);
+        // SAFETY: on the main thread, with the configuration's pointer.
+        unsafe {
+            match counted {
+                Counted::Failure => {
+                    if let Some(id) = m.failures {
+                        abi::config_increment_counter(envoy, id, 1);
+                    }
+                }
+                Counted::Evicted(n) => {
+                    if let (Some(id), 1..) = (m.evictions, n) {
+                        abi::config_increment_counter(envoy, id, n as u64);
+                    }
+                }
+                Counted::Latency(ms) => {
+                    if let Some(id) = m.latency {
+                        abi::config_record_histogram(envoy, id, ms);
+                    }
+                }
             }
         }
-        cached
+    }
+
+    fn admit_log(&mut self, now: u64) -> Option<u64> {
+        lock!(self.intro.log.lock()).admit(now, throttle::WINDOW_MS)
     }
 }
