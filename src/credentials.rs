@@ -5,6 +5,7 @@
 //! time in and carries the records through proxy-wasm shared data.
 
 use crate::config::UpstreamClient;
+use crate::decision::CredentialNow;
 use crate::introspection::{client_post, form_encode, Call};
 use crate::json;
 use crate::remote::backoff_ms;
@@ -178,6 +179,15 @@ impl Record {
             failures: f.u32("failures"),
             failed_at: f.u64("failed_at"),
             dropped_at: f.u64("dropped_at"),
+        }
+    }
+
+    /// The token as a request at `now` finds it.
+    pub fn now(&self, now: u64) -> CredentialNow<'_> {
+        match self.usable(now) {
+            Some(token) => CredentialNow::Ready(token),
+            None if self.failures > 0 => CredentialNow::Unavailable,
+            None => CredentialNow::Pending,
         }
     }
 
@@ -446,6 +456,21 @@ mod tests {
             self.notes.push("ended".into());
             self.record.clone()
         }
+    }
+
+    #[test]
+    fn a_request_finds_the_token_ready_pending_or_unavailable() {
+        let record = Record::default();
+        assert_eq!(record.now(0), CredentialNow::Pending);
+        assert_eq!(record.failed(0).now(1), CredentialNow::Unavailable);
+        let issued = Issued {
+            token: "up".into(),
+            lifetime_ms: 60_000,
+        };
+        let kept = record.succeeded(&issued, 0);
+        assert_eq!(kept.now(1), CredentialNow::Ready("up"));
+        assert_eq!(kept.now(60_000), CredentialNow::Pending);
+        assert_eq!(kept.failed(59_000).now(60_000), CredentialNow::Unavailable);
     }
 
     #[test]

@@ -27,7 +27,10 @@ pub fn tick(vm: &Rc<RefCell<Vm>>, now: u64) {
         }
         vm.borrow_mut().sync_client(c);
         maybe_fetch(vm, c, now);
-        let settled = !matches!(vm.borrow().clients[c].now(now), CredentialNow::Pending);
+        let settled = !matches!(
+            vm.borrow().clients[c].record.now(now),
+            CredentialNow::Pending
+        );
         if settled {
             wake(vm, c);
         }
@@ -148,14 +151,7 @@ impl credentials::Obtaining for WasmClient<'_> {
 
 /// Decides again on every request paused for client `c` (from the root context).
 fn wake(vm: &Rc<RefCell<Vm>>, c: usize) {
-    let (waiting, root) = {
-        let mut state = vm.borrow_mut();
-        let waiting = state.waiters.take(Awaited::Credential(c));
-        (waiting, state.root_context_id)
-    };
-    http::in_contexts(waiting, root, |id| {
-        http::process(vm, id, true);
-    });
+    http::wake(vm, Awaited::Credential(c));
 }
 
 /// An upstream's response headers (the current effective context is the request's,

@@ -159,6 +159,17 @@ pub fn remember(vm: &Rc<RefCell<Vm>>, verified: Vec<Verified>, now: u64) {
     }
 }
 
+/// Decides again on every request paused for `awaited` (from the root context).
+pub fn wake(vm: &Rc<RefCell<Vm>>, awaited: Awaited) {
+    let (waiting, root) = {
+        let mut state = vm.borrow_mut();
+        (state.waiters.take(awaited), state.root_context_id)
+    };
+    in_contexts(waiting, root, |id| {
+        process(vm, id, true);
+    });
+}
+
 /// Runs `each` in the context of every request in `contexts` (those that went away are
 /// skipped), then makes `back_to` the effective context again.
 pub fn in_contexts(

@@ -266,14 +266,7 @@ impl keyfetch::Fetching for WasmFetch<'_> {
 
 /// Decides again on every request paused for provider `p`.
 fn wake(vm: &Rc<RefCell<Vm>>, p: usize) {
-    let (waiting, root) = {
-        let mut state = vm.borrow_mut();
-        let waiting = state.waiters.take(Awaited::Keys(p));
-        (waiting, state.root_context_id)
-    };
-    http::in_contexts(waiting, root, |id| {
-        http::process(vm, id, true);
-    });
+    http::wake(vm, Awaited::Keys(p));
 }
 
 /// Decides again, without waiting any more, on requests that waited longer than their fetch

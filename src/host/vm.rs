@@ -75,17 +75,6 @@ pub struct Client {
     pub metrics: ClientMetrics,
 }
 
-impl Client {
-    /// The token for a request at `now`.
-    pub fn now(&self, now: u64) -> CredentialNow<'_> {
-        match self.record.usable(now) {
-            Some(token) => CredentialNow::Ready(token),
-            None if self.record.failures > 0 => CredentialNow::Unavailable,
-            None => CredentialNow::Pending,
-        }
-    }
-}
-
 /// The most recent requests a VM remembers having sent with an upstream client's token, until
 /// their response (a response later than this many newer requests is not matched: see
 /// [`Vm::took_token`]).
@@ -302,7 +291,7 @@ impl Known for Vm {
     fn credential(&self, client: usize) -> CredentialNow<'_> {
         self.clients
             .get(client)
-            .map_or(CredentialNow::Unavailable, |c| c.now(self.now_ms))
+            .map_or(CredentialNow::Unavailable, |c| c.record.now(self.now_ms))
     }
 
     fn check_signature(&self, alg: Alg, key: &Jwk, input: &[u8], signature: &[u8]) -> bool {

@@ -4,14 +4,14 @@
 //! answer and the record's rules are the core's ([`crate::credentials`]).
 
 use super::abi::{self, Ptr};
-use super::remote::{FETCH, WAKE};
+use super::remote::FETCH;
+use super::waiters::Waiters;
 use crate::config::{Config, UpstreamClient};
 use crate::credentials::{self, Counted, Record};
-use crate::decision::CredentialNow;
 use crate::introspection::Call;
-use crate::park::{Awaited, Parked};
+use crate::park::Awaited;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, RwLock, RwLockReadGuard};
+use std::sync::{RwLock, RwLockReadGuard};
 
 macro_rules! lock {
     ($e:expr) => {
@@ -26,17 +26,6 @@ pub struct State {
     in_flight: Option<u64>,
     /// Token requests finished (well or not): see [`Clients::wait`].
     settled: u64,
-}
-
-impl State {
-    /// The token for a request at `now`.
-    pub fn now(&self, now: u64) -> CredentialNow<'_> {
-        match self.record.usable(now) {
-            Some(token) => CredentialNow::Ready(token),
-            None if self.record.failures > 0 => CredentialNow::Unavailable,
-            None => CredentialNow::Pending,
-        }
-    }
 }
 
 /// Counter ids of one client (`oauth_filter.upstream.NAME.*`).
@@ -63,7 +52,7 @@ pub struct Clients {
     scheduler: Ptr,
     requested: AtomicBool,
     /// Paused requests, by their streams' schedulers.
-    waiters: Mutex<Parked<Ptr>>,
+    waiters: Waiters,
 }
 
 impl Clients {
@@ -101,7 +90,7 @@ impl Clients {
             envoy: Ptr(envoy),
             scheduler,
             requested: AtomicBool::new(false),
-            waiters: Mutex::default(),
+            waiters: Waiters::default(),
         };
         for client in clients.clients.iter().filter(|c| !c.used) {
             abi::log(abi::LOG_WARN, || {
@@ -132,32 +121,25 @@ impl Clients {
     /// Parks a request until client `c`'s token request settles; `seen`: the generation its
     /// decision read (woken at once if one settled since).
     pub fn wait(&self, c: usize, scheduler: Ptr, seen: u64) {
+        let current = || {
+            let client = self.clients.get(c);
+            client.map_or(u64::MAX, |cl| lock!(cl.state.read()).settled)
+        };
+        if self
+            .waiters
+            .park(Awaited::Credential(c), scheduler, seen, current)
         {
-            let mut waiters = lock!(self.waiters.lock());
-            let settled = self
-                .clients
-                .get(c)
-                .map_or(u64::MAX, |cl| lock!(cl.state.read()).settled);
-            let awaited = Awaited::Credential(c);
-            if let Err(scheduler) = waiters.park_unless_changed(awaited, scheduler, seen, settled) {
-                // SAFETY: the stream's own scheduler, alive in its hook.
-                return unsafe { abi::filter_schedule(scheduler, WAKE) };
-            }
+            self.request();
         }
-        self.request();
     }
 
     /// Forgets the parked requests of a stream that is going away.
     pub fn forget(&self, scheduler: Ptr) {
-        lock!(self.waiters.lock()).forget(&scheduler);
+        self.waiters.forget(scheduler);
     }
 
     fn wake(&self, c: usize) {
-        let mut waiters = lock!(self.waiters.lock());
-        for scheduler in waiters.take(Awaited::Credential(c)) {
-            // SAFETY: under the lock `forget` takes before a scheduler is deleted.
-            unsafe { abi::filter_schedule(scheduler, WAKE) };
-        }
+        self.waiters.wake(Awaited::Credential(c));
     }
 
     /// A request is sent upstream with client `c`'s token: counted; its generation, to trace

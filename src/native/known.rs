@@ -156,7 +156,7 @@ impl Known for View<'_> {
     fn credential(&self, client: usize) -> CredentialNow<'_> {
         self.clients
             .get(client)
-            .map_or(CredentialNow::Unavailable, |s| s.now(self.now_ms))
+            .map_or(CredentialNow::Unavailable, |s| s.record.now(self.now_ms))
     }
 
     fn keys_now(&self, provider: usize) -> KeysNow<'_> {

@@ -17,6 +17,7 @@ mod remote;
 mod ticker;
 mod tokenkey;
 mod verify;
+mod waiters;
 
 /// Logs a panic's location through Envoy before the hook's guard turns it into a 503.
 fn install_panic_hook() {

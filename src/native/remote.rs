@@ -10,13 +10,14 @@
 //! schedulers.
 
 use super::abi::{self, Ptr};
+use super::waiters::Waiters;
 use crate::config::{Config, KeySource, RemoteJwks};
 use crate::jwt::keys::Jwk;
 use crate::keyfetch::{self, Step};
-use crate::park::{Awaited, Parked};
+use crate::park::Awaited;
 use crate::remote::Record;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, RwLock, RwLockReadGuard};
+use std::sync::{RwLock, RwLockReadGuard};
 
 /// Locks, whatever a panicking holder left (the data stay consistent: every change is one
 /// assignment).
@@ -67,7 +68,7 @@ pub struct Fetcher {
     /// A [`FETCH`] is posted and not yet run.
     requested: AtomicBool,
     /// Paused requests, by their streams' schedulers.
-    waiters: Mutex<Parked<Ptr>>,
+    waiters: Waiters,
     fetch_ok: Option<usize>,
     fetch_failed: Option<usize>,
 }
@@ -100,7 +101,7 @@ impl Fetcher {
             remotes,
             envoy: Ptr(envoy),
             requested: AtomicBool::new(false),
-            waiters: Mutex::default(),
+            waiters: Waiters::default(),
             fetch_ok: abi::define_counter(envoy, "oauth_filter.jwks.fetch_success"),
             fetch_failed: abi::define_counter(envoy, "oauth_filter.jwks.fetch_failure"),
         };
@@ -162,18 +163,13 @@ impl Fetcher {
             // SAFETY: the stream's own scheduler, alive in its hook.
             return unsafe { abi::filter_schedule(scheduler, WAKE) };
         };
+        let current = || lock!(r.state.read()).generation;
+        if self
+            .waiters
+            .park(Awaited::Keys(provider), scheduler, seen, current)
         {
-            // Under the waiters' lock, which a finished fetch takes (after its generation) to
-            // wake: either it sees this waiter, or this sees its generation.
-            let mut waiters = lock!(self.waiters.lock());
-            let now = lock!(r.state.read()).generation;
-            let awaited = Awaited::Keys(provider);
-            if let Err(scheduler) = waiters.park_unless_changed(awaited, scheduler, seen, now) {
-                // SAFETY: as above.
-                return unsafe { abi::filter_schedule(scheduler, WAKE) };
-            }
+            self.request();
         }
-        self.request();
     }
 
     /// The generation of `provider`'s fetches.
@@ -187,16 +183,12 @@ impl Fetcher {
     /// Forgets the parked requests of a stream that is going away (before its scheduler is
     /// deleted: a wake must never reach a deleted scheduler).
     pub fn forget(&self, scheduler: Ptr) {
-        lock!(self.waiters.lock()).forget(&scheduler);
+        self.waiters.forget(scheduler);
     }
 
     /// Wakes the requests parked for `provider`.
     fn wake(&self, provider: usize) {
-        let mut waiters = lock!(self.waiters.lock());
-        for scheduler in waiters.take(Awaited::Keys(provider)) {
-            // SAFETY: under the lock `forget` takes before a scheduler is deleted.
-            unsafe { abi::filter_schedule(scheduler, WAKE) };
-        }
+        self.waiters.wake(Awaited::Keys(provider));
     }
 }
 
