@@ -113,6 +113,17 @@ impl Record {
                 || now >= self.refetched_at.saturating_add(MIN_REFETCH_INTERVAL_MS))
     }
 
+    /// A refetch some request wanted (`wanted`, taken: it is asked for once), as the fetch
+    /// schedule at `now` answers it: `(refetch, refused)`. A refused one (too soon after the
+    /// last, or while backing off) lets those requests be decided again with the keys as they
+    /// are.
+    pub fn take_refetch(&self, wanted: &mut bool, now: u64) -> (bool, bool) {
+        let refetch = *wanted && self.refetch_allowed(now);
+        let refused = *wanted && !refetch;
+        *wanted = false;
+        (refetch, refused)
+    }
+
     /// The record once a fetch starts at `now` (`refetch`: for an unknown `kid`).
     pub fn started(&self, now: u64, refetch: bool) -> Record {
         Record {
@@ -287,6 +298,14 @@ mod tests {
         assert!(!r.backing_off(2_000 + FIRST_BACKOFF_MS));
         assert!(r.refetch_allowed(2_000 + FIRST_BACKOFF_MS));
         assert!(r.fetch_due(CACHE, 2_000 + FIRST_BACKOFF_MS, true));
+        // A refetch wanted now is refused (once); wanted after the backoff, it goes.
+        let mut wanted = true;
+        assert_eq!(r.take_refetch(&mut wanted, 2_500), (false, true));
+        assert!(!wanted);
+        assert_eq!(r.take_refetch(&mut wanted, 2_500), (false, false));
+        wanted = true;
+        let later = 2_000 + FIRST_BACKOFF_MS;
+        assert_eq!(r.take_refetch(&mut wanted, later), (true, false));
     }
 
     #[test]

@@ -152,9 +152,7 @@ fn maybe_fetch(vm: &Rc<RefCell<Vm>>, p: usize, now: u64) {
         // A refetch wanted for an unknown kid that is no longer allowed (another VM refetched
         // meanwhile, or a failed fetch put the provider in backoff): let those requests be
         // decided again with the keys as they are.
-        let refetch = r.want_refetch && r.record.refetch_allowed(now);
-        let refused_refetch = r.want_refetch && !refetch;
-        r.want_refetch = false;
+        let (refetch, refused_refetch) = r.record.take_refetch(&mut r.want_refetch, now);
         let (changed, call) = start_fetch(r, me, now, refetch);
         (refused_refetch || changed, call)
     };

@@ -208,9 +208,8 @@ impl Fetcher {
             if s.in_flight.is_some() {
                 return;
             }
-            let refetch = s.want_refetch && s.record.refetch_allowed(now);
-            let refused = s.want_refetch && !refetch;
-            s.want_refetch = false;
+            let s = &mut *s;
+            let (refetch, refused) = s.record.take_refetch(&mut s.want_refetch, now);
             let call = if s.record.fetch_due(r.spec.cache_duration_ms, now, refetch) {
                 s.record = s.record.started(now, refetch);
                 keyfetch::next_call(&r.spec, &s.record)
