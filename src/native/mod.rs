@@ -14,6 +14,7 @@ mod filter;
 mod introspect;
 mod known;
 mod remote;
+mod rsa;
 mod ticker;
 mod tokenkey;
 mod verify;

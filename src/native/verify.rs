@@ -3,8 +3,10 @@
 //! hands RS* and ES* to Envoy's BoringSSL; every build gives the core's verdicts
 //! (`tests/envoy.rs` compares them on a corpus of good and bad tokens, the tests below here).
 
+use super::rsa;
 use crate::jwt::keys::{Alg, Jwk, KeyMaterial};
 use crate::jwt::verify;
+use ::rsa::traits::PublicKeyParts;
 use aws_lc_rs::signature::{self, ParsedPublicKey, VerificationAlgorithm};
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -12,7 +14,23 @@ use std::sync::{Arc, OnceLock, RwLock};
 /// The most parsed keys kept (key sets are small; past this the table starts again).
 const MAX_PARSED: usize = 1024;
 
-type Parsed = HashMap<(u8, Vec<u8>), Option<Arc<ParsedPublicKey>>>;
+/// A key as AWS-LC verifies it: RS* with `e = 65537` on its Montgomery arithmetic directly
+/// ([`rsa`]), everything else through `aws-lc-rs`.
+enum Verifier {
+    Rsa(rsa::Key, rsa::Hash),
+    Aws(ParsedPublicKey),
+}
+
+impl Verifier {
+    fn verify(&self, input: &[u8], sig: &[u8]) -> bool {
+        match self {
+            Verifier::Rsa(key, hash) => key.verify(*hash, input, sig),
+            Verifier::Aws(parsed) => parsed.verify_sig(input, sig).is_ok(),
+        }
+    }
+}
+
+type Parsed = HashMap<(u8, Vec<u8>), Option<Arc<Verifier>>>;
 
 /// Keys parsed for AWS-LC, by algorithm and encoded key, for every worker.
 fn parsed() -> &'static RwLock<Parsed> {
@@ -23,8 +41,8 @@ fn parsed() -> &'static RwLock<Parsed> {
 /// Whether `sig` over `input` is valid for `key` under `alg`.
 pub fn check(alg: Alg, key: &Jwk, input: &[u8], sig: &[u8]) -> bool {
     match algorithm(alg).zip(encoded(alg, key)) {
-        Some((params, bytes)) => match public_key(alg, params, bytes) {
-            Some(parsed) => parsed.verify_sig(input, sig).is_ok(),
+        Some((params, bytes)) => match public_key(alg, params, key, bytes) {
+            Some(parsed) => parsed.verify(input, sig),
             // AWS-LC refused a key the core loaded: let the core judge, as it would in Wasm.
             None => verify::verify(alg, &key.material, input, sig),
         },
@@ -63,20 +81,41 @@ fn encoded(alg: Alg, key: &Jwk) -> Option<&[u8]> {
 fn public_key(
     alg: Alg,
     params: &'static dyn VerificationAlgorithm,
+    key: &Jwk,
     bytes: &[u8],
-) -> Option<Arc<ParsedPublicKey>> {
+) -> Option<Arc<Verifier>> {
     let table = parsed();
     let lookup = (alg as u8, bytes.to_vec());
     if let Some(found) = table.read().unwrap_or_else(|p| p.into_inner()).get(&lookup) {
         return found.clone();
     }
-    let made = ParsedPublicKey::new(params, bytes).ok().map(Arc::new);
+    let made = match direct(alg, key) {
+        Some(direct) => Some(Arc::new(direct)),
+        None => ParsedPublicKey::new(params, bytes)
+            .ok()
+            .map(|parsed| Arc::new(Verifier::Aws(parsed))),
+    };
     let mut table = table.write().unwrap_or_else(|p| p.into_inner());
     if table.len() >= MAX_PARSED {
         table.clear();
     }
     table.insert(lookup, made.clone());
     made
+}
+
+/// The direct form of an RS* key with `e = 65537`.
+fn direct(alg: Alg, key: &Jwk) -> Option<Verifier> {
+    let hash = match alg {
+        Alg::RS256 => rsa::Hash::Sha256,
+        Alg::RS384 => rsa::Hash::Sha384,
+        Alg::RS512 => rsa::Hash::Sha512,
+        _ => return None,
+    };
+    let KeyMaterial::Rsa(public) = &key.material else {
+        return None;
+    };
+    let (n, e) = (public.n().to_bytes_be(), public.e().to_bytes_be());
+    rsa::Key::new(&n, &e).map(|k| Verifier::Rsa(k, hash))
 }
 
 #[cfg(test)]
