@@ -132,8 +132,9 @@ pub fn start(
     };
     if let Some((answer, until)) = from_shared {
         if let Some(Some(intro)) = vm.borrow_mut().intros.get_mut(provider) {
-            let size = answer_size(&answer);
-            intro.cache.insert(key, answer.clone(), size, until, now);
+            intro
+                .cache
+                .insert(key, answer.clone(), answer_size(&answer), until, now);
         }
         delivered.push((key, Some(answer)));
         return decide_with(vm, context_id, delivered, resumed);
@@ -144,14 +145,7 @@ pub fn start(
     let Some(Some(intro)) = state.intros.get(provider) else {
         return Action::Pause;
     };
-    let call = Call {
-        provider,
-        token: String::new(),
-        waiters: vec![(context_id, delivered)],
-        started: now,
-        deadline: now + intro.config.endpoint.timeout_ms + http::WAIT_SLACK_MS,
-        id: None,
-    };
+    let call = waiting_call(intro, provider, (context_id, delivered), now);
     if state.calls.join(key, call) == Joined::Behind {
         return Action::Pause;
     }
@@ -175,6 +169,19 @@ pub fn start(
             delivered.push((key, None));
             decide_with(vm, context_id, delivered, resumed)
         }
+    }
+}
+
+/// A call for `provider` with its first waiter, given up when its timeout (and some slack) has
+/// passed; made at once, so no token is kept.
+fn waiting_call(intro: &Intro, provider: usize, first: Waiting, now: u64) -> Call<Waiting> {
+    Call {
+        provider,
+        token: String::new(),
+        waiters: vec![first],
+        started: now,
+        deadline: now + intro.config.endpoint.timeout_ms + http::WAIT_SLACK_MS,
+        id: None,
     }
 }
 

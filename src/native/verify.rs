@@ -17,14 +17,14 @@ const MAX_PARSED: usize = 1024;
 /// A key as AWS-LC verifies it: RS* with `e = 65537` on its Montgomery arithmetic directly
 /// ([`rsa`]), everything else through `aws-lc-rs`.
 enum Verifier {
-    Rsa(rsa::Key, rsa::Hash),
+    Rsa(rsa::Key),
     Aws(ParsedPublicKey),
 }
 
 impl Verifier {
     fn verify(&self, input: &[u8], sig: &[u8]) -> bool {
         match self {
-            Verifier::Rsa(key, hash) => key.verify(*hash, input, sig),
+            Verifier::Rsa(key) => key.verify(input, sig),
             Verifier::Aws(parsed) => parsed.verify_sig(input, sig).is_ok(),
         }
     }
@@ -115,7 +115,7 @@ fn direct(alg: Alg, key: &Jwk) -> Option<Verifier> {
         return None;
     };
     let (n, e) = (public.n().to_bytes_be(), public.e().to_bytes_be());
-    rsa::Key::new(&n, &e).map(|k| Verifier::Rsa(k, hash))
+    rsa::Key::new(&n, &e, hash).map(Verifier::Rsa)
 }
 
 #[cfg(test)]
