@@ -180,6 +180,12 @@ pub trait Keeping {
     fn admit_log(&mut self, now: u64) -> Option<u64>;
 }
 
+/// The bytes a cached answer is counted as against a cache's budget: its claims, or a small
+/// fixed size for an inactive token.
+pub fn answer_size(claims: Option<&Map<String, Value>>) -> usize {
+    claims.map_or(64, crate::cache::json_size)
+}
+
 /// What a shell counts of introspection calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counted {

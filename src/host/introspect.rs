@@ -191,7 +191,7 @@ fn dispatch(config: &Introspection, token: &str) -> Result<u32, String> {
 }
 
 fn answer_size(answer: &Cached) -> usize {
-    answer.as_ref().as_ref().map_or(64, cache::json_size)
+    introspection::answer_size(answer.as_ref().as_ref())
 }
 
 /// Whether `call` is an introspection call of this VM.

@@ -272,7 +272,7 @@ impl Keeping for NativeKeep<'_> {
     }
 
     fn keep(&mut self, key: &Key, answer: &Cached, until: u64, now: u64) -> usize {
-        let size = answer.as_ref().as_ref().map_or(64, cache::json_size);
+        let size = introspection::answer_size(answer.as_ref().as_ref());
         lock!(self.intro.cache.write()).insert(*key, answer.clone(), size, until, now)
     }
 
