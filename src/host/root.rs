@@ -239,24 +239,32 @@ impl keyfetch::Fetching for WasmFetch<'_> {
         Ok(())
     }
 
-    /// The keys are those of the record (installed from it, as another VM's would be).
     fn ended(&mut self, change: &dyn Fn(&Record) -> Record, keys: Option<Vec<Jwk>>) -> Record {
-        let record = self.update(change);
-        {
+        let loaded = keys.is_some();
+        let record = {
             let mut state = self.vm.borrow_mut();
             let me = state.id;
             let Some(Some(r)) = state.remotes.get_mut(self.p) else {
-                return record;
+                return Record::default();
             };
+            let record = shared::update_record(&r.shared, |rec: &Record| change(rec));
+            match keys {
+                // The record carries the text these keys were read from.
+                Some(keys) => r.install_fetched(record, keys),
+                None => {
+                    r.install(record);
+                }
+            }
             r.in_flight = None;
             shared::release_lease(&r.shared, me);
-            let count = r.keys.len();
-            if keys.is_some() {
+            let (count, record) = (r.keys.len(), r.record.clone());
+            if loaded {
                 state.verified.clear();
                 state.metrics.keys_in_use(&self.name, count);
             }
-            state.metrics.jwks_fetched(keys.is_some());
-        }
+            state.metrics.jwks_fetched(loaded);
+            record
+        };
         wake(self.vm, self.p);
         record
     }

@@ -56,6 +56,13 @@ impl Remote {
         state_changed
     }
 
+    /// Installs the record of a fetch this VM made, whose JWKS text gave `keys` (read when the
+    /// answer was judged: not parsed again).
+    pub fn install_fetched(&mut self, record: Record, keys: Vec<Jwk>) {
+        self.record = record;
+        self.keys = keys;
+    }
+
     /// The longest a fetch (discovery, then the JWKS) may take.
     pub fn fetch_budget_ms(&self) -> u64 {
         keyfetch::budget_ms(&self.spec)
