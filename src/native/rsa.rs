@@ -78,7 +78,6 @@ pub struct Key {
     k: *mut sys::BIGNUM,
     pk: *mut sys::BIGNUM,
     hash: Hash,
-    len: usize,
 }
 
 // SAFETY: after `new`, the numbers and the Montgomery context are only read (AWS-LC takes them
@@ -115,7 +114,6 @@ impl Key {
             k: null_mut(),
             pk: null_mut(),
             hash,
-            len: n.len(),
         };
         // SAFETY: plain constructors and arithmetic on numbers made here; each result is
         // checked, and `Drop` frees what was made if a step fails.
@@ -134,7 +132,7 @@ impl Key {
         self.k = sys::BN_new();
         self.pk = sys::BN_new();
         let mut padding = [0u8; MAX_BYTES];
-        let padding = &mut padding[..self.len];
+        let padding = &mut padding[..self.modulus.len()];
         let made = !self.mont.is_null()
             && !one.is_null()
             && !ctx.is_null()
@@ -155,7 +153,7 @@ impl Key {
 
     /// Whether `sig` is a valid signature of `input` under this key and its hash.
     pub fn verify(&self, input: &[u8], sig: &[u8]) -> bool {
-        if sig.len() != self.len {
+        if sig.len() != self.modulus.len() {
             return false;
         }
         let mut digest = [0u8; 64];
